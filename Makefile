@@ -1,0 +1,69 @@
+# Two commands matter: `make pipeline` (the main job) and `make test`. Both create .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Data: BRAIN_DATA_DIR when set; else the shared copy beside the repo when present; else kagglehub.
+SHARED_DATA := $(abspath ../shared/data/brain-tumor-mri-dataset)
+BRAIN_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/Training),$(SHARED_DATA),)
+export BRAIN_DATA_DIR
+
+# Pipeline parameters, passed to all five notebooks (override: make pipeline RUN=try EPOCHS=2)
+RUN ?= $(shell date +%Y%m%d-%H%M%S)
+MODEL ?= seed_cnn
+EPOCHS ?= 10
+BATCH ?= 128
+DEVICE ?= auto
+FAST ?= false
+SEED ?= 42
+RUN_DIR := runs/$(RUN)
+NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
+PAPERMILL_PARAMS := -p run_dir $(RUN_DIR) -p data_dir "$(BRAIN_DATA_DIR)" -p model $(MODEL) -p epochs $(EPOCHS) \
+	-p batch_size $(BATCH) -p device $(DEVICE) -p fast $(FAST) -p seed $(SEED)
+
+.PHONY: setup pipeline test lint lab tensorboard clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name brainlib --display-name "Python (brainlib)" > /dev/null
+	touch $(STAMP)
+
+pipeline: $(STAMP)
+	@mkdir -p $(RUN_DIR)/notebooks
+	@set -e; for nb in $(NOTEBOOKS); do \
+		echo "== $$nb -> $(RUN_DIR)/notebooks/$$(basename $$nb)"; \
+		$(VENV)/bin/papermill --kernel brainlib --cwd . $$nb $(RUN_DIR)/notebooks/$$(basename $$nb) $(PAPERMILL_PARAMS); \
+	done
+	@echo; echo "Results: $(RUN_DIR)/  (executed notebooks in $(RUN_DIR)/notebooks/)"; \
+	 echo "TensorBoard: make tensorboard  (or $(VENV)/bin/tensorboard --logdir runs)"
+
+# Tests run on the tiny committed fixture (tests/fixtures/data), never on the real data,
+# except tests/test_real_data.py, which checks the real dataset when it is present.
+TEST_TMP := $(shell mktemp -u /tmp/brainlib-test.XXXXXX)
+test: $(STAMP)
+	$(VENV)/bin/ruff check brainlib tests notebooks
+	$(VENV)/bin/ruff format --check brainlib tests
+	mkdir -p $(TEST_TMP)
+	BRAIN_DATA_DIR=$(CURDIR)/tests/fixtures/data BRAIN_RUN_DIR=$(TEST_TMP)/run BRAIN_CACHE_DIR=$(TEST_TMP)/cache \
+	BRAIN_FAST=1 BRAIN_REAL_DATA_DIR="$(BRAIN_DATA_DIR)" \
+		$(PY) -m pytest -q tests --nbval-lax notebooks; \
+	status=$$?; rm -rf $(TEST_TMP); exit $$status
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --fix brainlib tests notebooks
+	$(VENV)/bin/ruff format brainlib tests
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir runs
+
+clean-venv:
+	rm -rf $(VENV)

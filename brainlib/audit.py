@@ -1,0 +1,132 @@
+"""Duplicate and leakage audit.
+
+Exact duplicates: same file bytes, or same decoded pixels. Near duplicates: a 256-bit
+difference hash (dHash on a 17x16 thumbnail) within a Hamming threshold. 64-bit hashes are
+too coarse for MRI slices (they pair different patients' scans); 256 bits with a small
+threshold, checked for a plateau in 01_data, are not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+NEAR_THRESHOLD = 10  # Hamming distance out of 256 bits; see the plateau figure in 01_data
+
+
+def dhash_bits(thumbs: np.ndarray) -> np.ndarray:
+    """N x 16 x 17 uint8 thumbnails -> N x 32 packed bytes (left pixel brighter than right)."""
+    diff = thumbs[:, :, 1:] > thumbs[:, :, :-1]
+    return np.packbits(diff.reshape(len(thumbs), -1), axis=1)
+
+
+def hamming_pairs(bits: np.ndarray, max_distance: int, chunk: int = 512) -> pd.DataFrame:
+    """All pairs i < j with Hamming distance <= max_distance, as columns i, j, distance."""
+    found = []
+    for start in range(0, len(bits), chunk):
+        block = bits[start : start + chunk]
+        dist = np.bitwise_count(block[:, None, :] ^ bits[None, :, :]).sum(axis=2, dtype=np.int32)
+        ii, jj = np.nonzero(dist <= max_distance)
+        ii = ii + start
+        keep = ii < jj
+        found.append(np.stack([ii[keep], jj[keep], dist[ii[keep] - start, jj[keep]]], axis=1))
+    pairs = np.concatenate(found) if found else np.zeros((0, 3), int)
+    return pd.DataFrame(pairs, columns=["i", "j", "distance"])
+
+
+def connected_groups(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Union-find: group id (the smallest member index) for each of n items."""
+    parent = np.arange(n)
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b in pairs:
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(i) for i in range(n)])
+
+
+def _group_by_value(values: pd.Series) -> np.ndarray:
+    first = {}
+    return np.array([first.setdefault(v, i) for i, v in enumerate(values)])
+
+
+@dataclass
+class AuditResult:
+    manifest: pd.DataFrame  # with group ids and twin flags
+    near_pairs: pd.DataFrame  # i, j, distance for pairs within the threshold
+    summary: dict
+
+
+def audit_duplicates(manifest: pd.DataFrame, thumbs: np.ndarray, threshold: int = NEAR_THRESHOLD) -> AuditResult:
+    """Group duplicates and flag every test image that has a twin in Training."""
+    m = manifest.reset_index(drop=True).copy()
+    # exact: same bytes or same decoded pixels (union of both relations)
+    by_bytes = _group_by_value(m["file_sha256"])
+    by_pixels = _group_by_value(m["pixel_sha1"])
+    exact_pairs = np.array([(i, g) for groups in (by_bytes, by_pixels) for i, g in enumerate(groups) if i != g])
+    m["exact_group"] = connected_groups(len(m), exact_pairs.reshape(-1, 2))
+    bits = dhash_bits(thumbs)
+    m["dhash"] = [row.tobytes().hex() for row in bits]
+    near = hamming_pairs(bits, threshold)
+    near_edges = np.concatenate([near[["i", "j"]].to_numpy(), exact_pairs.reshape(-1, 2)])
+    m["near_group"] = connected_groups(len(m), near_edges)
+
+    is_train = (m["split_on_disk"] == "Training").to_numpy()
+    for kind in ("exact", "near"):
+        group = m[f"{kind}_group"]
+        train_groups = set(group[is_train])
+        m[f"has_train_twin_{kind}"] = (~is_train) & group.isin(train_groups).to_numpy()
+        sizes = group.map(group.value_counts())
+        m[f"{kind}_dup"] = sizes > 1
+        labels_per_group = m.groupby(f"{kind}_group")["label"].nunique()
+        m[f"{kind}_label_conflict"] = group.map(labels_per_group) > 1
+
+    def within(split: str, kind: str) -> int:
+        """Images in `split` that share a group with another image of the same split."""
+        part = m[m["split_on_disk"] == split]
+        return int(part[f"{kind}_group"].duplicated(keep=False).sum())
+
+    test = m[~is_train]
+    summary = {
+        "near_threshold_bits": threshold,
+        "hash_bits": int(bits.shape[1] * 8),
+        "n_images": len(m),
+        "test_with_train_twin_exact": int(test["has_train_twin_exact"].sum()),
+        "test_with_train_twin_near": int(test["has_train_twin_near"].sum()),
+        "n_test": len(test),
+        "within_training_exact": within("Training", "exact"),
+        "within_training_near": within("Training", "near"),
+        "within_testing_exact": within("Testing", "exact"),
+        "within_testing_near": within("Testing", "near"),
+        "exact_groups_with_label_conflict": int(m.loc[m["exact_label_conflict"], "exact_group"].nunique()),
+        "near_groups_with_label_conflict": int(m.loc[m["near_label_conflict"], "near_group"].nunique()),
+    }
+    return AuditResult(m, near, summary)
+
+
+def threshold_sweep(thumbs: np.ndarray, manifest: pd.DataFrame, thresholds: range) -> pd.DataFrame:
+    """How many test images get a Training twin as the threshold moves: it should plateau."""
+    bits = dhash_bits(thumbs)
+    pairs = hamming_pairs(bits, max(thresholds))
+    is_train = (manifest["split_on_disk"] == "Training").to_numpy()
+    rows = []
+    for t in thresholds:
+        sel = pairs[pairs["distance"] <= t]
+        cross = is_train[sel["i"]] != is_train[sel["j"]]
+        test_idx = np.where(is_train[sel["i"]], sel["j"], sel["i"])[cross]
+        rows.append({"threshold": t, "pairs": len(sel), "test_images_with_train_twin": len(np.unique(test_idx))})
+    return pd.DataFrame(rows)
+
+
+def example_pairs(near_pairs: pd.DataFrame, low: int, high: int, k: int, seed: int = 0) -> pd.DataFrame:
+    """Up to k random near pairs with low <= distance <= high (to eyeball the threshold)."""
+    band = near_pairs[(near_pairs["distance"] >= low) & (near_pairs["distance"] <= high)]
+    return band.sample(min(k, len(band)), random_state=seed) if len(band) else band

@@ -1,0 +1,71 @@
+"""Command line: `python -m brainlib {prepare,train,evaluate} [--field value ...]`.
+
+Every Config field is a flag (`--epochs 2`, `--run-dir runs/x`); a run folder's saved
+config.json is read first when it exists, so later steps see what earlier steps used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .config import Config
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(Config):
+        kind = {"bool": _parse_bool, "int": int, "float": float}.get(str(f.type), str)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name, None) is not None}
+    run_dir = Path(given.get("run_dir", Config.run_dir))
+    saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    return Config.from_dict({**saved, **given})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m brainlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in [
+        ("prepare", "scan the data, audit duplicates, split, write the manifest (what 01_data does)"),
+        ("train", "train cfg.model on the run's manifest"),
+    ]:
+        p = sub.add_parser(name, help=help_text)
+        add_config_flags(p)
+        if name == "train":
+            p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+
+    if args.command == "prepare":
+        from .data import build_manifest, resolve_data_dir, write_manifest
+
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        manifest, audit, scan = build_manifest(
+            resolve_data_dir(cfg.data_dir or None), cfg.val_fraction, cfg.seed, cfg.fast_per_class if cfg.fast else 0
+        )
+        print(f"manifest: {write_manifest(manifest, cfg.run_dir)} ({len(manifest)} images, {len(scan.skipped)} skipped)")
+        print(json.dumps(audit.summary, indent=2))
+        cfg.save(Path(cfg.run_dir) / "config.json")
+    elif args.command == "train":
+        from .train import train
+
+        train(cfg, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

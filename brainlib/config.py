@@ -1,0 +1,90 @@
+"""The one configuration object shared by every notebook and the CLI.
+
+Notebooks receive these fields as papermill parameters; the run folder keeps a copy
+(`config.json`) so any later step can be rerun alone from the files of that run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLASS_NAMES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
+SPLITS_ON_DISK: tuple[str, ...] = ("Training", "Testing")
+
+
+@dataclass
+class Config:
+    # where things are
+    run_dir: str = "runs/default"
+    data_dir: str = ""  # empty: BRAIN_DATA_DIR, then kagglehub
+    cache_dir: str = ""  # empty: <runs>/cache, shared by all runs
+    # data
+    seed: int = 42
+    val_fraction: float = 0.10
+    cache_size: int = 256  # decoded grayscale side stored in the cache
+    image_size: int = 224  # model input side
+    fast: bool = False  # tiny sample per class: for tests and smoke runs
+    fast_per_class: int = 8
+    # train-time augmentation (reference: flip, rotate 15, RandomResizedCrop, ColorJitter)
+    crop_scale_min: float = 0.08  # torchvision's default; the reference does not say
+    jitter: float = 0.2  # brightness/contrast/saturation strength; the reference does not say
+    # model and optimisation: the reference recipe is the default
+    model: str = "seed_cnn"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    schedule: str = "constant"  # constant | onecycle
+    label_smoothing: float = 0.0
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int = 0  # 0: torch default
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        """Build from a dict, ignoring unknown keys (old run folders, notebook extras)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_device(name: str = "auto") -> str:
+    """'auto' means cuda when available, else cpu."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} was asked for but CUDA is not available")
+    return name
+
+
+def notebook_config(run_dir: str, **overrides) -> Config:
+    """A notebook's config: the run's saved config.json (if any) updated by the notebook's
+    parameters, saved back. Notebooks 02-05 thus see what 01 used, and each can run alone."""
+    run_dir = str(in_repo(run_dir))
+    path = Path(run_dir) / "config.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    cfg = Config.from_dict({**saved, **overrides, "run_dir": run_dir})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.save(path)
+    return cfg
+
+
+def in_repo(path: str | Path) -> Path:
+    """Relative paths are taken from the repo root, so a notebook opened in notebooks/ and
+    `make pipeline` run from the root write to the same runs/ folder."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path

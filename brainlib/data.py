@@ -1,0 +1,262 @@
+"""Where the images come from, how one image is read, and the manifest that lists them all.
+
+The manifest (one row per readable image) is the contract between notebooks: 01_data
+writes it, every later step reads it. Splits live in it, so Testing can never leak into
+model selection by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .config import CLASS_NAMES, SPLITS_ON_DISK
+
+KAGGLE_HANDLE = "masoudnickparvar/brain-tumor-mri-dataset"
+EXPECTED_LAYOUT = (
+    "<data_dir>/Training/{glioma,meningioma,notumor,pituitary}/*.jpg and <data_dir>/Testing/{glioma,meningioma,notumor,pituitary}/*.jpg"
+)
+# Errors PIL raises for files that are not (complete) images.
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# 8000x8000 MRIs are unusual but legal; refuse only absurd sizes (PIL's default bomb limit x2).
+Image.MAX_IMAGE_PIXELS = 2 * 89_478_485
+
+
+class DataError(RuntimeError):
+    """The data folder is missing or not laid out as expected. The message says how to fix it."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Explicit argument, then $BRAIN_DATA_DIR, then a kagglehub download (needs internet)."""
+    chosen = str(data_dir or os.environ.get("BRAIN_DATA_DIR", "")).strip()
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.is_dir():
+            raise DataError(f"data folder {path} does not exist. Expected layout: {EXPECTED_LAYOUT}")
+        return path
+    try:
+        import kagglehub
+
+        return Path(kagglehub.dataset_download(KAGGLE_HANDLE))
+    except Exception as err:  # no internet, no credentials, package missing
+        raise DataError(
+            "No data found. Either set BRAIN_DATA_DIR (or the notebooks' data_dir parameter) to a "
+            f"folder laid out as {EXPECTED_LAYOUT}, or give this machine internet access so that "
+            f"kagglehub can download {KAGGLE_HANDLE!r}. kagglehub said: {type(err).__name__}: {err}"
+        ) from err
+
+
+def validate_layout(root: Path) -> dict[str, dict[str, list[Path]]]:
+    """Check Training/ and Testing/ each hold exactly the four class folders, none empty.
+
+    Returns {split: {class: [files]}}, hidden files left out. Raises DataError naming the path.
+    """
+    root = Path(root)
+    found: dict[str, dict[str, list[Path]]] = {}
+    for split in SPLITS_ON_DISK:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise DataError(f"{split_dir} is missing. Expected layout: {EXPECTED_LAYOUT}")
+        folders = {p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        unknown = sorted(folders - set(CLASS_NAMES))
+        missing = sorted(set(CLASS_NAMES) - folders)
+        if unknown:
+            raise DataError(f"{split_dir} has unknown class folder(s) {unknown}. Expected layout: {EXPECTED_LAYOUT}")
+        if missing:
+            raise DataError(f"{split_dir} lacks class folder(s) {missing}. Expected layout: {EXPECTED_LAYOUT}")
+        found[split] = {}
+        for name in CLASS_NAMES:
+            files = sorted(p for p in (split_dir / name).iterdir() if p.is_file() and not p.name.startswith("."))
+            if not files:
+                raise DataError(f"class folder {split_dir / name} is empty. Expected layout: {EXPECTED_LAYOUT}")
+            found[split][name] = files
+    return found
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image, whatever its name says (PNG-named .jpg files exist)."""
+    with Image.open(path) as img:
+        img.load()
+        return img.copy() if img.mode != "P" else img.convert("RGBA")
+
+
+def to_gray(img: Image.Image) -> Image.Image:
+    """8-bit grayscale from any mode: RGB/RGBA/P via luma; 16-bit and float scaled by their max."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        peak = float(arr.max()) if arr.size else 0.0
+        arr = arr * (255.0 / peak) if peak > 0 else arr
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "LA" or img.mode == "RGBA":
+        img = img.convert("RGB")  # MRIs carry no meaningful alpha
+    return img.convert("L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB from any mode (the plain reference pipeline feeds RGB)."""
+    return to_gray(img).convert("RGB") if img.mode.startswith(("I", "F")) else img.convert("RGB")
+
+
+def load_gray(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode once, to a size x size uint8 grayscale array: the single preprocessing every
+    path (cache, evaluation, predict) shares. Aspect ratio is not kept, as in the reference's
+    Resize((224, 224))."""
+    with Image.open(path) as img:
+        if img.format == "JPEG":
+            img.draft("L", (size, size))  # DCT-domain downscale: large JPEGs decode fast
+        img.load()
+        gray = to_gray(img if img.mode != "P" else img.convert("RGBA"))
+    return np.asarray(gray.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+@dataclass
+class ImageFacts:
+    width: int
+    height: int
+    mode: str
+    format: str
+    is_gray: bool  # all channels (nearly) equal: colour carries no information
+    file_sha256: str
+    pixel_sha1: str  # same decoded pixels => same hash, whatever the file bytes
+    gray_small: np.ndarray = field(repr=False)  # 17x16 thumbnail for the perceptual hash
+
+
+def inspect_image(path: Path) -> ImageFacts:
+    """Everything the manifest and the duplicate audit need from one file, in one decode."""
+    raw = Path(path).read_bytes()
+    with Image.open(path) as img:
+        fmt, mode = img.format or "?", img.mode
+        img.load()
+        rgb = np.asarray(to_rgb(img), dtype=np.uint8)
+        gray = to_gray(img)
+    spread = int(np.abs(rgb.astype(np.int16) - rgb[..., :1]).max()) if rgb.size else 0
+    small = np.asarray(gray.resize((17, 16), Image.BILINEAR), dtype=np.uint8)
+    return ImageFacts(
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        mode=mode,
+        format=fmt,
+        is_gray=spread <= 8,
+        file_sha256=hashlib.sha256(raw).hexdigest(),
+        pixel_sha1=hashlib.sha1(np.ascontiguousarray(rgb).tobytes() + str(rgb.shape).encode()).hexdigest(),
+        gray_small=small,
+    )
+
+
+@dataclass
+class Scan:
+    manifest: pd.DataFrame
+    skipped: list[tuple[str, str]]  # (path, reason)
+    thumbs: np.ndarray  # N x 16 x 17 uint8, row-aligned with manifest
+
+
+def scan_dataset(root: Path, fast_per_class: int = 0, progress: bool = True) -> Scan:
+    """Validate the layout and read every file once. Unreadable files are skipped with a warning.
+
+    fast_per_class > 0 keeps only the first n files of each class folder (smoke runs, tests).
+    """
+    from tqdm.auto import tqdm
+
+    layout = validate_layout(root)
+    todo = [
+        (split, name, path)
+        for split, classes in layout.items()
+        for name, files in classes.items()
+        for path in (files[:fast_per_class] if fast_per_class else files)
+    ]
+    rows, thumbs, skipped = [], [], []
+    for split, name, path in tqdm(todo, desc="scan", disable=not progress, mininterval=2):
+        try:
+            facts = inspect_image(path)
+        except IMAGE_ERRORS as err:
+            reason = f"{type(err).__name__}: {err}"
+            warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
+            skipped.append((str(path), reason))
+            continue
+        rows.append(
+            {
+                "path": path.relative_to(root).as_posix(),
+                "split_on_disk": split,
+                "label": name,
+                "label_idx": CLASS_NAMES.index(name),
+                "width": facts.width,
+                "height": facts.height,
+                "mode": facts.mode,
+                "format": facts.format,
+                "is_gray": facts.is_gray,
+                "file_sha256": facts.file_sha256,
+                "pixel_sha1": facts.pixel_sha1,
+            }
+        )
+        thumbs.append(facts.gray_small)
+    for split in SPLITS_ON_DISK:
+        for name in CLASS_NAMES:
+            if not any(r["split_on_disk"] == split and r["label"] == name for r in rows):
+                raise DataError(f"no readable image in {Path(root) / split / name}; every file there was skipped")
+    manifest = pd.DataFrame(rows)
+    return Scan(manifest, skipped, np.stack(thumbs) if thumbs else np.zeros((0, 16, 17), np.uint8))
+
+
+def assign_splits(manifest: pd.DataFrame, val_fraction: float, seed: int, group_column: str = "near_group") -> pd.DataFrame:
+    """Add `split` (train/val/test): val is a seeded, stratified share of Training only.
+
+    Duplicate groups stay on one side, so a validation image never has a twin in train
+    (that would flatter model selection exactly the way the Testing leak flatters the test).
+    """
+    out = manifest.copy()
+    out["split"] = np.where(out["split_on_disk"] == "Testing", "test", "train")
+    training = out[out["split_on_disk"] == "Training"]
+    groups = training[group_column] if group_column in training else pd.Series(training.index, index=training.index)
+    rng = np.random.default_rng(seed)
+    for _, rows in training.groupby("label", sort=True):
+        group_ids = np.array(sorted(groups.loc[rows.index].unique()))
+        rng.shuffle(group_ids)
+        target = max(1, round(val_fraction * len(rows))) if val_fraction > 0 else 0
+        sizes = groups.loc[rows.index].value_counts()
+        taken, chosen = 0, []
+        for gid in group_ids:
+            if taken >= target:
+                break
+            chosen.append(gid)
+            taken += int(sizes[gid])
+        out.loc[rows.index[groups.loc[rows.index].isin(chosen)], "split"] = "val"
+    return out
+
+
+def write_manifest(manifest: pd.DataFrame, run_dir: str | Path) -> Path:
+    path = Path(run_dir) / "manifest.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    manifest.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(run_dir: str | Path) -> pd.DataFrame:
+    path = Path(run_dir) / "manifest.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run notebooks/01_data.ipynb (or `make pipeline`) for this run first")
+    return pd.read_csv(path)
+
+
+def class_counts(manifest: pd.DataFrame, column: str = "split") -> pd.DataFrame:
+    """Images per class (rows) and split (columns), with totals."""
+    table = pd.crosstab(manifest["label"], manifest[column], margins=True, margins_name="total")
+    return table.reindex(list(CLASS_NAMES) + ["total"])
+
+
+def build_manifest(data_root: Path, val_fraction: float, seed: int, fast_per_class: int = 0, progress: bool = True):
+    """Scan, audit duplicates, assign splits: the manifest 01_data writes. Returns (manifest, audit, scan)."""
+    from .audit import audit_duplicates
+
+    scan = scan_dataset(data_root, fast_per_class, progress)
+    audit = audit_duplicates(scan.manifest, scan.thumbs)
+    manifest = assign_splits(audit.manifest, val_fraction, seed)
+    return manifest, audit, scan

@@ -1,0 +1,99 @@
+"""Figures. Each function returns a matplotlib Figure and, given `save_to`, writes a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .config import CLASS_NAMES
+
+
+def _finish(fig: plt.Figure, save_to: str | Path | None) -> plt.Figure:
+    fig.tight_layout()
+    if save_to:
+        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save_to, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def class_counts_bar(counts: pd.DataFrame, save_to=None) -> plt.Figure:
+    """counts: class x split table (as from data.class_counts), totals dropped."""
+    table = counts.drop(index="total", errors="ignore").drop(columns="total", errors="ignore")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    table.plot.bar(ax=ax, rot=0)
+    ax.set_ylabel("images")
+    ax.set_title("Images per class and split")
+    return _finish(fig, save_to)
+
+
+def size_and_mode(manifest: pd.DataFrame, save_to=None) -> plt.Figure:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.scatter(manifest["width"], manifest["height"], s=4, alpha=0.3)
+    a.set(
+        xlabel="width (px)",
+        ylabel="height (px)",
+        title=f"Image sizes ({manifest[['width', 'height']].drop_duplicates().shape[0]} distinct)",
+    )
+    pd.crosstab(manifest["format"] + "/" + manifest["mode"], manifest["split_on_disk"]).plot.barh(ax=b, logx=True)
+    b.set(xlabel="images (log)", ylabel="", title="File format / PIL mode")
+    return _finish(fig, save_to)
+
+
+def image_grid(images: list[np.ndarray], titles: list[str], ncols: int, save_to=None, size: float = 1.8) -> plt.Figure:
+    nrows = max(1, int(np.ceil(len(images) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles):
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255 if img.dtype == np.uint8 else None)
+        ax.set_title(title, fontsize=7)
+    return _finish(fig, save_to)
+
+
+def threshold_sweep_plot(sweep: pd.DataFrame, chosen: int, save_to=None) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(sweep["threshold"], sweep["test_images_with_train_twin"], marker="o")
+    ax.axvline(chosen, color="red", linestyle="--", label=f"chosen: {chosen} bits")
+    ax.set(
+        xlabel="dHash Hamming threshold (of 256 bits)", ylabel="test images with a Training twin", title="Near-duplicate threshold sweep"
+    )
+    ax.legend()
+    return _finish(fig, save_to)
+
+
+def training_curves(history: pd.DataFrame, save_to=None) -> plt.Figure:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for split in ("train", "val"):
+        a.plot(history["epoch"], history[f"{split}_loss"], marker="o", label=split)
+        b.plot(history["epoch"], history[f"{split}_acc"], marker="o", label=split)
+    a.set(xlabel="epoch", ylabel="loss", title="Loss")
+    b.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    a.legend()
+    b.legend()
+    return _finish(fig, save_to)
+
+
+def confusion_matrices(cm: np.ndarray, save_to=None) -> plt.Figure:
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    for ax, mat, fmt, title in [(axes[0], cm, "d", "Counts"), (axes[1], norm, ".2f", "Row-normalised (recall)")]:
+        sns.heatmap(mat, annot=True, fmt=fmt, cmap="Blues", xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES, ax=ax, cbar=False)
+        ax.set(xlabel="predicted", ylabel="true", title=title)
+    return _finish(fig, save_to)
+
+
+def reliability_diagram(bins: pd.DataFrame, ece: float, title: str = "", save_to=None) -> plt.Figure:
+    """bins: columns confidence, accuracy, count (from evaluate.calibration_bins)."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    used = bins[bins["count"] > 0]
+    ax.bar(used["lower"], used["accuracy"], width=used["upper"] - used["lower"], align="edge", alpha=0.7, edgecolor="k", label="accuracy")
+    ax.plot(used["confidence"], used["accuracy"], "o", color="C3", ms=3)
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title} ECE = {ece * 100:.2f} %")
+    ax.legend(loc="upper left")
+    return _finish(fig, save_to)

@@ -1,0 +1,255 @@
+"""The one training loop: epochs over cached batches, validation on the val split, atomic
+checkpoints (last and best), TensorBoard logging, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .cache import build_or_load_cache
+from .config import CLASS_NAMES, Config, resolve_device
+from .data import read_manifest, resolve_data_dir
+from .loader import AugmentParams, CachedBatches
+from .models import create_model
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class RunData:
+    manifest: pd.DataFrame
+    images: np.ndarray  # decoded cache, row-aligned with manifest
+    data_root: Path
+
+
+def load_run_data(cfg: Config) -> RunData:
+    """The run's manifest (from 01_data) and its decoded-image cache."""
+    manifest = read_manifest(cfg.run_dir)
+    root = resolve_data_dir(cfg.data_dir or None)
+    images = build_or_load_cache(manifest, root, cfg.cache_size, cfg.cache_dir or None)
+    return RunData(manifest, images, root)
+
+
+def augment_params(cfg: Config) -> AugmentParams:
+    j = cfg.jitter
+    return AugmentParams(crop_scale=(cfg.crop_scale_min, 1.0), brightness=j, contrast=j, saturation=j)
+
+
+def split_batches(cfg: Config, data: RunData, split: str, device: str, train: bool = False) -> CachedBatches:
+    rows = np.flatnonzero((data.manifest["split"] == split).to_numpy())
+    return CachedBatches(
+        data.images[rows] if len(rows) else np.zeros((0, cfg.cache_size, cfg.cache_size), np.uint8),
+        data.manifest["label_idx"].to_numpy()[rows],
+        cfg.batch_size,
+        cfg.image_size,
+        train=train,
+        aug=augment_params(cfg),
+        seed=cfg.seed,
+        device=device,
+    )
+
+
+def setup_torch(cfg: Config) -> str:
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    return resolve_device(cfg.device)
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise RuntimeError(f"checkpoint {path} could not be read: {type(err).__name__}: {err}") from err
+    missing = {"model_name", "class_names", "model_state"} - set(state)
+    if missing:
+        raise RuntimeError(f"checkpoint {path} lacks {sorted(missing)}: not a brainlib checkpoint")
+    return state
+
+
+def model_from_checkpoint(state: dict, device: str = "cpu") -> nn.Module:
+    if tuple(state["class_names"]) != CLASS_NAMES:
+        raise ValueError(f"checkpoint classes {state['class_names']} differ from this code's {list(CLASS_NAMES)}")
+    model = create_model(state["model_name"])
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint weights do not fit model {state['model_name']!r}: {err}") from err
+    return model.to(device).eval()
+
+
+def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}: use 'constant' or 'onecycle'")
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA; plain fp32 on CPU (measured faster there, see BENCHMARKS.md)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches, device: str) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and the logits (in order) over `batches`."""
+    model.eval()
+    losses, logits_all, correct, n = [], [], 0, 0
+    for x, y in batches:
+        with autocast(device):
+            logits = model(x).float()
+        losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+        logits_all.append(logits.cpu())
+    logits = torch.cat(logits_all) if logits_all else torch.zeros(0, len(CLASS_NAMES))
+    return (sum(losses) / max(n, 1), correct / max(n, 1), logits)
+
+
+def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch, progress=True, on_first_batch=None):
+    """One pass over `batches`; raises NonFiniteLossError on a NaN/inf loss (nothing saved)."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    total_loss, correct, n = 0.0, 0, 0
+    bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, mininterval=5)
+    for step, (x, y) in enumerate(bar, start=1):
+        if step == 1 and on_first_batch is not None:
+            on_first_batch(x)
+        with autocast(device):
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at epoch {epoch}, step {step}; stopping. The last good checkpoint is untouched."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+        bar.set_postfix(loss=f"{total_loss / n:.4f}", acc=f"{correct / n:.4f}", refresh=False)
+    return total_loss / max(n, 1), correct / max(n, 1), n
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunData | None = None) -> pd.DataFrame:
+    """Train cfg.model on the run's train split, select on val; returns the per-epoch history."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torchvision.utils import make_grid
+
+    device = setup_torch(cfg)
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    data = data or load_run_data(cfg)
+    train_batches = split_batches(cfg, data, "train", device, train=True)
+    val_batches = split_batches(cfg, data, "val", device)
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(cfg, optimizer, len(train_batches))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    start_epoch, best_acc, history = 1, -1.0, []
+    if resume and (ckpt_dir / "last.pt").exists():
+        state = load_checkpoint(ckpt_dir / "last.pt", device)
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scheduler.load_state_dict(state["scheduler_state"])
+        start_epoch, best_acc, history = state["epoch"] + 1, state["best_val_acc"], state["history"]
+        print(f"Resuming {run_dir} after epoch {state['epoch']}")
+    cfg.save(run_dir / "config.json")
+
+    writer = SummaryWriter(str(run_dir / "tb"))
+    log_path = run_dir / "train_log.txt"
+
+    def log_grid(x: torch.Tensor) -> None:
+        grid = make_grid(x[:16, :1].float().cpu() * 0.5 + 0.5, nrow=8)
+        writer.add_image("train/augmented_batch", grid, start_epoch)
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: replayable per epoch
+        train_batches.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        train_loss, train_acc, n_seen = train_one_epoch(
+            model, train_batches, optimizer, scheduler, loss_fn, device, epoch, progress, log_grid if epoch == start_epoch else None
+        )
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        train_time = time.perf_counter() - t0
+        val_loss, val_acc, _ = evaluate_batches(model, val_batches, device)
+        epoch_time = time.perf_counter() - t0
+        row = {
+            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+            "lr": lr, "epoch_seconds": epoch_time, "train_images_per_s": n_seen / train_time,
+        }  # fmt: skip
+        history.append(row)
+        for key in ("loss", "acc"):
+            writer.add_scalars(f"{key}", {"train": row[f"train_{key}"], "val": row[f"val_{key}"]}, epoch)
+            writer.add_scalar(f"train/{key}", row[f"train_{key}"], epoch)
+            writer.add_scalar(f"val/{key}", row[f"val_{key}"], epoch)
+        writer.add_scalar("train/lr", lr, epoch)
+        writer.add_scalar("time/epoch_seconds", epoch_time, epoch)
+        writer.add_scalar("time/train_images_per_s", row["train_images_per_s"], epoch)
+        line = (
+            f"Epoch {epoch}/{cfg.epochs}: Train loss={train_loss:.4f}, acc={train_acc:.4f} | "
+            f"Val loss={val_loss:.4f}, acc={val_acc:.4f} | {epoch_time:.0f}s, {row['train_images_per_s']:.1f} img/s"
+        )
+        print(line, flush=True)
+        with open(log_path, "a") as fh:
+            fh.write(line + "\n")
+        improved = val_acc > best_acc
+        best_acc = max(best_acc, val_acc)
+        state = {
+            "model_name": cfg.model, "class_names": list(CLASS_NAMES), "config": cfg.__dict__.copy(), "epoch": epoch,
+            "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+            "scheduler_state": scheduler.state_dict(), "best_val_acc": best_acc, "history": history,
+            "rng_state": torch.get_rng_state(),
+        }  # fmt: skip
+        if improved:
+            save_checkpoint(state, ckpt_dir / "best.pt")
+        save_checkpoint(state, ckpt_dir / "last.pt")
+
+    frame = pd.DataFrame(history)
+    if len(frame):
+        frame.to_csv(run_dir / "history.csv", index=False)
+        summary = {
+            "best_val_acc": best_acc,
+            "best_epoch": int(frame.loc[frame["val_acc"].idxmax(), "epoch"]),
+            "train_seconds": float(frame["epoch_seconds"].sum()),
+            "mean_train_images_per_s": float(frame["train_images_per_s"].mean()),
+            "device": device,
+            "torch_threads": torch.get_num_threads(),
+        }
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        hparams = {k: v for k, v in cfg.__dict__.items() if isinstance(v, (int, float, str, bool))}
+        writer.add_hparams(
+            hparams, {"hparam/best_val_acc": best_acc, "hparam/final_val_loss": frame["val_loss"].iloc[-1]}, run_name="hparams"
+        )
+    writer.close()
+    return frame

@@ -1,0 +1,144 @@
+import io
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from brainlib import audit, data
+from brainlib.config import CLASS_NAMES
+
+MANIFEST_COLUMNS = {
+    "path", "split_on_disk", "split", "label", "label_idx", "width", "height", "mode", "format", "is_gray",
+    "file_sha256", "pixel_sha1", "dhash", "exact_group", "near_group", "has_train_twin_exact", "has_train_twin_near",
+}  # fmt: skip
+
+
+def test_fixture_layout_is_valid(fixture_root):
+    layout = data.validate_layout(fixture_root)
+    assert set(layout) == {"Training", "Testing"}
+    assert all(set(classes) == set(CLASS_NAMES) for classes in layout.values())
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda root: shutil.rmtree(root / "Testing"), "Testing is missing"),
+        (lambda root: (root / "Training" / "astrocytoma").mkdir(), "unknown class folder"),
+        (lambda root: shutil.rmtree(root / "Training" / "pituitary"), "lacks class folder"),
+        (lambda root: [p.unlink() for p in (root / "Testing" / "glioma").iterdir()], "is empty"),
+    ],
+)
+def test_bad_layout_gives_clear_error(data_copy, breakage, message):
+    breakage(data_copy)
+    with pytest.raises(data.DataError, match=message) as err:
+        data.validate_layout(data_copy)
+    assert "Expected layout" in str(err.value)
+
+
+def test_missing_data_dir_names_both_options(tmp_path, monkeypatch):
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.resolve_data_dir(tmp_path / "nowhere")
+    monkeypatch.delenv("BRAIN_DATA_DIR", raising=False)
+    monkeypatch.setitem(__import__("sys").modules, "kagglehub", None)  # as if the download failed
+    with pytest.raises(data.DataError, match="BRAIN_DATA_DIR") as err:
+        data.resolve_data_dir(None)
+    assert "kagglehub" in str(err.value)
+
+
+def _save(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_bad_files_are_skipped_and_odd_modes_load(data_copy):
+    folder = data_copy / "Training" / "glioma"
+    good = Image.open(next(folder.glob("*.jpg"))).convert("RGB")
+    jpeg = _save(good, "JPEG")
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "text.jpg").write_text("not an image")
+    (folder / "png_named.jpg").write_bytes(_save(good, "PNG"))
+    (folder / "rgba.png").write_bytes(_save(good.convert("RGBA"), "PNG"))
+    (folder / "palette.png").write_bytes(_save(good.convert("P"), "PNG"))
+    (folder / "sixteen.png").write_bytes(_save(Image.fromarray(np.asarray(good.convert("L")).astype(np.uint16) * 256), "PNG"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scan = data.scan_dataset(data_copy, progress=False)
+    skipped = {p.split("/")[-1] for p, _ in scan.skipped}
+    assert skipped == {"zero.jpg", "truncated.jpg", "text.jpg"}
+    assert sum("skipping unreadable image" in str(w.message) for w in caught) == 3
+    rows = scan.manifest.set_index(scan.manifest["path"].str.split("/").str[-1])
+    assert rows.loc["png_named.jpg", "format"] == "PNG"
+    assert rows.loc["palette.png", "mode"] == "P"
+    assert rows.loc["sixteen.png", "mode"].startswith("I")
+    for name in ("png_named.jpg", "rgba.png", "palette.png", "sixteen.png"):
+        gray = data.load_gray(folder / name, 64)
+        assert gray.shape == (64, 64) and gray.dtype == np.uint8 and gray.max() > 50
+
+
+def test_manifest_columns_and_splits(fixture_root):
+    manifest, result, _ = data.build_manifest(fixture_root, 0.2, seed=3, progress=False)
+    assert MANIFEST_COLUMNS <= set(manifest.columns)
+    assert set(manifest["split"]) == {"train", "val", "test"}
+    assert (manifest.loc[manifest["split_on_disk"] == "Testing", "split"] == "test").all()
+    assert (manifest.loc[manifest["split"] == "val", "split_on_disk"] == "Training").all()
+    # stratified: every class has val images, about 20 % of its Training rows
+    val_share = manifest[manifest["split_on_disk"] == "Training"].groupby("label")["split"].apply(lambda s: (s == "val").mean())
+    assert set(val_share.index) == set(CLASS_NAMES) and val_share.between(0.1, 0.4).all()
+
+
+def test_split_is_deterministic_and_seeded(fixture_root):
+    scan = data.scan_dataset(fixture_root, progress=False)
+    base = audit.audit_duplicates(scan.manifest, scan.thumbs).manifest
+    a = data.assign_splits(base, 0.3, seed=1)["split"]
+    b = data.assign_splits(base, 0.3, seed=1)["split"]
+    c = data.assign_splits(base, 0.3, seed=2)["split"]
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_split_keeps_duplicate_groups_together():
+    frame = pd.DataFrame(
+        {"split_on_disk": ["Training"] * 40, "label": ["glioma"] * 20 + ["notumor"] * 20, "near_group": [i // 4 for i in range(40)]}
+    )
+    for seed in range(5):
+        split = data.assign_splits(frame, 0.25, seed)
+        assert split.groupby("near_group")["split"].nunique().max() == 1
+
+
+def test_duplicate_audit_finds_planted_twins(data_copy):
+    src = data_copy / "Training" / "glioma" / "Tr-gl_0219.jpg"
+    # exact twin in Testing (same bytes) and a near twin (slightly brighter, re-encoded) in Testing
+    shutil.copy(src, data_copy / "Testing" / "glioma" / "exact_twin.jpg")
+    brighter = np.clip(np.asarray(Image.open(src).convert("L")).astype(int) + 12, 0, 255).astype(np.uint8)
+    Image.fromarray(brighter).save(data_copy / "Testing" / "glioma" / "near_twin.jpg", quality=80)
+    manifest, result, _ = data.build_manifest(data_copy, 0.1, seed=0, progress=False)
+    rows = manifest.set_index(manifest["path"].str.split("/").str[-1])
+    assert rows.loc["exact_twin.jpg", "has_train_twin_exact"]
+    assert not rows.loc["near_twin.jpg", "has_train_twin_exact"]
+    assert rows.loc["near_twin.jpg", "has_train_twin_near"]
+    assert rows.loc["exact_twin.jpg", "exact_group"] == rows.loc["Tr-gl_0219.jpg", "exact_group"]
+    # the fixture carries one real cross-split exact twin (Te-meTr_0001 / Tr-me_0196)
+    assert rows.loc["Te-meTr_0001.jpg", "has_train_twin_exact"]
+    assert result.summary["test_with_train_twin_exact"] == 2  # the planted twin and the real one
+    assert result.summary["exact_groups_with_label_conflict"] == 0
+
+
+def test_unrelated_images_are_not_near_duplicates(fixture_root):
+    scan = data.scan_dataset(fixture_root, progress=False)
+    pairs = audit.hamming_pairs(audit.dhash_bits(scan.thumbs), audit.NEAR_THRESHOLD)
+    names = scan.manifest["path"].str.split("/").str[-1]
+    flagged = {frozenset((names[i], names[j])) for i, j in pairs[["i", "j"]].to_numpy()}
+    assert flagged <= {frozenset(("Tr-me_0196.jpg", "Te-meTr_0001.jpg"))}
+
+
+def test_hamming_pairs_matches_brute_force():
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 256, size=(50, 32), dtype=np.uint8)
+    bits[7] = bits[3] ^ np.array([1] + [0] * 31, dtype=np.uint8)  # one bit apart
+    got = audit.hamming_pairs(bits, 1, chunk=16)
+    assert [tuple(r) for r in got[["i", "j", "distance"]].to_numpy()] == [(3, 7, 1)]

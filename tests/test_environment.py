@@ -1,0 +1,30 @@
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pins(lines):
+    return sorted(line.strip() for line in lines if re.match(r"^[A-Za-z0-9_.\-\[\]]+==\S+$", line.strip()))
+
+
+def test_environment_yml_mirrors_requirements():
+    req = pins((ROOT / "requirements.txt").read_text().splitlines())
+    yml = pins(line.strip().removeprefix("- ") for line in (ROOT / "environment.yml").read_text().splitlines())
+    assert req, "requirements.txt has no pins"
+    assert req == yml
+    assert "python=3.11" in (ROOT / "environment.yml").read_text()
+
+
+def test_torch_pins_are_the_ones_on_disk():
+    req = (ROOT / "requirements.txt").read_text()
+    assert "torch==2.14.1" in req and "torchvision==0.29.1" in req
+
+
+def test_committed_notebooks_have_no_outputs():
+    import json
+
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), f"{nb.name} has outputs"
+        assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), f"{nb.name} lacks a parameters cell"
