@@ -31,7 +31,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class SeedCNN(nn.Module):
@@ -62,3 +62,31 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
         relus = [m for m in model.features if isinstance(m, nn.ReLU)]
         return relus[-1]
     raise TypeError(f"no CAM target layer known for {type(model).__name__}")
+
+
+def layer_table(model: nn.Module, example: torch.Tensor):
+    """Per-leaf-layer output shape and parameter count for one forward pass (a light torchinfo)."""
+    import pandas as pd
+
+    rows, hooks = [], []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is None:  # leaves only
+            hooks.append(
+                module.register_forward_hook(
+                    lambda m, _i, out, name=name: rows.append(
+                        {
+                            "layer": name,
+                            "type": type(m).__name__,
+                            "output": tuple(out.shape[1:]),
+                            "params": sum(p.numel() for p in m.parameters()),
+                        }
+                    )
+                )
+            )
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return pd.DataFrame(rows)
