@@ -46,7 +46,12 @@ def augment_params(cfg: Config) -> AugmentParams:
 
 
 def split_batches(cfg: Config, data: RunData, split: str, device: str, train: bool = False) -> CachedBatches:
-    rows = np.flatnonzero((data.manifest["split"] == split).to_numpy())
+    return rows_batches(cfg, data, np.flatnonzero((data.manifest["split"] == split).to_numpy()), device, train)
+
+
+def rows_batches(cfg: Config, data: RunData, rows: np.ndarray, device: str = "cpu", train: bool = False) -> CachedBatches:
+    """Batches over the given manifest rows (positions), in order unless train=True."""
+    rows = np.asarray(rows, dtype=int)
     return CachedBatches(
         data.images[rows] if len(rows) else np.zeros((0, cfg.cache_size, cfg.cache_size), np.uint8),
         data.manifest["label_idx"].to_numpy()[rows],
