@@ -23,7 +23,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 PAPERMILL_PARAMS := -p run_dir $(RUN_DIR) -p data_dir "$(BRAIN_DATA_DIR)" -p model $(MODEL) -p epochs $(EPOCHS) \
 	-p batch_size $(BATCH) -p device $(DEVICE) -p fast $(FAST) -p seed $(SEED)
 
-.PHONY: setup pipeline test lint lab tensorboard clean-venv
+.PHONY: setup pipeline test bench lint lab tensorboard clean-venv
 
 setup: $(STAMP)
 
@@ -54,6 +54,13 @@ test: $(STAMP)
 	BRAIN_FAST=1 BRAIN_REAL_DATA_DIR="$(BRAIN_DATA_DIR)" \
 		$(PY) -m pytest -q tests --nbval-lax notebooks; \
 	status=$$?; rm -rf $(TEST_TMP); exit $$status
+
+# Throughput of the plain pipeline vs brainlib's on the real data, in one process (a benchmark, not a test).
+BENCH_RUN ?= runs/bench
+BENCH_STEPS ?= 4
+bench: $(STAMP)
+	test -f $(BENCH_RUN)/manifest.csv || $(PY) -m brainlib prepare --run-dir $(BENCH_RUN)
+	$(PY) -m brainlib bench --run-dir $(BENCH_RUN) --steps $(BENCH_STEPS) --out $(BENCH_RUN)/bench.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix brainlib tests notebooks

@@ -42,11 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in [
         ("prepare", "scan the data, audit duplicates, split, write the manifest (what 01_data does)"),
         ("train", "train cfg.model on the run's manifest"),
+        ("bench", "training throughput: plain pipeline vs brainlib's, same run"),
     ]:
         p = sub.add_parser(name, help=help_text)
         add_config_flags(p)
         if name == "train":
             p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
+        if name == "bench":
+            p.add_argument("--steps", type=int, default=4, help="timed training steps per pipeline")
+            p.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         from .train import train
 
         train(cfg, resume=args.resume)
+    elif args.command == "bench":
+        from .bench import run_benchmark
+
+        run_benchmark(cfg, steps=args.steps, out=args.out)
     return 0
 
 

@@ -41,6 +41,7 @@ class Config:
     schedule: str = "constant"  # constant | onecycle
     label_smoothing: float = 0.0
     device: str = "auto"  # auto | cpu | cuda
+    compile: bool = True  # torch.compile the training step (~25 % faster on CPU); skipped in fast mode
     num_threads: int = 0  # 0: torch default
 
     def save(self, path: str | Path) -> None:

@@ -179,6 +179,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(cfg, optimizer, len(train_batches))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    # compiled for the training step only; checkpoints hold the plain module's weights
+    step_model = torch.compile(model) if cfg.compile and not cfg.fast else model
     start_epoch, best_acc, history = 1, -1.0, []
     if resume and (ckpt_dir / "last.pt").exists():
         state = load_checkpoint(ckpt_dir / "last.pt", device)
@@ -202,7 +204,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         train_loss, train_acc, n_seen = train_one_epoch(
-            model, train_batches, optimizer, scheduler, loss_fn, device, epoch, progress, log_grid if epoch == start_epoch else None
+            step_model, train_batches, optimizer, scheduler, loss_fn, device, epoch, progress, log_grid if epoch == start_epoch else None
         )
         if device.startswith("cuda"):
             torch.cuda.synchronize()

@@ -1,0 +1,108 @@
+"""Training-throughput benchmark: the plain pipeline against brainlib's, in one process.
+
+(a) plain: ImageFileDataset + DataLoader, PIL decode and torchvision.transforms.v2 per image
+    every epoch, fp32, NCHW: how the reference trains.
+(b) brainlib: decoded uint8 cache, batched tensor augmentation (one grid_sample), channels_last,
+    torch.compile.
+Same model, batch size, optimizer and augmentation semantics. Prints images/s and writes JSON.
+Not a test: nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Config
+from .loader import ImageFileDataset, reference_transforms
+from .models import create_model
+from .train import augment_params, load_run_data, setup_torch, split_batches
+
+
+def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: str) -> float:
+    """Train for warmup + steps batches; images/s over the timed steps (data loading included)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    model.train()
+    it = iter(batches)
+    n, start = 0, None
+    for step in range(warmup + steps):
+        if step == warmup:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start, n = time.perf_counter(), 0
+        x, y = next(it)
+        x, y = x.to(device), y.to(device)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n += len(y)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _time_eval(model: nn.Module, batches, max_batches: int, device: str) -> float:
+    model.eval()
+    n, start = 0, time.perf_counter()
+    for i, (x, _) in enumerate(batches):
+        if i >= max_batches:
+            break
+        model(x.to(device))
+        n += len(x)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
+def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2, out: str | Path | None = None) -> dict:
+    device = setup_torch(cfg)
+    data = load_run_data(cfg)
+    train_rows = data.manifest[data.manifest["split"] == "train"]
+    results: dict = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": device,
+        },
+        "batch_size": cfg.batch_size,
+        "steps": steps,
+    }
+
+    torch.manual_seed(cfg.seed)
+    plain_ds = ImageFileDataset(train_rows, data.data_root, reference_transforms(True, cfg.image_size, augment_params(cfg)))
+    plain = torch.utils.data.DataLoader(
+        plain_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=False
+    )
+    results["plain_train_images_per_s"] = _time_training(create_model(cfg.model).to(device), plain, steps, warmup, device)
+    eval_ds = ImageFileDataset(data.manifest[data.manifest["split"] == "test"], data.data_root, reference_transforms(False, cfg.image_size))
+    eval_plain = torch.utils.data.DataLoader(eval_ds, batch_size=cfg.batch_size, num_workers=workers)
+    results["plain_eval_images_per_s"] = _time_eval(create_model(cfg.model).to(device), eval_plain, steps, device)
+
+    model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    fast_model = torch.compile(model) if cfg.compile else model
+    batches = split_batches(cfg, data, "train", device, train=True)
+    # compile happens during warmup; it is reported separately
+    t0 = time.perf_counter()
+    _time_training(fast_model, batches, 1, 1, device)
+    results["brainlib_compile_and_first_steps_s"] = time.perf_counter() - t0
+    results["brainlib_train_images_per_s"] = _time_training(fast_model, batches, steps, warmup, device)
+    results["brainlib_eval_images_per_s"] = _time_eval(model, split_batches(cfg, data, "test", device), steps, device)
+    results["train_speedup"] = results["brainlib_train_images_per_s"] / results["plain_train_images_per_s"]
+    results["eval_speedup"] = results["brainlib_eval_images_per_s"] / results["plain_eval_images_per_s"]
+
+    print(f"{'pipeline':<10} {'train img/s':>12} {'eval img/s':>11}")
+    for name in ("plain", "brainlib"):
+        print(f"{name:<10} {results[f'{name}_train_images_per_s']:>12.1f} {results[f'{name}_eval_images_per_s']:>11.1f}")
+    print(f"speed-up: train x{results['train_speedup']:.2f}, eval x{results['eval_speedup']:.2f}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2, default=float) + "\n")
+    return results
