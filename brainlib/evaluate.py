@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
 from .config import CLASS_NAMES, Config
-from .train import RunData, evaluate_batches, load_checkpoint, model_from_checkpoint, setup_torch, split_batches
+from .train import RunData, autocast, load_checkpoint, model_from_checkpoint, save_checkpoint, setup_torch, split_batches
 
 ECE_BINS = 15
 
@@ -20,13 +20,94 @@ def default_checkpoint(cfg: Config) -> Path:
     return Path(cfg.run_dir) / "checkpoints" / "best.pt"
 
 
-def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = None) -> pd.DataFrame:
-    """Predict every test image once; write predictions.csv and logits.npy to the run folder."""
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, batches, device: str, tta: bool = False) -> torch.Tensor:
+    """Logits in order; with tta, the mean of the image's and its mirror image's log-probabilities."""
+    model.eval()
+    out = []
+    for x, _ in batches:
+        with autocast(device):
+            logits = model(x).float()
+            if tta:
+                logits = (logits.log_softmax(1) + model(torch.flip(x, dims=[-1])).float().log_softmax(1)) / 2
+        out.append(logits.cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(CLASS_NAMES))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al. 2017): one scalar T minimising validation NLL of logits / T."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp())
+
+
+def ensure_temperature(cfg: Config, data: RunData, checkpoint: Path, state: dict, model, device: str) -> float:
+    """The checkpoint's temperature; fitted on the val split and written back once when missing."""
+    if "temperature" not in state:
+        val = split_batches(cfg, data, "val", device)
+        state["temperature"] = fit_temperature(predict_logits(model, val, device), val.labels.cpu())
+        save_checkpoint(state, checkpoint)
+    return float(state["temperature"])
+
+
+def _shift(images: np.ndarray, kind: str) -> np.ndarray:
+    """A realistic acquisition shift applied to uint8 gray images."""
+    import cv2
+
+    if kind == "clahe":
+        clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+        return np.stack([clahe.apply(im) for im in images])
+    if kind.startswith("gamma"):
+        gamma = float(kind.removeprefix("gamma_"))
+        table = (255.0 * (np.arange(256) / 255.0) ** gamma).round().astype(np.uint8)
+        return table[images]
+    if kind == "jpeg_q30":
+        return np.stack([cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_GRAYSCALE) for im in images])
+    if kind == "downscale_128":
+        side = images.shape[-1]
+        return np.stack(
+            [
+                cv2.resize(cv2.resize(im, (128, 128), interpolation=cv2.INTER_AREA), (side, side), interpolation=cv2.INTER_LINEAR)
+                for im in images
+            ]
+        )
+    raise ValueError(f"unknown shift {kind!r}")
+
+
+SHIFTS = ("clahe", "gamma_0.7", "gamma_1.4", "jpeg_q30", "downscale_128")
+
+
+def accuracy_under_shifts(cfg: Config, data: RunData, model, device: str) -> dict[str, float]:
+    rows = np.flatnonzero((data.manifest["split"] == "test").to_numpy())
+    labels = data.manifest["label_idx"].to_numpy()[rows]
+    clean = np.asarray(data.images[rows])
+    result = {}
+    for kind in SHIFTS:
+        shifted = RunData(data.manifest.iloc[rows].reset_index(drop=True).assign(split="test"), _shift(clean, kind), data.data_root)
+        logits = predict_logits(model, split_batches(cfg, shifted, "test", device), device)
+        result[kind] = float((logits.argmax(1).numpy() == labels).mean())
+    return result
+
+
+def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = None, shifts: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Predict every test image once; write predictions.csv and test_logits.npy to the run folder.
+
+    Also returns the extras measured on the same checkpoint: temperature (fitted on val),
+    accuracy with flip TTA, and accuracy under acquisition shifts."""
     device = setup_torch(cfg)
     checkpoint = Path(checkpoint or default_checkpoint(cfg))
     state = load_checkpoint(checkpoint, device)
     model = model_from_checkpoint(state, device).to(memory_format=torch.channels_last)
-    _, _, logits = evaluate_batches(model, split_batches(cfg, data, "test", device), device)
+    test_batches = split_batches(cfg, data, "test", device)
+    logits = predict_logits(model, test_batches, device)
     test = data.manifest[data.manifest["split"] == "test"].reset_index(drop=True)
     probs = logits.softmax(1).numpy()
     pred = test[["path", "label", "label_idx", "has_train_twin_exact", "has_train_twin_near"]].copy()
@@ -35,13 +116,20 @@ def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = Non
     pred["confidence"] = probs.max(1)
     for i, name in enumerate(CLASS_NAMES):
         pred[f"p_{name}"] = probs[:, i]
-    pred.attrs["checkpoint"] = str(checkpoint)
-    pred.attrs["model"] = state["model_name"]
-    pred.attrs["epoch"] = state.get("epoch")
     run_dir = Path(cfg.run_dir)
     pred.to_csv(run_dir / "predictions.csv", index=False)
     np.save(run_dir / "test_logits.npy", logits.numpy())
-    return pred
+    y = torch.as_tensor(pred["label_idx"].to_numpy())
+    extras = {
+        "model": state["model_name"],
+        "checkpoint": str(checkpoint),
+        "epoch": state.get("epoch"),
+        "temperature": ensure_temperature(cfg, data, checkpoint, state, model, device),
+        "accuracy_tta_flip": float((predict_logits(model, test_batches, device, tta=True).argmax(1) == y).float().mean()),
+    }
+    if shifts:
+        extras["accuracy_under_shift"] = accuracy_under_shifts(cfg, data, model, device)
+    return pred, extras
 
 
 def probabilities(pred: pd.DataFrame) -> np.ndarray:
@@ -73,8 +161,16 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     return float((used["count"] * (used["accuracy"] - used["confidence"]).abs()).sum() / max(len(confidence), 1))
 
 
-def compute_metrics(pred: pd.DataFrame) -> dict:
+def calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T) from softmax(logits): log-probabilities differ from logits by a constant."""
+    z = np.log(np.clip(probs, 1e-300, None)) / temperature
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def compute_metrics(pred: pd.DataFrame, extras: dict | None = None) -> dict:
     """Every headline number from the saved predictions (stable keys: see metrics.json)."""
+    extras = extras or {}
     y, y_hat, probs = pred["label_idx"].to_numpy(), pred["pred_idx"].to_numpy(), probabilities(pred)
     correct = y == y_hat
     labels = list(range(len(CLASS_NAMES)))
@@ -85,9 +181,11 @@ def compute_metrics(pred: pd.DataFrame) -> dict:
     for i, name in enumerate(CLASS_NAMES):
         positives = y == i
         roc[name] = float(roc_auc_score(positives, probs[:, i])) if 0 < positives.sum() < len(y) else None
+    temperature = extras.get("temperature")
     return {
-        "model": pred.attrs.get("model"),
-        "checkpoint": pred.attrs.get("checkpoint"),
+        "model": extras.get("model"),
+        "checkpoint": extras.get("checkpoint"),
+        "epoch": extras.get("epoch"),
         "n_test": int(len(y)),
         "accuracy": float(correct.mean()),
         "macro_f1": float(report["macro avg"]["f1-score"]),
@@ -103,6 +201,10 @@ def compute_metrics(pred: pd.DataFrame) -> dict:
         },
         "roc_auc": roc,
         "ece": expected_calibration_error(probs.max(1), correct),
+        "temperature": temperature,
+        "ece_calibrated": expected_calibration_error(calibrated(probs, temperature).max(1), correct) if temperature else None,
+        "accuracy_tta_flip": extras.get("accuracy_tta_flip"),
+        "accuracy_under_shift": extras.get("accuracy_under_shift"),
         "n_leakage_free": int(clean.sum()),
         "accuracy_leakage_free": float(correct[clean].mean()) if clean.any() else None,
         "n_without_exact_twin": int(exact_clean.sum()),
