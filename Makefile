@@ -23,7 +23,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 PAPERMILL_PARAMS := -p run_dir $(RUN_DIR) -p data_dir "$(BRAIN_DATA_DIR)" -p model $(MODEL) -p epochs $(EPOCHS) \
 	-p batch_size $(BATCH) -p device $(DEVICE) -p fast $(FAST) -p seed $(SEED)
 
-.PHONY: setup pipeline test bench lint lab tensorboard clean-venv
+.PHONY: setup pipeline test bench evaluate lint lab tensorboard clean-venv
 
 setup: $(STAMP)
 
@@ -54,6 +54,11 @@ test: $(STAMP)
 	BRAIN_FAST=1 BRAIN_REAL_DATA_DIR="$(BRAIN_DATA_DIR)" \
 		$(PY) -m pytest -q tests --nbval-lax notebooks; \
 	status=$$?; rm -rf $(TEST_TMP); exit $$status
+
+# Score a checkpoint on the official Testing split: make evaluate CHECKPOINT=checkpoints/seed_cnn.pt
+CHECKPOINT ?= checkpoints/seed_cnn.pt
+evaluate: $(STAMP)
+	$(PY) -m brainlib evaluate --checkpoint $(CHECKPOINT) --run-dir runs/eval-$(basename $(notdir $(CHECKPOINT)))
 
 # Throughput of the plain pipeline vs brainlib's on the real data, in one process (a benchmark, not a test).
 BENCH_RUN ?= runs/bench

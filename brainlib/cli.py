@@ -1,4 +1,4 @@
-"""Command line: `python -m brainlib {prepare,train,evaluate} [--field value ...]`.
+"""Command line: `python -m brainlib {prepare,train,evaluate,bench,predict} [--field value ...]`.
 
 Every Config field is a flag (`--epochs 2`, `--run-dir runs/x`); a run folder's saved
 config.json is read first when it exists, so later steps see what earlier steps used.
@@ -43,28 +43,30 @@ def main(argv: list[str] | None = None) -> int:
         ("prepare", "scan the data, audit duplicates, split, write the manifest (what 01_data does)"),
         ("train", "train cfg.model on the run's manifest"),
         ("bench", "training throughput: plain pipeline vs brainlib's, same run"),
+        ("evaluate", "score a checkpoint on the official Testing split (writes metrics.json)"),
     ]:
         p = sub.add_parser(name, help=help_text)
         add_config_flags(p)
         if name == "train":
             p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
+        if name == "evaluate":
+            p.add_argument("--checkpoint", default=None, help="default: <run-dir>/checkpoints/best.pt")
         if name == "bench":
             p.add_argument("--steps", type=int, default=4, help="timed training steps per pipeline")
             p.add_argument("--out", default=None, help="JSON file for the results")
+    p = sub.add_parser("predict", help="classify image files with a checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--checkpoint", default=None, help="default: the committed checkpoints/ model")
+    p.add_argument("--cam", default=None, metavar="OUT_DIR", help="write a Grad-CAM overlay per image here")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        return predict_command(args)
     cfg = config_from_args(args)
 
-    if args.command == "prepare":
-        from .data import build_manifest, resolve_data_dir, write_manifest
-
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        manifest, audit, scan = build_manifest(
-            resolve_data_dir(cfg.data_dir or None), cfg.val_fraction, cfg.seed, cfg.fast_per_class if cfg.fast else 0
-        )
-        print(f"manifest: {write_manifest(manifest, cfg.run_dir)} ({len(manifest)} images, {len(scan.skipped)} skipped)")
-        print(json.dumps(audit.summary, indent=2))
-        cfg.save(Path(cfg.run_dir) / "config.json")
-    elif args.command == "train":
+    if args.command == "prepare" or (args.command == "evaluate" and not (Path(cfg.run_dir) / "manifest.csv").exists()):
+        prepare(cfg)
+    if args.command == "train":
         from .train import train
 
         train(cfg, resume=args.resume)
@@ -72,7 +74,50 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import run_benchmark
 
         run_benchmark(cfg, steps=args.steps, out=args.out)
+    elif args.command == "evaluate":
+        from .evaluate import compute_metrics, predict_test, report_table, write_metrics
+        from .train import load_run_data
+
+        cfg.save(Path(cfg.run_dir) / "config.json")
+        pred, extras = predict_test(cfg, load_run_data(cfg), args.checkpoint)
+        metrics = compute_metrics(pred, extras)
+        print(report_table(pred))
+        keys = ("accuracy", "accuracy_leakage_free", "n_leakage_free", "macro_f1", "ece", "ece_calibrated", "accuracy_tta_flip")
+        print(json.dumps({k: metrics[k] for k in keys} | {"meningioma_recall": metrics["per_class"]["meningioma"]["recall"]}, indent=2))
+        print(f"metrics: {write_metrics(metrics, cfg.run_dir)}")
     return 0
+
+
+def prepare(cfg: Config) -> None:
+    from .data import build_manifest, resolve_data_dir, write_manifest
+
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    manifest, audit, scan = build_manifest(
+        resolve_data_dir(cfg.data_dir or None), cfg.val_fraction, cfg.seed, cfg.fast_per_class if cfg.fast else 0
+    )
+    print(f"manifest: {write_manifest(manifest, cfg.run_dir)} ({len(manifest)} images, {len(scan.skipped)} skipped)")
+    print(json.dumps(audit.summary, indent=2))
+    cfg.save(Path(cfg.run_dir) / "config.json")
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """Exit 0 when every image was classified, 1 when any failed (the others still print), 2 for a bad checkpoint."""
+    from .predict import predict_images
+
+    try:
+        results = predict_images(args.images, args.checkpoint, args.cam)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
+        elif not args.json:
+            probs = "  ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
+            print(f"{r['path']}: {r['class']}  ({probs})" + (f"  cam: {r['cam']}" if "cam" in r else ""))
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def load_gray(path: str | os.PathLike, size: int) -> np.ndarray:
             img.draft("L", (size, size))  # DCT-domain downscale: large JPEGs decode fast
         img.load()
         gray = to_gray(img if img.mode != "P" else img.convert("RGBA"))
-    return np.asarray(gray.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return np.array(gray.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
 @dataclass

@@ -46,7 +46,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def ensure_temperature(cfg: Config, data: RunData, checkpoint: Path, state: dict, model, device: str) -> float:
@@ -119,7 +119,7 @@ def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = Non
     run_dir = Path(cfg.run_dir)
     pred.to_csv(run_dir / "predictions.csv", index=False)
     np.save(run_dir / "test_logits.npy", logits.numpy())
-    y = torch.as_tensor(pred["label_idx"].to_numpy())
+    y = torch.tensor(pred["label_idx"].to_numpy())
     extras = {
         "model": state["model_name"],
         "checkpoint": str(checkpoint),

@@ -87,7 +87,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise RuntimeError(f"checkpoint {path} could not be read: {type(err).__name__}: {err}") from err
+        detail = " ".join(str(err).split())[:300]
+        raise RuntimeError(f"checkpoint {path} could not be read: {type(err).__name__}: {detail}") from err
     missing = {"model_name", "class_names", "model_state"} - set(state)
     if missing:
         raise RuntimeError(f"checkpoint {path} lacks {sorted(missing)}: not a brainlib checkpoint")
@@ -101,7 +102,8 @@ def model_from_checkpoint(state: dict, device: str = "cpu") -> nn.Module:
     try:
         model.load_state_dict(state["model_state"])
     except RuntimeError as err:
-        raise ValueError(f"checkpoint weights do not fit model {state['model_name']!r}: {err}") from err
+        detail = " ".join(str(err).split())[:300]
+        raise ValueError(f"checkpoint weights do not fit model {state['model_name']!r}: {detail}") from err
     return model.to(device).eval()
 
 
