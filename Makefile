@@ -23,7 +23,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 PAPERMILL_PARAMS := -p run_dir $(RUN_DIR) -p data_dir "$(BRAIN_DATA_DIR)" -p model $(MODEL) -p epochs $(EPOCHS) \
 	-p batch_size $(BATCH) -p device $(DEVICE) -p fast $(FAST) -p seed $(SEED)
 
-.PHONY: setup pipeline test bench evaluate lint lab tensorboard clean-venv
+.PHONY: setup pipeline test bench evaluate train-ddp lint lab tensorboard clean-venv
 
 setup: $(STAMP)
 
@@ -59,6 +59,13 @@ test: $(STAMP)
 CHECKPOINT ?= checkpoints/seed_cnn.pt
 evaluate: $(STAMP)
 	$(PY) -m brainlib evaluate --checkpoint $(CHECKPOINT) --run-dir runs/eval-$(basename $(notdir $(CHECKPOINT)))
+
+# Data-parallel training under torchrun (NCCL on GPUs, gloo on CPU); BATCH is per process.
+NPROC ?= 2
+train-ddp: $(STAMP)
+	test -f $(RUN_DIR)/manifest.csv || $(PY) -m brainlib prepare --run-dir $(RUN_DIR)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m brainlib train --run-dir $(RUN_DIR) \
+		--model $(MODEL) --epochs $(EPOCHS) --batch-size $(BATCH) --device $(DEVICE) --resume
 
 # Throughput of the plain pipeline vs brainlib's on the real data, in one process (a benchmark, not a test).
 BENCH_RUN ?= runs/bench

@@ -137,8 +137,10 @@ def to_model_input(x01: torch.Tensor) -> torch.Tensor:
 class CachedBatches:
     """Iterate (inputs, labels) batches over rows of the decoded cache.
 
-    Shuffling and augmentation draw from a generator seeded by (seed, epoch), so any epoch
-    can be replayed exactly, which makes resume bit-exact on CPU.
+    Shuffling and augmentation draw from generators seeded by (seed, epoch), so any epoch
+    can be replayed exactly, which makes resume bit-exact on CPU. Under DistributedDataParallel
+    each of `world_size` processes takes every world_size-th index of the same permutation
+    (padded by wrapping so all ranks take the same number of steps), like DistributedSampler.
     """
 
     def __init__(
@@ -151,23 +153,35 @@ class CachedBatches:
         aug: AugmentParams = AugmentParams(),
         seed: int = 0,
         device: str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.images = torch.from_numpy(np.array(images, dtype=np.uint8)).unsqueeze(1).to(device)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device)
         self.batch_size, self.image_size, self.train, self.aug, self.seed = batch_size, image_size, train, aug, seed
-        self.epoch = 0
+        self.epoch, self.rank, self.world_size = 0, rank, world_size
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.labels)
+        if not self.train:
+            return torch.arange(n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        if self.world_size > 1:
+            order = torch.cat([order, order[: (-n) % self.world_size]])[self.rank :: self.world_size]
+        return order
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        n = len(self.labels)
+        per_rank = math.ceil(n / self.world_size) if self.train else n
+        return math.ceil(per_rank / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        n = len(self.labels)
-        order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
-        for start in range(0, n, self.batch_size):
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 64 + self.rank + 1)  # augmentation
+        order = self._indices()
+        for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size].to(self.images.device)
             batch = self.images[idx]
             x = augment_batch(batch, self.image_size, self.aug, gen) if self.train else resize_batch(batch, self.image_size)

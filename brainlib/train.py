@@ -164,16 +164,65 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch
     return total_loss / max(n, 1), correct / max(n, 1), n
 
 
+@dataclass
+class Distributed:
+    """This process's place under torchrun (rank 0 of 1 when run plainly)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def mean(self, *values: float) -> list[float]:
+        """Average numbers over processes (per-rank train loss/accuracy -> global)."""
+        if self.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return (t / self.world_size).tolist()
+
+
+def init_distributed(device: str) -> tuple[Distributed, str]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(), device
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    rank = torch.distributed.get_rank()
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    return Distributed(rank, world_size), device
+
+
+class _NoWriter:
+    """Stands in for SummaryWriter on ranks other than 0."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunData | None = None) -> pd.DataFrame:
-    """Train cfg.model on the run's train split, select on val; returns the per-epoch history."""
+    """Train cfg.model on the run's train split, select on val; returns the per-epoch history.
+
+    Under `torchrun --nproc_per_node=N` the same call trains with DistributedDataParallel; only
+    rank 0 logs, writes TensorBoard and checkpoints."""
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import make_grid
 
-    device = setup_torch(cfg)
+    dist, device = init_distributed(setup_torch(cfg))
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     data = data or load_run_data(cfg)
     train_batches = split_batches(cfg, data, "train", device, train=True)
+    train_batches.rank, train_batches.world_size = dist.rank, dist.world_size
     val_batches = split_batches(cfg, data, "val", device)
 
     torch.manual_seed(cfg.seed)
@@ -181,8 +230,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(cfg, optimizer, len(train_batches))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    # compiled for the training step only; checkpoints hold the plain module's weights
-    step_model = torch.compile(model) if cfg.compile and not cfg.fast else model
     start_epoch, best_acc, history = 1, -1.0, []
     if resume and (ckpt_dir / "last.pt").exists():
         state = load_checkpoint(ckpt_dir / "last.pt", device)
@@ -190,10 +237,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
         start_epoch, best_acc, history = state["epoch"] + 1, state["best_val_acc"], state["history"]
-        print(f"Resuming {run_dir} after epoch {state['epoch']}")
-    cfg.save(run_dir / "config.json")
-
-    writer = SummaryWriter(str(run_dir / "tb"))
+        if dist.is_main:
+            print(f"Resuming {run_dir} after epoch {state['epoch']}")
+    # the step runs through DDP and/or torch.compile; checkpoints hold the plain module's weights
+    step_model = torch.nn.parallel.DistributedDataParallel(model) if dist.world_size > 1 else model
+    step_model = torch.compile(step_model) if cfg.compile and not cfg.fast else step_model
+    if dist.is_main:
+        cfg.save(run_dir / "config.json")
+    writer = SummaryWriter(str(run_dir / "tb")) if dist.is_main else _NoWriter()
     log_path = run_dir / "train_log.txt"
 
     def log_grid(x: torch.Tensor) -> None:
@@ -201,13 +252,22 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         writer.add_image("train/augmented_batch", grid, start_epoch)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: replayable per epoch
+        torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 64 + dist.rank)  # dropout: replayable per epoch
         train_batches.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         train_loss, train_acc, n_seen = train_one_epoch(
-            step_model, train_batches, optimizer, scheduler, loss_fn, device, epoch, progress, log_grid if epoch == start_epoch else None
+            step_model,
+            train_batches,
+            optimizer,
+            scheduler,
+            loss_fn,
+            device,
+            epoch,
+            progress and dist.is_main,
+            log_grid if epoch == start_epoch else None,
         )
+        train_loss, train_acc = dist.mean(train_loss, train_acc)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
@@ -215,37 +275,26 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         epoch_time = time.perf_counter() - t0
         row = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-            "lr": lr, "epoch_seconds": epoch_time, "train_images_per_s": n_seen / train_time,
+            "lr": lr, "epoch_seconds": epoch_time, "train_images_per_s": n_seen * dist.world_size / train_time,
         }  # fmt: skip
         history.append(row)
-        for key in ("loss", "acc"):
-            writer.add_scalars(f"{key}", {"train": row[f"train_{key}"], "val": row[f"val_{key}"]}, epoch)
-            writer.add_scalar(f"train/{key}", row[f"train_{key}"], epoch)
-            writer.add_scalar(f"val/{key}", row[f"val_{key}"], epoch)
-        writer.add_scalar("train/lr", lr, epoch)
-        writer.add_scalar("time/epoch_seconds", epoch_time, epoch)
-        writer.add_scalar("time/train_images_per_s", row["train_images_per_s"], epoch)
-        line = (
-            f"Epoch {epoch}/{cfg.epochs}: Train loss={train_loss:.4f}, acc={train_acc:.4f} | "
-            f"Val loss={val_loss:.4f}, acc={val_acc:.4f} | {epoch_time:.0f}s, {row['train_images_per_s']:.1f} img/s"
-        )
-        print(line, flush=True)
-        with open(log_path, "a") as fh:
-            fh.write(line + "\n")
         improved = val_acc > best_acc
         best_acc = max(best_acc, val_acc)
-        state = {
-            "model_name": cfg.model, "class_names": list(CLASS_NAMES), "config": cfg.__dict__.copy(), "epoch": epoch,
-            "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-            "scheduler_state": scheduler.state_dict(), "best_val_acc": best_acc, "history": history,
-            "rng_state": torch.get_rng_state(),
-        }  # fmt: skip
-        if improved:
-            save_checkpoint(state, ckpt_dir / "best.pt")
-        save_checkpoint(state, ckpt_dir / "last.pt")
+        if dist.is_main:
+            _log_epoch(writer, log_path, row, cfg.epochs)
+            state = {
+                "model_name": cfg.model, "class_names": list(CLASS_NAMES), "config": cfg.__dict__.copy(), "epoch": epoch,
+                "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(), "best_val_acc": best_acc, "history": history,
+                "rng_state": torch.get_rng_state(),
+            }  # fmt: skip
+            if improved:
+                save_checkpoint(state, ckpt_dir / "best.pt")
+            save_checkpoint(state, ckpt_dir / "last.pt")
+        dist.barrier()
 
     frame = pd.DataFrame(history)
-    if len(frame):
+    if len(frame) and dist.is_main:
         frame.to_csv(run_dir / "history.csv", index=False)
         summary = {
             "best_val_acc": best_acc,
@@ -254,11 +303,30 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
             "mean_train_images_per_s": float(frame["train_images_per_s"].mean()),
             "device": device,
             "torch_threads": torch.get_num_threads(),
+            "processes": dist.world_size,
         }
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         hparams = {k: v for k, v in cfg.__dict__.items() if isinstance(v, (int, float, str, bool))}
-        writer.add_hparams(
-            hparams, {"hparam/best_val_acc": best_acc, "hparam/final_val_loss": frame["val_loss"].iloc[-1]}, run_name="hparams"
-        )
+        metrics = {"hparam/best_val_acc": best_acc, "hparam/final_val_loss": frame["val_loss"].iloc[-1]}
+        writer.add_hparams(hparams, metrics, run_name="hparams")
     writer.close()
     return frame
+
+
+def _log_epoch(writer, log_path: Path, row: dict, epochs: int) -> None:
+    """TensorBoard scalars and the reference's one-line epoch summary (stdout and train_log.txt)."""
+    epoch = row["epoch"]
+    for key in ("loss", "acc"):
+        writer.add_scalars(key, {"train": row[f"train_{key}"], "val": row[f"val_{key}"]}, epoch)
+        writer.add_scalar(f"train/{key}", row[f"train_{key}"], epoch)
+        writer.add_scalar(f"val/{key}", row[f"val_{key}"], epoch)
+    writer.add_scalar("train/lr", row["lr"], epoch)
+    writer.add_scalar("time/epoch_seconds", row["epoch_seconds"], epoch)
+    writer.add_scalar("time/train_images_per_s", row["train_images_per_s"], epoch)
+    line = (
+        f"Epoch {epoch}/{epochs}: Train loss={row['train_loss']:.4f}, acc={row['train_acc']:.4f} | "
+        f"Val loss={row['val_loss']:.4f}, acc={row['val_acc']:.4f} | {row['epoch_seconds']:.0f}s, {row['train_images_per_s']:.1f} img/s"
+    )
+    print(line, flush=True)
+    with open(log_path, "a") as fh:
+        fh.write(line + "\n")
