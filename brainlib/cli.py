@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "bench":
             p.add_argument("--steps", type=int, default=4, help="timed training steps per pipeline")
             p.add_argument("--out", default=None, help="JSON file for the results")
+    p = sub.add_parser("export", help="write a small inference-only copy of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--half", action="store_true", help="store weights as float16")
     p = sub.add_parser("predict", help="classify image files with a checkpoint")
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", default=None, help="default: the committed checkpoints/ model")
@@ -62,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "predict":
         return predict_command(args)
+    if args.command == "export":
+        from .train import export_checkpoint
+
+        print(export_checkpoint(args.checkpoint, args.out, args.half))
+        return 0
     cfg = config_from_args(args)
 
     if args.command == "prepare" or (args.command == "evaluate" and not (Path(cfg.run_dir) / "manifest.csv").exists()):

@@ -95,6 +95,18 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     return state
 
 
+def export_checkpoint(src: str | Path, dst: str | Path, half: bool = False) -> Path:
+    """A small, inference-only copy: weights (optionally fp16), class names, config, temperature,
+    epoch and history; no optimizer state."""
+    state = load_checkpoint(src)
+    keep = {k: state[k] for k in ("model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature") if k in state}
+    weights = state["model_state"]
+    keep["model_state"] = {k: v.half() if half and v.is_floating_point() else v for k, v in weights.items()}
+    keep["exported_from"] = str(src)
+    save_checkpoint(keep, Path(dst))
+    return Path(dst)
+
+
 def model_from_checkpoint(state: dict, device: str = "cpu") -> nn.Module:
     if tuple(state["class_names"]) != CLASS_NAMES:
         raise ValueError(f"checkpoint classes {state['class_names']} differ from this code's {list(CLASS_NAMES)}")

@@ -99,3 +99,15 @@ def test_evaluate_cli_prepares_a_fresh_run_folder(trained_run, fixture_root, tmp
     assert main(["evaluate", "--checkpoint", str(ckpt), "--run-dir", str(run), "--data-dir", str(fixture_root), "--num-threads", "1"]) == 0
     assert json.loads((run / "metrics.json").read_text())["n_test"] == 13
     assert "meningioma" in capsys.readouterr().out
+
+
+def test_exported_checkpoint_is_small_and_predicts_the_same(trained_run, tmp_path, fixture_root):
+    src = f"{trained_run.run_dir}/checkpoints/best.pt"
+    assert main(["export", src, str(tmp_path / "small.pt")]) == 0
+    small = train.load_checkpoint(tmp_path / "small.pt")
+    assert "optimizer_state" not in small and small["model_name"] == "seed_cnn"
+    assert (tmp_path / "small.pt").stat().st_size < 0.5 * (tmp_path / ".." / src).resolve().stat().st_size
+    from brainlib.predict import predict_images
+
+    image = [str(next(fixture_root.rglob("*.jpg")))]
+    assert predict_images(image, src)[0]["probabilities"] == predict_images(image, tmp_path / "small.pt")[0]["probabilities"]
