@@ -3,7 +3,7 @@
 (a) plain: ImageFileDataset + DataLoader, PIL decode and torchvision.transforms.v2 per image
     every epoch, fp32, NCHW: how the reference trains.
 (b) brainlib: decoded uint8 cache, batched tensor augmentation (one grid_sample), channels_last,
-    torch.compile.
+    bf16 autocast where supported (cfg.precision), torch.compile when cfg.compile.
 Same model, batch size, optimizer and augmentation semantics. Prints images/s and writes JSON.
 Not a test: nothing here asserts a timing.
 """
@@ -21,10 +21,10 @@ from torch import nn
 from .config import Config
 from .loader import ImageFileDataset, reference_transforms
 from .models import create_model
-from .train import augment_params, load_run_data, setup_torch, split_batches
+from .train import augment_params, autocast, load_run_data, setup_torch, split_batches, use_bf16
 
 
-def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: str) -> float:
+def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: str, precision: str = "fp32") -> float:
     """Train for warmup + steps batches; images/s over the timed steps (data loading included)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     model.train()
@@ -37,7 +37,9 @@ def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: s
             start, n = time.perf_counter(), 0
         x, y = next(it)
         x, y = x.to(device), y.to(device)
-        loss = nn.functional.cross_entropy(model(x), y)
+        with autocast(device, precision):
+            logits = model(x)
+        loss = nn.functional.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -48,13 +50,14 @@ def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: s
 
 
 @torch.no_grad()
-def _time_eval(model: nn.Module, batches, max_batches: int, device: str) -> float:
+def _time_eval(model: nn.Module, batches, max_batches: int, device: str, precision: str = "fp32") -> float:
     model.eval()
     n, start = 0, time.perf_counter()
     for i, (x, _) in enumerate(batches):
         if i >= max_batches:
             break
-        model(x.to(device))
+        with autocast(device, precision):
+            model(x.to(device))
         n += len(x)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -89,12 +92,14 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
     fast_model = torch.compile(model) if cfg.compile else model
     batches = split_batches(cfg, data, "train", device, train=True)
-    # compile happens during warmup; it is reported separately
+    # compilation (if any) happens in these first steps; reported separately
     t0 = time.perf_counter()
-    _time_training(fast_model, batches, 1, 1, device)
-    results["brainlib_compile_and_first_steps_s"] = time.perf_counter() - t0
-    results["brainlib_train_images_per_s"] = _time_training(fast_model, batches, steps, warmup, device)
-    results["brainlib_eval_images_per_s"] = _time_eval(model, split_batches(cfg, data, "test", device), steps, device)
+    _time_training(fast_model, batches, 1, 1, device, cfg.precision)
+    results["brainlib_first_steps_s"] = time.perf_counter() - t0
+    results["brainlib_train_images_per_s"] = _time_training(fast_model, batches, steps, warmup, device, cfg.precision)
+    results["brainlib_eval_images_per_s"] = _time_eval(model, split_batches(cfg, data, "test", device), steps, device, cfg.precision)
+    results["brainlib_bf16_autocast"] = use_bf16(device, cfg.precision)
+    results["brainlib_compile"] = cfg.compile
     results["train_speedup"] = results["brainlib_train_images_per_s"] / results["plain_train_images_per_s"]
     results["eval_speedup"] = results["brainlib_eval_images_per_s"] / results["plain_eval_images_per_s"]
 

@@ -21,12 +21,12 @@ def default_checkpoint(cfg: Config) -> Path:
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, batches, device: str, tta: bool = False) -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, batches, device: str, tta: bool = False, precision: str = "auto") -> torch.Tensor:
     """Logits in order; with tta, the mean of the image's and its mirror image's log-probabilities."""
     model.eval()
     out = []
     for x, _ in batches:
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(x).float()
             if tta:
                 logits = (logits.log_softmax(1) + model(torch.flip(x, dims=[-1])).float().log_softmax(1)) / 2
@@ -53,7 +53,7 @@ def ensure_temperature(cfg: Config, data: RunData, checkpoint: Path, state: dict
     """The checkpoint's temperature; fitted on the val split and written back once when missing."""
     if "temperature" not in state:
         val = split_batches(cfg, data, "val", device)
-        state["temperature"] = fit_temperature(predict_logits(model, val, device), val.labels.cpu())
+        state["temperature"] = fit_temperature(predict_logits(model, val, device, precision=cfg.precision), val.labels.cpu())
         save_checkpoint(state, checkpoint)
     return float(state["temperature"])
 
@@ -92,7 +92,7 @@ def accuracy_under_shifts(cfg: Config, data: RunData, model, device: str) -> dic
     result = {}
     for kind in SHIFTS:
         shifted = RunData(data.manifest.iloc[rows].reset_index(drop=True).assign(split="test"), _shift(clean, kind), data.data_root)
-        logits = predict_logits(model, split_batches(cfg, shifted, "test", device), device)
+        logits = predict_logits(model, split_batches(cfg, shifted, "test", device), device, precision=cfg.precision)
         result[kind] = float((logits.argmax(1).numpy() == labels).mean())
     return result
 
@@ -107,7 +107,7 @@ def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = Non
     state = load_checkpoint(checkpoint, device)
     model = model_from_checkpoint(state, device).to(memory_format=torch.channels_last)
     test_batches = split_batches(cfg, data, "test", device)
-    logits = predict_logits(model, test_batches, device)
+    logits = predict_logits(model, test_batches, device, precision=cfg.precision)
     test = data.manifest[data.manifest["split"] == "test"].reset_index(drop=True)
     probs = logits.softmax(1).numpy()
     pred = test[["path", "label", "label_idx", "has_train_twin_exact", "has_train_twin_near"]].copy()
@@ -125,7 +125,9 @@ def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = Non
         "checkpoint": str(checkpoint),
         "epoch": state.get("epoch"),
         "temperature": ensure_temperature(cfg, data, checkpoint, state, model, device),
-        "accuracy_tta_flip": float((predict_logits(model, test_batches, device, tta=True).argmax(1) == y).float().mean()),
+        "accuracy_tta_flip": float(
+            (predict_logits(model, test_batches, device, tta=True, precision=cfg.precision).argmax(1) == y).float().mean()
+        ),
     }
     if shifts:
         extras["accuracy_under_shift"] = accuracy_under_shifts(cfg, data, model, device)
