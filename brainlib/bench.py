@@ -64,6 +64,14 @@ def _time_eval(model: nn.Module, batches, max_batches: int, device: str, precisi
     return n / (time.perf_counter() - start)
 
 
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2, out: str | Path | None = None) -> dict:
     device = setup_torch(cfg)
     data = load_run_data(cfg)
