@@ -110,3 +110,9 @@ def test_efficientnet_lite0_loads_the_wheels_imagenet_weights():
     assert not torch.equal(w, scratch.state_dict()["_conv_stem.weight"])
     torch.manual_seed(0)
     assert torch.equal(w, create_model("efficientnet_lite0").state_dict()["_conv_stem.weight"])  # same file, same weights
+
+
+def test_efficientnet_bn_statistics_follow_the_data():
+    """The TF port's momentum 0.01 left eval-mode BN on ImageNet statistics after a short fine-tune."""
+    bns = [m for m in create_model("efficientnet_lite0").modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == pytest.approx(0.1) for m in bns)
