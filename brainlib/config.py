@@ -30,6 +30,7 @@ class Config:
     fast: bool = False  # tiny sample per class: for tests and smoke runs
     fast_per_class: int = 8
     # train-time augmentation (reference: flip, rotate 15, RandomResizedCrop, ColorJitter)
+    augment: bool = True  # False: train on plain resized images (shuffled), an ablation
     crop_scale_min: float = 0.08  # torchvision's default; the reference does not say
     jitter: float = 0.2  # brightness/contrast/saturation strength; the reference does not say
     # model and optimisation: the reference recipe is the default

@@ -41,6 +41,8 @@ def load_run_data(cfg: Config) -> RunData:
 
 
 def augment_params(cfg: Config) -> AugmentParams:
+    if not cfg.augment:
+        return AugmentParams(flip_p=0, rotation_deg=0, crop_scale=(1, 1), crop_ratio=(1, 1), brightness=0, contrast=0, saturation=0)
     j = cfg.jitter
     return AugmentParams(crop_scale=(cfg.crop_scale_min, 1.0), brightness=j, contrast=j, saturation=j)
 

@@ -87,3 +87,14 @@ def test_cache_matches_load_gray(fixture_root, tmp_path):
     m = _manifest(fixture_root)
     images = cache.build_or_load_cache(m, fixture_root, 40, tmp_path, progress=False)
     assert np.array_equal(images[2], data.load_gray(fixture_root / m["path"][2], 40))
+
+
+def test_augment_false_trains_on_plain_resized_images():
+    from brainlib.config import Config
+    from brainlib.train import augment_params
+
+    images = np.random.default_rng(3).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    aug = augment_params(Config(augment=False))
+    x, _ = next(iter(loader.CachedBatches(images, np.zeros(4), 4, 32, train=True, aug=aug, seed=0)))
+    order = loader.CachedBatches(images, np.zeros(4), 4, 32, train=True, seed=0)._indices()
+    assert torch.allclose(x[:, :1], loader.normalize(torch.from_numpy(images[order.numpy()]).float()[:, None] / 255), atol=1e-5)
