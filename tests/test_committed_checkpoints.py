@@ -1,0 +1,30 @@
+"""The small trained checkpoints committed under checkpoints/ load and predict."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from brainlib.config import CLASS_NAMES
+from brainlib.predict import predict_images
+from brainlib.train import load_checkpoint
+
+CHECKPOINTS = sorted((Path(__file__).resolve().parents[1] / "checkpoints").glob("*.pt"))
+
+
+@pytest.mark.parametrize("path", CHECKPOINTS, ids=lambda p: p.name)
+def test_committed_checkpoint_loads_and_predicts(path, fixture_root):
+    state = load_checkpoint(path)
+    assert state["class_names"] == list(CLASS_NAMES) and "optimizer_state" not in state
+    assert 0.5 < state["temperature"] < 2.0
+    images = sorted((fixture_root / "Testing").rglob("*.jpg"))
+    results = predict_images([str(p) for p in images], path)
+    assert all(r["class"] in CLASS_NAMES for r in results)
+    correct = sum(r["class"] == Path(r["path"]).parent.name for r in results)
+    assert correct >= len(images) // 2  # trained models, not chance (the fixture's test images are downsized)
+    metrics = json.loads(path.with_suffix(".metrics.json").read_text())
+    assert metrics["n_test"] == 1311 and metrics["model"] == state["model_name"]
+
+
+def test_there_are_committed_checkpoints():
+    assert {p.stem for p in CHECKPOINTS} >= {"seed_cnn", "efficientnet_lite0"}
