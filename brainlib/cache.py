@@ -85,12 +85,12 @@ def build_or_load_cache(
         work = pool.map(lambda p: load_gray(root / p, size), manifest["path"])
         for i, img in enumerate(tqdm(work, total=len(manifest), desc=f"cache {size}px", disable=not progress, mininterval=2)):
             images[i] = img
-    tmp = array_path.with_suffix(".npy.tmp")
+    tmp = array_path.with_suffix(f".npy.{os.getpid()}.tmp")  # per process: DDP ranks may build at once
     with open(tmp, "wb") as fh:
         np.save(fh, images)
     tmp.replace(array_path)
     meta = {"shape": list(shape), "size": size, "version": PREPROCESSING_VERSION, "sha256": _file_sha256(array_path)}
-    meta_tmp = meta_path.with_suffix(".json.tmp")
+    meta_tmp = meta_path.with_suffix(f".json.{os.getpid()}.tmp")
     meta_tmp.write_text(json.dumps(meta))
     meta_tmp.replace(meta_path)
     return images

@@ -244,7 +244,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     dist, device = init_distributed(setup_torch(cfg))
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    if not dist.is_main:
+        dist.barrier()  # rank 0 builds the decoded cache first; the others then load it
     data = data or load_run_data(cfg)
+    if dist.is_main:
+        dist.barrier()
     train_batches = split_batches(cfg, data, "train", device, train=True)
     train_batches.rank, train_batches.world_size = dist.rank, dist.world_size
     val_batches = split_batches(cfg, data, "val", device)
