@@ -12,15 +12,14 @@ import json
 import sys
 from pathlib import Path
 
-from .config import Config
+from .config import Config, parse_bool
 
 
 def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    try:
+        return parse_bool(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

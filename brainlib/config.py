@@ -64,16 +64,18 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+def parse_bool(text: str) -> bool:
+    if text.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean, got {text!r}")
+
+
 def _coerce(value, kind: str):
     if not isinstance(value, str) or kind == "str":
         return value
-    if kind == "bool":
-        if value.strip().lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.strip().lower() in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError(f"expected a boolean, got {value!r}")
-    return {"int": int, "float": float}.get(kind, lambda v: v)(value)
+    return {"bool": parse_bool, "int": int, "float": float}.get(kind, lambda v: v)(value)
 
 
 def resolve_device(name: str = "auto") -> str:
