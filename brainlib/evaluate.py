@@ -11,27 +11,13 @@ import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
 from .config import CLASS_NAMES, Config
-from .train import RunData, autocast, load_checkpoint, model_from_checkpoint, save_checkpoint, setup_torch, split_batches
+from .train import RunData, load_checkpoint, model_from_checkpoint, predict_logits, save_checkpoint, setup_torch, split_batches
 
 ECE_BINS = 15
 
 
 def default_checkpoint(cfg: Config) -> Path:
     return Path(cfg.run_dir) / "checkpoints" / "best.pt"
-
-
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, batches, device: str, tta: bool = False, precision: str = "auto") -> torch.Tensor:
-    """Logits in order; with tta, the mean of the image's and its mirror image's log-probabilities."""
-    model.eval()
-    out = []
-    for x, _ in batches:
-        with autocast(device, precision):
-            logits = model(x).float()
-            if tta:
-                logits = (logits.log_softmax(1) + model(torch.flip(x, dims=[-1])).float().log_softmax(1)) / 2
-        out.append(logits.cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(CLASS_NAMES))
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -145,19 +145,26 @@ def autocast(device: str, precision: str = "auto"):
 
 
 @torch.no_grad()
-def evaluate_batches(model: nn.Module, batches, device: str, precision: str = "auto") -> tuple[float, float, torch.Tensor]:
-    """Mean loss, accuracy and the logits (in order) over `batches`."""
+def predict_logits(model: nn.Module, batches, device: str, tta: bool = False, precision: str = "auto") -> torch.Tensor:
+    """Logits in order; with tta, the mean of the image's and its mirror image's log-probabilities."""
     model.eval()
-    losses, logits_all, correct, n = [], [], 0, 0
-    for x, y in batches:
+    out = []
+    for x, _ in batches:
         with autocast(device, precision):
             logits = model(x).float()
-        losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-        logits_all.append(logits.cpu())
-    logits = torch.cat(logits_all) if logits_all else torch.zeros(0, len(CLASS_NAMES))
-    return (sum(losses) / max(n, 1), correct / max(n, 1), logits)
+            if tta:
+                logits = (logits.log_softmax(1) + model(torch.flip(x, dims=[-1])).float().log_softmax(1)) / 2
+        out.append(logits.cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(CLASS_NAMES))
+
+
+def evaluate_batches(model: nn.Module, batches: CachedBatches, device: str, precision: str = "auto") -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and the logits (in order) over `batches`."""
+    logits = predict_logits(model, batches, device, precision=precision)
+    labels = batches.labels.cpu()
+    if not len(labels):
+        return 0.0, 0.0, logits
+    return nn.functional.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item(), logits
 
 
 def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch, progress=True, on_first_batch=None, precision="auto"):
