@@ -28,3 +28,14 @@ def test_committed_notebooks_have_no_outputs():
         cells = json.loads(nb.read_text())["cells"]
         assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), f"{nb.name} has outputs"
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), f"{nb.name} lacks a parameters cell"
+
+
+def test_papermill_sees_every_parameter_the_makefile_passes():
+    """papermill warns 'Passed unknown parameter' for a parameters-cell line it cannot parse."""
+    import papermill
+
+    passed = set(re.findall(r"-p (\w+) ", (ROOT / "Makefile").read_text()))
+    assert {"run_dir", "fast", "epochs"} <= passed
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        names = set(papermill.inspect_notebook(str(path)))
+        assert passed <= names, f"{path.name}: papermill cannot parse {sorted(passed - names)}"
