@@ -10,18 +10,25 @@ SHARED_DATA := $(abspath ../shared/data/brain-tumor-mri-dataset)
 BRAIN_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/Training),$(SHARED_DATA),)
 export BRAIN_DATA_DIR
 
-# Pipeline parameters, passed to all five notebooks (override: make pipeline RUN=try EPOCHS=2)
+# Pipeline parameters, passed to all five notebooks (override: make pipeline RUN=try EPOCHS=2).
+# RECIPE names a preset in brainlib/config.py: efficientnet_lite0 (the best model here, the default),
+# reference (the published recipe), seed_cnn_noaug, resnet18_scratch; RECIPE= (empty) keeps the settings
+# of a run folder made by `python -m brainlib prepare --run-dir runs/x --lr ...`.
+# MODEL, EPOCHS, BATCH left empty take the recipe's values.
 RUN ?= $(shell date +%Y%m%d-%H%M%S)
-MODEL ?= seed_cnn
-EPOCHS ?= 10
-BATCH ?= 128
+RECIPE ?= efficientnet_lite0
+MODEL ?=
+EPOCHS ?=
+BATCH ?=
 DEVICE ?= auto
 FAST ?= False
 SEED ?= 42
 RUN_DIR := runs/$(RUN)
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
-PAPERMILL_PARAMS := -p run_dir $(RUN_DIR) -p data_dir "$(BRAIN_DATA_DIR)" -p model $(MODEL) -p epochs $(EPOCHS) \
-	-p batch_size $(BATCH) -p device $(DEVICE) -p fast $(FAST) -p seed $(SEED)
+PAPERMILL_PARAMS := -p run_dir $(RUN_DIR) -p data_dir "$(BRAIN_DATA_DIR)" -p device $(DEVICE) -p fast $(FAST) -p seed $(SEED) \
+	$(if $(RECIPE),-p recipe $(RECIPE) )$(if $(MODEL),-p model $(MODEL) )$(if $(EPOCHS),-p epochs $(EPOCHS) )$(if $(BATCH),-p batch_size $(BATCH) )
+CLI_FLAGS := --device $(DEVICE) --seed $(SEED) $(if $(RECIPE),--recipe $(RECIPE)) $(if $(MODEL),--model $(MODEL)) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH),--batch-size $(BATCH))
 
 .PHONY: setup pipeline test bench evaluate train-ddp lint lab tensorboard clean-venv
 
@@ -63,9 +70,8 @@ evaluate: $(STAMP)
 # Data-parallel training under torchrun (NCCL on GPUs, gloo on CPU); BATCH is per process.
 NPROC ?= 2
 train-ddp: $(STAMP)
-	test -f $(RUN_DIR)/manifest.csv || $(PY) -m brainlib prepare --run-dir $(RUN_DIR)
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m brainlib train --run-dir $(RUN_DIR) \
-		--model $(MODEL) --epochs $(EPOCHS) --batch-size $(BATCH) --device $(DEVICE) --resume
+	test -f $(RUN_DIR)/manifest.csv || $(PY) -m brainlib prepare --run-dir $(RUN_DIR) $(CLI_FLAGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m brainlib train --run-dir $(RUN_DIR) $(CLI_FLAGS) --resume
 
 # Throughput of the plain pipeline vs brainlib's on the real data, in one process (a benchmark, not a test).
 BENCH_RUN ?= runs/bench

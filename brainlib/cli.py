@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import Config, parse_bool
+from .config import RECIPES, Config, build_config, parse_bool
 
 
 def _parse_bool(text: str) -> bool:
@@ -25,14 +25,15 @@ def _parse_bool(text: str) -> bool:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(Config):
         kind = {"bool": _parse_bool, "int": int, "float": float}.get(str(f.type), str)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+        choices = list(RECIPES) if f.name == "recipe" else None
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None, choices=choices)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name, None) is not None}
     run_dir = Path(given.get("run_dir", Config.run_dir))
     saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    return Config.from_dict({**saved, **given})
+    return build_config(saved, given)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,8 @@ class Config:
     augment: bool = True  # False: train on plain resized images (shuffled), an ablation
     crop_scale_min: float = 0.08  # torchvision's default; the reference does not say
     jitter: float = 0.2  # brightness/contrast/saturation strength; the reference does not say
-    # model and optimisation: the reference recipe is the default
+    # model and optimisation: the reference recipe is the default; RECIPES names better ones
+    recipe: str = "reference"  # the named starting point these values came from (see RECIPES)
     model: str = "seed_cnn"
     epochs: int = 10
     batch_size: int = 128
@@ -64,6 +65,32 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+# Named recipes, timm-style: each is a set of changes to the defaults (the reference recipe as
+# published, with torchvision's default augmentation parameters). Every row of the README's
+# comparison table is one of these: `make pipeline RECIPE=efficientnet_lite0`.
+ONECYCLE_MILD_AUG = {"schedule": "onecycle", "label_smoothing": 0.1, "crop_scale_min": 0.5, "jitter": 0.1}
+RECIPES: dict[str, dict] = {
+    "reference": {},
+    "seed_cnn_noaug": {"augment": False},  # the reference without its augmentation: what the published log matches
+    "resnet18_scratch": {"model": "resnet18_scratch", "epochs": 8, "batch_size": 64, "lr": 2e-3, **ONECYCLE_MILD_AUG},
+    "efficientnet_lite0": {"model": "efficientnet_lite0", "epochs": 10, "batch_size": 64, "lr": 1e-3, **ONECYCLE_MILD_AUG},
+}
+LOCATION_FIELDS = ("run_dir", "data_dir", "cache_dir")
+
+
+def build_config(saved: dict, given: dict) -> Config:
+    """The one merge rule for notebooks and the CLI: a run's saved config.json, replaced by a
+    named recipe when one is given (locations kept), then the explicitly given values. Empty
+    values (None, "") count as not given, so a notebook opened alone keeps its run's settings."""
+    given = {k: v for k, v in given.items() if v is not None and v != ""}
+    base = saved
+    if "recipe" in given:
+        if given["recipe"] not in RECIPES:
+            raise ValueError(f"unknown recipe {given['recipe']!r}; known: {', '.join(RECIPES)}")
+        base = {**{k: saved[k] for k in LOCATION_FIELDS if k in saved}, **RECIPES[given["recipe"]]}
+    return Config.from_dict({**base, **given})
+
+
 def parse_bool(text: str) -> bool:
     if text.strip().lower() in ("1", "true", "yes", "on"):
         return True
@@ -89,13 +116,14 @@ def resolve_device(name: str = "auto") -> str:
     return name
 
 
-def notebook_config(run_dir: str, **overrides) -> Config:
+def notebook_config(run_dir: str, **params) -> Config:
     """A notebook's config: the run's saved config.json (if any) updated by the notebook's
-    parameters, saved back. Notebooks 02-05 thus see what 01 used, and each can run alone."""
+    parameters (see build_config), saved back. Notebooks 02-05 thus see what 01 used, and each
+    can run alone."""
     run_dir = str(in_repo(run_dir))
     path = Path(run_dir) / "config.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
-    cfg = Config.from_dict({**saved, **overrides, "run_dir": run_dir})
+    cfg = build_config(saved, {**params, "run_dir": run_dir})
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg.save(path)
     return cfg
