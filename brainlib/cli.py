@@ -1,4 +1,4 @@
-"""Command line: `python -m brainlib {prepare,train,evaluate,bench,predict} [--field value ...]`.
+"""Command line: `python -m brainlib {prepare,train,evaluate,bench,export,compare,predict} [--field value ...]`.
 
 Every Config field is a flag (`--epochs 2`, `--run-dir runs/x`); a run folder's saved
 config.json is read first when it exists, so later steps see what earlier steps used.
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--half", action="store_true", help="store weights as float16")
+    p = sub.add_parser("compare", help="one table row per evaluated run folder (markdown)")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--shifts", action="store_true", help="add accuracy under each acquisition shift")
     p = sub.add_parser("predict", help="classify image files with a checkpoint")
     p.add_argument("images", nargs="+")
     p.add_argument("--checkpoint", default=None, help="default: the committed checkpoints/ model")
@@ -66,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "predict":
         return predict_command(args)
+    if args.command == "compare":
+        from .evaluate import compare_runs
+
+        table = compare_runs(args.run_dirs, args.shifts)
+        print(table.to_markdown(index=False) if len(table) else "no evaluated runs")
+        return 0 if len(table) else 1
     if args.command == "export":
         from .train import export_checkpoint
 
