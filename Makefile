@@ -30,7 +30,7 @@ PAPERMILL_PARAMS := -p run_dir $(RUN_DIR) -p data_dir "$(BRAIN_DATA_DIR)" -p dev
 CLI_FLAGS := --device $(DEVICE) --seed $(SEED) $(if $(RECIPE),--recipe $(RECIPE)) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH),--batch-size $(BATCH))
 
-.PHONY: setup pipeline test bench evaluate train-ddp lint lab tensorboard clean-venv
+.PHONY: setup pipeline test bench evaluate compare train-ddp lint lab tensorboard clean-venv
 
 setup: $(STAMP)
 
@@ -66,6 +66,11 @@ test: $(STAMP)
 CHECKPOINT ?= checkpoints/seed_cnn.pt
 evaluate: $(STAMP)
 	$(PY) -m brainlib evaluate --checkpoint $(CHECKPOINT) --run-dir runs/eval-$(basename $(notdir $(CHECKPOINT)))
+
+# The comparison table (markdown) of every evaluated run folder: make compare [RUNS="runs/a runs/b"]
+RUNS ?= $(wildcard runs/*/metrics.json)
+compare: $(STAMP)
+	$(PY) -m brainlib compare $(dir $(RUNS)) --shifts
 
 # Data-parallel training under torchrun (NCCL on GPUs, gloo on CPU); BATCH is per process.
 NPROC ?= 2

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print(export_checkpoint(args.checkpoint, args.out, args.half))
         return 0
     cfg = config_from_args(args)
+    if args.command == "evaluate" and args.checkpoint:
+        cfg = checkpoint_config(cfg, args.checkpoint)
 
     if args.command == "prepare" or (args.command == "evaluate" and not (Path(cfg.run_dir) / "manifest.csv").exists()):
         prepare(cfg)
@@ -104,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: metrics[k] for k in keys} | {"meningioma_recall": metrics["per_class"]["meningioma"]["recall"]}, indent=2))
         print(f"metrics: {write_metrics(metrics, cfg.run_dir)}")
     return 0
+
+
+def checkpoint_config(cfg: Config, checkpoint: str) -> Config:
+    """Scoring a checkpoint in a fresh folder: its training settings (input size, seed and so the
+    val split its temperature is fitted on, recipe) with this command's locations and device."""
+    from .train import load_checkpoint
+
+    here = ("run_dir", "data_dir", "cache_dir", "device", "fast", "fast_per_class", "precision", "num_threads")
+    trained = load_checkpoint(checkpoint).get("config", {})
+    return Config.from_dict({**trained, **{k: getattr(cfg, k) for k in here}})
 
 
 def prepare(cfg: Config) -> None:

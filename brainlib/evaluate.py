@@ -91,6 +91,8 @@ def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = Non
     device = setup_torch(cfg)
     checkpoint = Path(checkpoint or default_checkpoint(cfg))
     state = load_checkpoint(checkpoint, device)
+    trained = state.get("config", {})  # the input size the weights were trained at, whatever this run says
+    cfg = cfg.replace(**{k: int(trained[k]) for k in ("image_size", "cache_size") if k in trained})
     model = model_from_checkpoint(state, device).to(memory_format=torch.channels_last)
     test_batches = split_batches(cfg, data, "test", device)
     logits = predict_logits(model, test_batches, device, precision=cfg.precision)

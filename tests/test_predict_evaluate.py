@@ -2,6 +2,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -132,3 +133,16 @@ def test_recipe_and_changes_names_the_closest_recipe_for_old_runs():
     assert evaluate.recipe_and_changes({"augment": False}) == "seed_cnn_noaug"
     saved = build_config({}, {"recipe": "efficientnet_lite0", "image_size": 256}).__dict__
     assert evaluate.recipe_and_changes(saved) == "efficientnet_lite0 + image_size=256"
+
+
+def test_evaluate_cli_scores_a_checkpoint_at_its_own_input_size_and_split(prepared_run, fixture_root, tmp_path):
+    cfg = prepared_run.replace(model="resnet18_scratch", image_size=64, epochs=1, seed=7)  # seed_cnn is fixed to 224
+    train.train(cfg, progress=False)
+    own, _ = evaluate.predict_test(cfg, train.load_run_data(cfg), shifts=False)
+    run = tmp_path / "eval"
+    ckpt = f"{cfg.run_dir}/checkpoints/best.pt"
+    assert main(["evaluate", "--checkpoint", ckpt, "--run-dir", str(run), "--data-dir", str(fixture_root), "--num-threads", "1"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["image_size"], saved["seed"], saved["run_dir"]) == (64, 7, str(run))
+    fresh = pd.read_csv(run / "predictions.csv")
+    assert (fresh["pred_idx"].to_numpy() == own["pred_idx"].to_numpy()).all()
