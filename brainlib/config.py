@@ -72,6 +72,7 @@ ONECYCLE_MILD_AUG = {"schedule": "onecycle", "label_smoothing": 0.1, "crop_scale
 RECIPES: dict[str, dict] = {
     "reference": {},
     "seed_cnn_noaug": {"augment": False},  # the reference without its augmentation: what the published log matches
+    "seed_cnn_onecycle": {"augment": False, "epochs": 12, "lr": 1e-3, "schedule": "onecycle", "label_smoothing": 0.1},
     "resnet18_scratch": {"model": "resnet18_scratch", "epochs": 8, "batch_size": 64, "lr": 2e-3, **ONECYCLE_MILD_AUG},
     "efficientnet_lite0": {"model": "efficientnet_lite0", "epochs": 10, "batch_size": 64, "lr": 1e-3, **ONECYCLE_MILD_AUG},
 }
