@@ -69,12 +69,15 @@ class Config:
 # published, with torchvision's default augmentation parameters). Every row of the README's
 # comparison table is one of these: `make pipeline RECIPE=efficientnet_lite0`.
 ONECYCLE_MILD_AUG = {"schedule": "onecycle", "label_smoothing": 0.1, "crop_scale_min": 0.5, "jitter": 0.1}
+EFFNET_LITE0 = {"model": "efficientnet_lite0", "epochs": 10, "batch_size": 64, "lr": 1e-3, **ONECYCLE_MILD_AUG}
 RECIPES: dict[str, dict] = {
     "reference": {},
     "seed_cnn_noaug": {"augment": False},  # the reference without its augmentation: what the published log matches
     "seed_cnn_onecycle": {"augment": False, "epochs": 12, "lr": 1e-3, "schedule": "onecycle", "label_smoothing": 0.1},
     "resnet18_scratch": {"model": "resnet18_scratch", "epochs": 8, "batch_size": 64, "lr": 2e-3, **ONECYCLE_MILD_AUG},
-    "efficientnet_lite0": {"model": "efficientnet_lite0", "epochs": 10, "batch_size": 64, "lr": 1e-3, **ONECYCLE_MILD_AUG},
+    "efficientnet_lite0": EFFNET_LITE0,
+    # the whole cached 256-px image as input: best on validation (98.6 vs 98.3 %), 20 % slower
+    "efficientnet_lite0_256": {**EFFNET_LITE0, "image_size": 256},
 }
 LOCATION_FIELDS = ("run_dir", "data_dir", "cache_dir")
 
