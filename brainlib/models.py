@@ -50,6 +50,11 @@ class SeedCNN(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin * 28 * 28, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the flattened head fixes the input size: say so instead of a matmul error (skipped while add_graph traces)
+        if not torch.jit.is_tracing() and x.shape[-2:] != (224, 224):
+            raise ValueError(
+                f"seed_cnn takes 224x224 input (its linear head is sized for it), got {tuple(x.shape[-2:])}: use image_size=224"
+            )
         return self.head(self.features(x))
 
 

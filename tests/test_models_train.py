@@ -16,6 +16,8 @@ def test_seed_cnn_shape_and_parameter_count():
     assert count_parameters(model) == convs + bns + 64 * 28 * 28 * 4 + 4 == 273_236
     assert model.features(torch.zeros(2, 3, 224, 224)).shape == (2, 64, 28, 28)
     assert model(torch.zeros(2, 3, 224, 224)).shape == (2, len(CLASS_NAMES))
+    with pytest.raises(ValueError, match="224x224 input"):
+        model(torch.zeros(1, 3, 256, 256))
     assert isinstance(cam_target_layer(model), torch.nn.ReLU)
 
 
