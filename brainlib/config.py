@@ -33,6 +33,7 @@ class Config:
     augment: bool = True  # False: train on plain resized images (shuffled), an ablation
     crop_scale_min: float = 0.08  # torchvision's default; the reference does not say
     jitter: float = 0.2  # brightness/contrast/saturation strength; the reference does not say
+    acquisition_aug: bool = False  # resolution, JPEG, intensity and noise shifts (brainlib.acquisition)
     # model and optimisation: the reference recipe is the default; RECIPES names better ones
     recipe: str = "reference"  # the named starting point these values came from (see RECIPES)
     model: str = "seed_cnn"
@@ -69,15 +70,19 @@ class Config:
 # published, with torchvision's default augmentation parameters). Every row of the README's
 # comparison table is one of these: `make pipeline RECIPE=efficientnet_lite0`.
 ONECYCLE_MILD_AUG = {"schedule": "onecycle", "label_smoothing": 0.1, "crop_scale_min": 0.5, "jitter": 0.1}
+SEED_CNN_ONECYCLE = {"augment": False, "epochs": 12, "lr": 1e-3, "schedule": "onecycle", "label_smoothing": 0.1}
 EFFNET_LITE0 = {"model": "efficientnet_lite0", "epochs": 10, "batch_size": 64, "lr": 1e-3, **ONECYCLE_MILD_AUG}
 RECIPES: dict[str, dict] = {
     "reference": {},
     "seed_cnn_noaug": {"augment": False},  # the reference without its augmentation: what the published log matches
-    "seed_cnn_onecycle": {"augment": False, "epochs": 12, "lr": 1e-3, "schedule": "onecycle", "label_smoothing": 0.1},
+    "seed_cnn_onecycle": SEED_CNN_ONECYCLE,
     "resnet18_scratch": {"model": "resnet18_scratch", "epochs": 8, "batch_size": 64, "lr": 2e-3, **ONECYCLE_MILD_AUG},
     "efficientnet_lite0": EFFNET_LITE0,
     # the whole cached 256-px image as input: best on validation (98.6 vs 98.3 %), 20 % slower
     "efficientnet_lite0_256": {**EFFNET_LITE0, "image_size": 256},
+    # train-time acquisition shifts (resolution, JPEG, intensity, noise): accuracy on other scanners' exports
+    "efficientnet_lite0_robust": {**EFFNET_LITE0, "acquisition_aug": True},
+    "seed_cnn_robust": {**SEED_CNN_ONECYCLE, "acquisition_aug": True},
 }
 LOCATION_FIELDS = ("run_dir", "data_dir", "cache_dir")
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from .acquisition import AcquisitionParams, augment_acquisition
 from .data import open_image, to_rgb
 
 
@@ -37,6 +38,7 @@ class AugmentParams:
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2  # no effect on grayscale input; kept for the plain pipeline
+    acquisition: AcquisitionParams | None = None  # scanner/export shifts (brainlib.acquisition); None: off
 
 
 def normalize(x01: torch.Tensor) -> torch.Tensor:
@@ -95,9 +97,11 @@ def _crop_boxes(n: int, side: int, aug: AugmentParams, gen: torch.Generator) -> 
 
 def augment_batch(images: torch.Tensor, out_size: int, aug: AugmentParams, gen: torch.Generator) -> torch.Tensor:
     """uint8 (B, 1, S, S) -> float (B, 1, out, out) in [0, 1], each image with its own draw of
-    flip, rotation, random-resized-crop and brightness/contrast. Random numbers come from the
-    CPU generator `gen`, so results do not depend on the device."""
+    acquisition shifts (when aug.acquisition is set: on the stored image, where a scanner or export
+    pipeline acts), flip, rotation, random-resized-crop and brightness/contrast. Random numbers come
+    from the CPU generator `gen`, so results do not depend on the device."""
     b, _, side, _ = images.shape
+    x01 = augment_acquisition(images, aug.acquisition, gen) if aug.acquisition else images.float() / 255.0
     flip = torch.where(torch.rand(b, generator=gen) < aug.flip_p, -1.0, 1.0)
     angle = torch.deg2rad(torch.empty(b).uniform_(-aug.rotation_deg, aug.rotation_deg, generator=gen))
     w, h, left, top = _crop_boxes(b, side, aug, gen).unbind(1)
@@ -113,7 +117,7 @@ def augment_batch(images: torch.Tensor, out_size: int, aug: AugmentParams, gen: 
         1,
     ).to(images.device)
     grid = F.affine_grid(theta, [b, 1, out_size, out_size], align_corners=False)
-    x = F.grid_sample(images.float() / 255.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     bright = torch.empty(b).uniform_(1 - aug.brightness, 1 + aug.brightness, generator=gen).to(x.device)
     contrast = torch.empty(b).uniform_(1 - aug.contrast, 1 + aug.contrast, generator=gen).to(x.device)
     x = (x * bright.view(b, 1, 1, 1)).clamp_(0, 1)

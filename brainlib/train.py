@@ -17,6 +17,7 @@ from torch import nn
 from .cache import build_or_load_cache
 from .config import CLASS_NAMES, Config, resolve_device
 from .data import read_manifest, resolve_data_dir
+from .acquisition import AcquisitionParams
 from .loader import AugmentParams, CachedBatches
 from .models import create_model
 
@@ -41,10 +42,13 @@ def load_run_data(cfg: Config) -> RunData:
 
 
 def augment_params(cfg: Config) -> AugmentParams:
+    acquisition = AcquisitionParams() if cfg.acquisition_aug else None
     if not cfg.augment:
-        return AugmentParams(flip_p=0, rotation_deg=0, crop_scale=(1, 1), crop_ratio=(1, 1), brightness=0, contrast=0, saturation=0)
+        return AugmentParams(
+            flip_p=0, rotation_deg=0, crop_scale=(1, 1), crop_ratio=(1, 1), brightness=0, contrast=0, saturation=0, acquisition=acquisition
+        )
     j = cfg.jitter
-    return AugmentParams(crop_scale=(cfg.crop_scale_min, 1.0), brightness=j, contrast=j, saturation=j)
+    return AugmentParams(crop_scale=(cfg.crop_scale_min, 1.0), brightness=j, contrast=j, saturation=j, acquisition=acquisition)
 
 
 def split_batches(cfg: Config, data: RunData, split: str, device: str, train: bool = False) -> CachedBatches:

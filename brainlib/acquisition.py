@@ -1,0 +1,117 @@
+"""Train-time acquisition augmentation: what another scanner or export pipeline does to an image.
+
+Batched tensor ops on the images' device (the GPU when training there), drawn per image from
+four of the shift suite's families (`brainlib.shifts.FAMILIES`):
+
+- resolution: resample to 64-224 px and back with a random interpolation (area, bilinear,
+  bicubic, nearest);
+- compression: a real JPEG round trip at quality 10-95 (torchvision's libjpeg/nvJPEG batch codec:
+  12 ms for 16 images here, where kornia's differentiable JPEG took 96 ms and only approximates
+  libjpeg);
+- intensity: gamma 0.5-2, a percentile window (clip 0-5 % at each end and rescale), CLAHE
+  (kornia, clip limit 1-4, 4-16 tiles), global histogram equalisation (kornia);
+- noise: Gaussian or Rician (magnitude of complex Gaussian noise, as in MR magnitude images),
+  sigma 0.5-6 % of full scale.
+
+The frequency family (Fourier low/high-pass, blur, unsharp masking, wavelet denoising) and the
+MR artifact family (bias field, Gibbs ringing, ghosting, motion, k-space spikes) are held out on
+purpose: the shift suite reports them separately, as a test of generalisation rather than of
+having seen the transform. Parameters are drawn from ranges, never the suite's exact settings.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TRAINED_FAMILIES: tuple[str, ...] = ("resolution", "compression", "intensity", "noise")
+INTERPOLATIONS = ("area", "bilinear", "bicubic", "nearest")
+
+
+@dataclass(frozen=True)
+class AcquisitionParams:
+    """Probability that each transform touches an image, and the range it draws from. With these
+    values about a fifth of the training images stay untouched."""
+
+    p_resolution: float = 0.25
+    resolution_px: tuple[int, int] = (64, 224)
+    p_jpeg: float = 0.25
+    jpeg_quality: tuple[int, int] = (10, 95)
+    p_gamma: float = 0.3
+    gamma: tuple[float, float] = (0.5, 2.0)  # log-uniform
+    p_window: float = 0.2
+    window_clip: float = 0.05  # up to this fraction of pixels clipped at each end
+    p_clahe: float = 0.1
+    clahe_clip: tuple[float, float] = (1.0, 4.0)
+    clahe_tiles: tuple[int, ...] = (4, 8, 16)
+    p_equalize: float = 0.05
+    p_noise: float = 0.2
+    noise_sigma: tuple[float, float] = (0.005, 0.06)
+
+
+def _chosen(p: float, n: int, gen: torch.Generator) -> list[int]:
+    return torch.nonzero(torch.rand(n, generator=gen) < p).flatten().tolist()
+
+
+def _uniform(lo: float, hi: float, gen: torch.Generator) -> float:
+    return float(torch.empty(1).uniform_(lo, hi, generator=gen))
+
+
+def resample(x01: torch.Tensor, side: int, mode: str) -> torch.Tensor:
+    """(B, 1, S, S) float -> resampled to side x side with `mode`, then back to S with bilinear."""
+    size = x01.shape[-1]
+    smooth = mode in ("bilinear", "bicubic")
+    small = F.interpolate(x01, size=(side, side), mode=mode, antialias=smooth, **({"align_corners": False} if smooth else {}))
+    return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+
+
+def jpeg_roundtrip(images_u8: torch.Tensor, quality: int) -> torch.Tensor:
+    """(B, 1, S, S) uint8 -> the same after JPEG encode/decode (libjpeg on CPU, nvJPEG on CUDA)."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        decoded = decode_jpeg(encode_jpeg(list(images_u8), quality=quality), device=images_u8.device)
+    return torch.stack(decoded)
+
+
+def augment_acquisition(images: torch.Tensor, p: AcquisitionParams, gen: torch.Generator) -> torch.Tensor:
+    """uint8 (B, 1, S, S) -> float (B, 1, S, S) in [0, 1]. Every random choice comes from the CPU
+    generator `gen` (noise from a device generator seeded by it), so a CPU run replays exactly."""
+    from kornia.enhance import equalize, equalize_clahe
+
+    b = images.shape[0]
+    images = images.clone()
+    for i in _chosen(p.p_jpeg, b, gen):
+        quality = int(torch.randint(p.jpeg_quality[0], p.jpeg_quality[1] + 1, (1,), generator=gen))
+        images[i : i + 1] = jpeg_roundtrip(images[i : i + 1], quality)
+    x = images.float() / 255.0
+    for i in _chosen(p.p_resolution, b, gen):
+        side = int(torch.randint(p.resolution_px[0], p.resolution_px[1] + 1, (1,), generator=gen))
+        mode = INTERPOLATIONS[int(torch.randint(len(INTERPOLATIONS), (1,), generator=gen))]
+        x[i : i + 1] = resample(x[i : i + 1], side, mode)
+    for i in _chosen(p.p_window, b, gen):
+        lo_q, hi_q = _uniform(0, p.window_clip, gen), 1 - _uniform(0, p.window_clip, gen)
+        lo, hi = torch.quantile(x[i].flatten(), torch.tensor([lo_q, hi_q], device=x.device))
+        x[i] = ((x[i] - lo) / (hi - lo).clamp(min=1e-3)).clamp(0, 1)
+    for i in _chosen(p.p_gamma, b, gen):
+        x[i] = x[i].clamp(min=0) ** math.exp(_uniform(math.log(p.gamma[0]), math.log(p.gamma[1]), gen))
+    for i in _chosen(p.p_clahe, b, gen):
+        tiles = p.clahe_tiles[int(torch.randint(len(p.clahe_tiles), (1,), generator=gen))]
+        x[i : i + 1] = equalize_clahe(x[i : i + 1], clip_limit=_uniform(*p.clahe_clip, gen), grid_size=(tiles, tiles))
+    equalized = _chosen(p.p_equalize, b, gen)
+    if equalized:
+        x[equalized] = equalize(x[equalized])
+    noisy = _chosen(p.p_noise, b, gen)
+    if noisy:
+        sigma = torch.empty(len(noisy)).uniform_(*p.noise_sigma, generator=gen).to(x.device).view(-1, 1, 1, 1)
+        rician = (torch.rand(len(noisy), generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+        device_gen = torch.Generator(x.device).manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+        n1, n2 = torch.randn((2, len(noisy), *x.shape[1:]), generator=device_gen, device=x.device) * sigma
+        clean = x[noisy]
+        x[noisy] = torch.where(rician, torch.sqrt((clean + n1) ** 2 + n2**2), clean + n1).clamp(0, 1)
+    return x
