@@ -26,8 +26,11 @@ FAST ?= False
 SEED ?= 42
 RUN_DIR := runs/$(RUN)
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
-PAPERMILL_PARAMS := -p run_dir $(RUN_DIR) -p data_dir "$(BRAIN_DATA_DIR)" -p device $(DEVICE) -p fast $(FAST) -p seed $(SEED) \
+# 01_data fixes the run's settings (writes config.json); 02-05 read them and take only the run folder
+# (and a device for that notebook alone).
+PREPARE_PARAMS := -p run_dir $(RUN_DIR) -p data_dir "$(BRAIN_DATA_DIR)" -p device $(DEVICE) -p fast $(FAST) -p seed $(SEED) \
 	$(if $(RECIPE),-p recipe $(RECIPE) )$(if $(MODEL),-p model $(MODEL) )$(if $(EPOCHS),-p epochs $(EPOCHS) )$(if $(BATCH),-p batch_size $(BATCH) )
+RUN_PARAMS := -p run_dir $(RUN_DIR) -p device $(DEVICE) 
 CLI_FLAGS := --device $(DEVICE) --seed $(SEED) $(if $(RECIPE),--recipe $(RECIPE)) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH),--batch-size $(BATCH))
 
@@ -44,10 +47,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 pipeline: $(STAMP)
 	@mkdir -p $(RUN_DIR)/notebooks
-	@set -e; for nb in $(NOTEBOOKS); do \
-		echo "== $$nb -> $(RUN_DIR)/notebooks/$$(basename $$nb)"; \
-		$(VENV)/bin/papermill --kernel brainlib --cwd . $$nb $(RUN_DIR)/notebooks/$$(basename $$nb) $(PAPERMILL_PARAMS); \
-	done
+	@set -e; run() { echo "== $$1 -> $(RUN_DIR)/notebooks/$$(basename $$1)"; \
+		$(VENV)/bin/papermill --kernel brainlib --cwd . "$$1" $(RUN_DIR)/notebooks/$$(basename $$1) "$${@:2}"; }; \
+	run notebooks/01_data.ipynb $(PREPARE_PARAMS); \
+	for nb in $(filter-out notebooks/01_data.ipynb,$(NOTEBOOKS)); do run $$nb $(RUN_PARAMS); done
 	@echo; echo "Results: $(RUN_DIR)/  (executed notebooks in $(RUN_DIR)/notebooks/)"; \
 	 echo "TensorBoard: make tensorboard  (or $(VENV)/bin/tensorboard --logdir runs)"
 

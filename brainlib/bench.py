@@ -10,6 +10,7 @@ Not a test: nothing here asserts a timing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import platform
 import time
@@ -19,9 +20,9 @@ import torch
 from torch import nn
 
 from .config import Config
-from .loader import ImageFileDataset, reference_transforms
+from .infer import autocast, predict_logits, setup_torch, use_bf16
+from .loader import ImageFileDataset, augment_params, load_run_data, reference_transforms, split_batches
 from .models import create_model
-from .train import augment_params, autocast, load_run_data, setup_torch, split_batches, use_bf16
 
 
 def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: str, precision: str = "fp32") -> float:
@@ -49,16 +50,11 @@ def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: s
     return n / (time.perf_counter() - start)
 
 
-@torch.no_grad()
 def _time_eval(model: nn.Module, batches, max_batches: int, device: str, precision: str = "fp32") -> float:
-    model.eval()
-    n, start = 0, time.perf_counter()
-    for i, (x, _) in enumerate(batches):
-        if i >= max_batches:
-            break
-        with autocast(device, precision):
-            model(x.to(device))
-        n += len(x)
+    """Images/s of the one inference loop (infer.predict_logits) over the first max_batches
+    batches, loading included."""
+    start = time.perf_counter()
+    n = len(predict_logits(model, itertools.islice(batches, max_batches), device, precision=precision))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return n / (time.perf_counter() - start)

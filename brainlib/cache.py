@@ -23,7 +23,7 @@ import pandas as pd
 from .config import in_repo
 from .data import load_gray
 
-PREPROCESSING_VERSION = 1  # bump when load_gray changes
+PREPROCESSING_VERSION = 2  # bump when load_gray changes (2: EXIF orientation applied)
 
 
 def default_cache_dir() -> Path:

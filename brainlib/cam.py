@@ -16,15 +16,14 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from .models import cam_target_layer
-
 METHODS = {"Grad-CAM": GradCAM, "Grad-CAM++": GradCAMPlusPlus}
 
 
-def compute_cams(model: nn.Module, x: torch.Tensor, targets: list[int], method: str = "Grad-CAM") -> np.ndarray:
-    """(B, H, W) maps in [0, 1] for class `targets[i]` of image i."""
+def compute_cams(model: nn.Module, x: torch.Tensor, targets: list[int], method: str = "Grad-CAM", *, layer: nn.Module) -> np.ndarray:
+    """(B, H, W) maps in [0, 1] for class `targets[i]` of image i, from `layer` (the model's
+    registry entry names it: checkpoint.InferenceModel.cam_layer)."""
     model.eval()
-    with METHODS[method](model=model, target_layers=[cam_target_layer(model)]) as cam:
+    with METHODS[method](model=model, target_layers=[layer]) as cam:
         return cam(input_tensor=x.contiguous(), targets=[ClassifierOutputTarget(int(t)) for t in targets])
 
 

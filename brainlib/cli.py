@@ -1,7 +1,11 @@
 """Command line: `python -m brainlib {prepare,train,evaluate,bench,export,compare,predict} [--field value ...]`.
 
 Every Config field is a flag (`--epochs 2`, `--run-dir runs/x`); a run folder's saved
-config.json is read first when it exists, so later steps see what earlier steps used.
+config.json is read first when it exists, so later steps see what earlier steps used. Only
+`prepare` writes config.json; a flag given to a later step applies to that step only.
+
+Exit codes: 0 done; 1 some images could not be predicted; 2 bad arguments or settings;
+3 data folder or run folder problem; 4 bad checkpoint. Expected errors print one `error: ...` line.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import json
 import sys
 from pathlib import Path
 
-from .config import LOCATION_FIELDS, RECIPES, Config, build_config, parse_bool
+from .config import LOCATION_FIELDS, RECIPES, Config, build_config, parse_bool, read_run_config, write_run_config
+from .errors import BrainlibError, SettingsError
 
 
 def _parse_bool(text: str) -> bool:
     try:
         return parse_bool(text)
-    except ValueError as err:
+    except SettingsError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
@@ -31,12 +36,20 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name, None) is not None}
-    run_dir = Path(given.get("run_dir", Config.run_dir))
-    saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    return build_config(saved, given)
+    return build_config(read_run_config(given.get("run_dir", Config.run_dir)), given)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs a command; an expected error becomes one `error: ...` line and its exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrainlibError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m brainlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in [
@@ -66,17 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None, help="default: the committed checkpoints/ model")
     p.add_argument("--cam", default=None, metavar="OUT_DIR", help="write a Grad-CAM overlay per image here")
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
-    args = parser.parse_args(argv)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "predict":
         return predict_command(args)
     if args.command == "compare":
-        from .evaluate import compare_runs
+        from .compare import compare_runs
 
         table = compare_runs(args.run_dirs, args.shifts)
         print(table.to_markdown(index=False) if len(table) else "no evaluated runs")
         return 0 if len(table) else 1
     if args.command == "export":
-        from .train import export_checkpoint
+        from .checkpoint import export_checkpoint
 
         print(export_checkpoint(args.checkpoint, args.out, args.half))
         return 0
@@ -96,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         run_benchmark(cfg, steps=args.steps, out=args.out)
     elif args.command == "evaluate":
         from .evaluate import compute_metrics, predict_test, report_table, write_metrics
-        from .train import load_run_data
+        from .loader import load_run_data
 
-        cfg.save(Path(cfg.run_dir) / "config.json")
         pred, extras = predict_test(cfg, load_run_data(cfg), args.checkpoint)
         metrics = compute_metrics(pred, extras)
         print(report_table(pred))
@@ -111,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
 def checkpoint_config(cfg: Config, checkpoint: str) -> Config:
     """Scoring a checkpoint in a fresh folder: its training settings (input size, seed and so the
     val split its temperature is fitted on, recipe) with this command's locations and device."""
-    from .train import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     here = (*LOCATION_FIELDS, "device", "fast", "fast_per_class", "precision", "num_threads")
-    trained = load_checkpoint(checkpoint).get("config", {})
+    trained = load_checkpoint(checkpoint).get("config") or {}
     return Config.from_dict({**trained, **{k: getattr(cfg, k) for k in here}})
 
 
@@ -127,18 +143,15 @@ def prepare(cfg: Config) -> None:
     )
     print(f"manifest: {write_manifest(manifest, cfg.run_dir)} ({len(manifest)} images, {len(scan.skipped)} skipped)")
     print(json.dumps(audit.summary, indent=2))
-    cfg.save(Path(cfg.run_dir) / "config.json")
+    print(f"settings: {write_run_config(cfg)}")
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    """Exit 0 when every image was classified, 1 when any failed (the others still print), 2 for a bad checkpoint."""
+    """Exit 0 when every image was classified, 1 when any failed (the others still print)."""
+    from .infer import resolve_device
     from .predict import predict_images
 
-    try:
-        results = predict_images(args.images, args.checkpoint, args.cam)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    results = predict_images(args.images, args.checkpoint, args.cam, resolve_device(args.device))
     if args.json:
         print(json.dumps(results, indent=2))
     for r in results:
@@ -147,6 +160,8 @@ def predict_command(args: argparse.Namespace) -> int:
         elif not args.json:
             probs = "  ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
             print(f"{r['path']}: {r['class']}  ({probs})" + (f"  cam: {r['cam']}" if "cam" in r else ""))
+        if "warning" in r:
+            print(f"warning: {r['path']}: {r['warning']}", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0
 
 

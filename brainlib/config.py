@@ -1,7 +1,10 @@
-"""The one configuration object shared by every notebook and the CLI.
+"""The one configuration object shared by every notebook and the CLI, the named recipes, and
+the one merge rule.
 
-Notebooks receive these fields as papermill parameters; the run folder keeps a copy
-(`config.json`) so any later step can be rerun alone from the files of that run.
+A run's settings are fixed when it is prepared (`prepare` or 01_data): that step writes
+`config.json`, and nothing else does. Later steps (02-05, train, evaluate) read it; an override
+given to one of them applies to that step only and is never written back, so a run prepared with
+seed 7 stays seed 7 whatever a later notebook's parameter cell says.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import DataError, SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
@@ -33,6 +38,7 @@ class Config:
     augment: bool = True  # False: train on plain resized images (shuffled), an ablation
     crop_scale_min: float = 0.08  # torchvision's default; the reference does not say
     jitter: float = 0.2  # brightness/contrast/saturation strength; the reference does not say
+    init_checkpoint: str = ""  # start from these weights (a brainlib checkpoint, read as data) instead of the model's own init
     acquisition_aug: bool = False  # resolution, JPEG, intensity and noise shifts (brainlib.acquisition)
     # model and optimisation: the reference recipe is the default; RECIPES names better ones
     recipe: str = "reference"  # the named starting point these values came from (see RECIPES)
@@ -47,9 +53,6 @@ class Config:
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 kernels) | bf16 | fp32
     compile: bool = False  # torch.compile the training step: +25 % in fp32 on CPU, but slower than bf16 eager
     num_threads: int = 0  # 0: torch default
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -83,6 +86,23 @@ RECIPES: dict[str, dict] = {
     # train-time acquisition shifts (resolution, JPEG, intensity, noise): accuracy on other scanners' exports
     "efficientnet_lite0_robust": {**EFFNET_LITE0, "acquisition_aug": True},
     "seed_cnn_robust": {**SEED_CNN_ONECYCLE, "acquisition_aug": True},
+    # the same shifts as a short fine-tune of the committed checkpoints (2 epochs at 3e-4): what a
+    # CPU without AVX-512 can train in half an hour, where a full robust recipe takes two hours
+    "efficientnet_lite0_robust_ft": {
+        **EFFNET_LITE0,
+        "image_size": 256,
+        "acquisition_aug": True,
+        "init_checkpoint": "checkpoints/efficientnet_lite0.pt",
+        "epochs": 2,
+        "lr": 3e-4,
+    },
+    "seed_cnn_robust_ft": {
+        **SEED_CNN_ONECYCLE,
+        "acquisition_aug": True,
+        "init_checkpoint": "checkpoints/seed_cnn.pt",
+        "epochs": 2,
+        "lr": 3e-4,
+    },
 }
 LOCATION_FIELDS = ("run_dir", "data_dir", "cache_dir")
 
@@ -95,7 +115,7 @@ def build_config(saved: dict, given: dict) -> Config:
     base = saved
     if "recipe" in given:
         if given["recipe"] not in RECIPES:
-            raise ValueError(f"unknown recipe {given['recipe']!r}; known: {', '.join(RECIPES)}")
+            raise SettingsError(f"unknown recipe {given['recipe']!r}; known: {', '.join(RECIPES)}")
         base = {**{k: saved[k] for k in LOCATION_FIELDS if k in saved}, **RECIPES[given["recipe"]]}
     return Config.from_dict({**base, **given})
 
@@ -105,7 +125,7 @@ def parse_bool(text: str) -> bool:
         return True
     if text.strip().lower() in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"expected a boolean, got {text!r}")
+    raise SettingsError(f"expected a boolean, got {text!r}")
 
 
 def _coerce(value, kind: str):
@@ -114,28 +134,55 @@ def _coerce(value, kind: str):
     return {"bool": parse_bool, "int": int, "float": float}.get(kind, lambda v: v)(value)
 
 
-def resolve_device(name: str = "auto") -> str:
-    """'auto' means cuda when available, else cpu."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} was asked for but CUDA is not available")
-    return name
-
-
-def notebook_config(run_dir: str, **params) -> Config:
-    """A notebook's config: the run's saved config.json (if any) updated by the notebook's
-    parameters (see build_config), saved back. Notebooks 02-05 thus see what 01 used, and each
-    can run alone."""
-    run_dir = str(in_repo(run_dir))
-    path = Path(run_dir) / "config.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    cfg = build_config(saved, {**params, "run_dir": run_dir})
+def write_run_config(cfg: Config) -> Path:
+    """The one writer of a run's config.json (called when the run is prepared)."""
+    path = Path(cfg.run_dir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.save(path)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """A run's saved settings ({} for a folder not prepared yet)."""
+    path = Path(run_dir) / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def prepare_config(run_dir: str, **params) -> Config:
+    """01_data's config: the run's saved settings (if any) with the notebook's parameters applied
+    (see build_config), written as the run's config.json."""
+    run_dir = str(in_repo(run_dir))
+    cfg = build_config(read_run_config(run_dir), {**params, "run_dir": run_dir})
+    write_run_config(cfg)
     return cfg
+
+
+def run_config(run_dir: str, **overrides) -> Config:
+    """02-05's config: the run's saved settings with this notebook's non-empty overrides, not saved."""
+    run_dir = str(in_repo(run_dir))
+    saved = read_run_config(run_dir)
+    if not saved:
+        raise DataError(f"{run_dir}/config.json not found: run notebooks/01_data.ipynb (or `make pipeline`) for this run first")
+    return build_config(saved, {**overrides, "run_dir": run_dir})
+
+
+IGNORED_IN_RECIPE_DIFF = {*LOCATION_FIELDS, "recipe", "device", "num_threads", "compile"}
+
+
+def recipe_and_changes(saved: dict) -> str:
+    """'efficientnet_lite0 + image_size=256': the run's named recipe and what differs from it.
+    A run from before recipes existed is described from the recipe it differs least from."""
+    values = Config.from_dict(saved).__dict__
+
+    def changes(name: str) -> list[str]:
+        recipe = build_config({}, {"recipe": name}).__dict__
+        return [f"{k}={v}" for k, v in values.items() if k not in IGNORED_IN_RECIPE_DIFF and v != recipe[k]]
+
+    name = saved.get("recipe") or min(RECIPES, key=lambda r: len(changes(r)))
+    changed = changes(name)
+    return f"{name} + {' '.join(changed)}" if changed else name
 
 
 def in_repo(path: str | Path) -> Path:

@@ -15,32 +15,48 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .config import CLASS_NAMES, SPLITS_ON_DISK
+from .errors import DataError
 
 KAGGLE_HANDLE = "masoudnickparvar/brain-tumor-mri-dataset"
 EXPECTED_LAYOUT = (
     "<data_dir>/Training/{glioma,meningioma,notumor,pituitary}/*.jpg and <data_dir>/Testing/{glioma,meningioma,notumor,pituitary}/*.jpg"
 )
-# Errors PIL raises for files that are not (complete) images.
+# Pixel limit: an 8000x8000 (64 MP) export is unusual but legal; anything above 100 MP is refused
+# before decoding (a decompression bomb), skipped with a count like any unreadable file.
+MAX_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own guard stays as a backstop
+# Larger sides are decoded reduced in the scan (JPEG DCT scaling): no image of the dataset has a
+# side above 2048 px, so its manifest hashes are those of the full decode.
+SCAN_MAX_SIDE = 2048
+
+
+class ImageTooLarge(ValueError):
+    pass
+
+
+# Errors for files that are not (complete, sane) images.
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-# 8000x8000 MRIs are unusual but legal; refuse only absurd sizes (PIL's default bomb limit x2).
-Image.MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 
-class DataError(RuntimeError):
-    """The data folder is missing or not laid out as expected. The message says how to fix it."""
+# Where Kaggle mounts this dataset when a notebook "adds" it (Kaggle's input panel)
+KAGGLE_INPUT_DIRS = (Path("/kaggle/input/brain-tumor-mri-dataset"),)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """Explicit argument, then $BRAIN_DATA_DIR, then a kagglehub download (needs internet)."""
+    """Explicit argument, then $BRAIN_DATA_DIR, then the dataset attached to a Kaggle notebook,
+    then a kagglehub download (needs internet; on Colab, Kaggle credentials)."""
     chosen = str(data_dir or os.environ.get("BRAIN_DATA_DIR", "")).strip()
     if chosen:
         path = Path(chosen).expanduser()
         if not path.is_dir():
             raise DataError(f"data folder {path} does not exist. Expected layout: {EXPECTED_LAYOUT}")
         return path
+    for path in KAGGLE_INPUT_DIRS:
+        if (path / "Training").is_dir():
+            return path
     try:
         import kagglehub
 
@@ -80,11 +96,35 @@ def validate_layout(root: Path) -> dict[str, dict[str, list[Path]]]:
     return found
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is shown: EXIF orientations 5-8 turn it by 90 degrees."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8) else (w, h)
+
+
+def _check_pixels(img: Image.Image) -> None:
+    if img.width * img.height > MAX_PIXELS:
+        raise ImageTooLarge(f"{img.width}x{img.height} px is above the {MAX_PIXELS // 1_000_000} MP limit")
+
+
+def _decode(img: Image.Image, max_side: int | None = None) -> Image.Image:
+    """Decode an opened image upright (EXIF orientation applied: a phone photo of a scan), JPEGs
+    larger than max_side reduced in the DCT domain; refuses images above MAX_PIXELS."""
+    _check_pixels(img)
+    if max_side and img.format == "JPEG" and max(img.size) > max_side:
+        img.draft(img.mode if img.mode in ("L", "RGB") else None, (max_side, max_side))
+    img.load()
+    img = ImageOps.exif_transpose(img)
+    return img if img.mode != "P" else img.convert("RGBA")
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image, whatever its name says (PNG-named .jpg files exist)."""
     with Image.open(path) as img:
-        img.load()
-        return img.copy() if img.mode != "P" else img.convert("RGBA")
+        return _decode(img).copy()
 
 
 def to_gray(img: Image.Image) -> Image.Image:
@@ -104,16 +144,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return to_gray(img).convert("RGB") if img.mode.startswith(("I", "F")) else img.convert("RGB")
 
 
-def load_gray(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode once, to a size x size uint8 grayscale array: the single preprocessing every
-    path (cache, evaluation, predict) shares. Aspect ratio is not kept, as in the reference's
-    Resize((224, 224))."""
+def read_gray(path: str | os.PathLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode once, to a size x size uint8 grayscale array, and the original (width, height):
+    the single preprocessing every path (cache, evaluation, predict) shares. Aspect ratio is not
+    kept, as in the reference's Resize((224, 224))."""
     with Image.open(path) as img:
+        original = upright_size(img)
+        _check_pixels(img)
         if img.format == "JPEG":
             img.draft("L", (size, size))  # DCT-domain downscale: large JPEGs decode fast
-        img.load()
-        gray = to_gray(img if img.mode != "P" else img.convert("RGBA"))
-    return np.array(gray.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+        gray = to_gray(_decode(img))
+    return np.array(gray.resize((size, size), Image.BILINEAR), dtype=np.uint8), original
+
+
+def load_gray(path: str | os.PathLike, size: int) -> np.ndarray:
+    return read_gray(path, size)[0]
 
 
 @dataclass
@@ -132,15 +177,15 @@ def inspect_image(path: Path) -> ImageFacts:
     """Everything the manifest and the duplicate audit need from one file, in one decode."""
     raw = Path(path).read_bytes()
     with Image.open(path) as img:
-        fmt, mode = img.format or "?", img.mode
-        img.load()
+        fmt, mode, (width, height) = img.format or "?", img.mode, upright_size(img)
+        img = _decode(img, SCAN_MAX_SIDE)
         rgb = np.asarray(to_rgb(img), dtype=np.uint8)
         gray = to_gray(img)
     spread = int(np.abs(rgb.astype(np.int16) - rgb[..., :1]).max()) if rgb.size else 0
     small = np.asarray(gray.resize((17, 16), Image.BILINEAR), dtype=np.uint8)
     return ImageFacts(
-        width=rgb.shape[1],
-        height=rgb.shape[0],
+        width=width,
+        height=height,
         mode=mode,
         format=fmt,
         is_gray=spread <= 8,
@@ -242,7 +287,7 @@ def write_manifest(manifest: pd.DataFrame, run_dir: str | Path) -> Path:
 def read_manifest(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / "manifest.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run notebooks/01_data.ipynb (or `make pipeline`) for this run first")
+        raise DataError(f"{path} not found: run notebooks/01_data.ipynb (or `make pipeline`) for this run first")
     return pd.read_csv(path)
 
 

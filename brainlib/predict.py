@@ -1,7 +1,9 @@
 """Predict single images with a checkpoint: class, calibrated probabilities, optional Grad-CAM.
 
 Each image is handled on its own: a missing or unreadable file yields an error entry for that
-image while the others are still predicted.
+image while the others are still predicted. Scoring goes through the same path as `evaluate`
+(decode with data.read_gray at the checkpoint's cache size, CachedBatches, infer.predict_logits
+in fp32), so both give the same answer for the same file.
 """
 
 from __future__ import annotations
@@ -11,60 +13,75 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import InferenceModel, load_for_inference
 from .config import CLASS_NAMES, REPO_ROOT
-from .data import IMAGE_ERRORS, load_gray
-from .loader import resize_batch, to_model_input
-from .train import load_checkpoint, model_from_checkpoint
+from .infer import calibrate, predict_logits
+from .loader import CachedBatches
 
 DEFAULT_CHECKPOINTS = ("checkpoints/efficientnet_lite0.pt", "checkpoints/seed_cnn.pt")
+# below this fraction of the model's input side, an image holds too little detail to trust
+SMALL_IMAGE_FRACTION = 0.5
 
 
 def default_checkpoint() -> Path:
     for name in DEFAULT_CHECKPOINTS:
         if (REPO_ROOT / name).exists():
             return REPO_ROOT / name
-    raise FileNotFoundError(f"no checkpoint given and none of {DEFAULT_CHECKPOINTS} exists")
+    from .errors import CheckpointError
+
+    raise CheckpointError(f"no checkpoint given and none of {DEFAULT_CHECKPOINTS} exists")
 
 
-def predict_images(paths: list[str], checkpoint: str | Path | None = None, cam_dir: str | Path | None = None) -> list[dict]:
-    """One dict per path: {path, class, probabilities, [cam]} or {path, error}."""
-    state = load_checkpoint(checkpoint or default_checkpoint())
-    model = model_from_checkpoint(state)
-    temperature = float(state.get("temperature", 1.0))
-    cfg = state.get("config", {})
-    cache_size, image_size = int(cfg.get("cache_size", 256)), int(cfg.get("image_size", 224))
-    results = []
+def _decode_all(paths: list[str], size: int) -> tuple[list[dict], list[np.ndarray]]:
+    from .data import IMAGE_ERRORS, read_gray
+
+    entries, images = [], []
     for path in paths:
+        entry: dict = {"path": str(path)}
         try:
-            gray = load_gray(path, cache_size)
+            gray, entry["size"] = read_gray(path, size)
+            images.append(gray)
         except FileNotFoundError:
-            results.append({"path": str(path), "error": "file not found"})
-            continue
+            entry["error"] = "file not found"
         except IMAGE_ERRORS as err:
-            results.append({"path": str(path), "error": f"not a readable image ({type(err).__name__}: {err})"})
-            continue
-        x = to_model_input(resize_batch(torch.from_numpy(gray)[None, None], image_size))
-        with torch.no_grad():
-            probs = (model(x).float() / temperature).softmax(1)[0].numpy()
-        entry = {
-            "path": str(path),
-            "class": CLASS_NAMES[int(probs.argmax())],
-            "probabilities": {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, probs, strict=True)},
-            "temperature": temperature,
-        }
+            entry["error"] = f"not a readable image ({type(err).__name__}: {err})"
+        entries.append(entry)
+    return entries, images
+
+
+def predict_images(
+    paths: list[str], checkpoint: str | Path | None = None, cam_dir: str | Path | None = None, device: str = "cpu"
+) -> list[dict]:
+    """One dict per path: {path, class, probabilities, temperature, [warning], [cam]} or {path, error}."""
+    net = load_for_inference(checkpoint or default_checkpoint(), device)
+    entries, images = _decode_all(paths, net.cache_size)
+    ok = [e for e in entries if "error" not in e]
+    if not ok:
+        return entries
+    batches = CachedBatches(np.stack(images), np.zeros(len(images), int), 32, net.image_size, device=device)
+    probs = calibrate(predict_logits(net.model, batches, device), net.temperature).numpy()
+    for k, entry in enumerate(ok):
+        w, h = entry.pop("size")
+        entry["class"] = CLASS_NAMES[int(probs[k].argmax())]
+        entry["probabilities"] = {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, probs[k], strict=True)}
+        entry["temperature"] = net.temperature
+        if min(w, h) < SMALL_IMAGE_FRACTION * net.image_size:
+            entry["warning"] = (
+                f"image is {w}x{h} px, far below the {net.image_size} px the model was trained at: treat the result with care"
+            )
         if cam_dir:
-            entry["cam"] = str(_write_cam(model, x, int(probs.argmax()), Path(cam_dir), Path(path).stem))
-        results.append(entry)
-    return results
+            x, _ = batches.batch([k])
+            entry["cam"] = str(_write_cam(net, x, int(probs[k].argmax()), Path(cam_dir), Path(entry["path"]).stem))
+    return entries
 
 
-def _write_cam(model, x: torch.Tensor, target: int, cam_dir: Path, stem: str) -> Path:
+def _write_cam(net: InferenceModel, x: torch.Tensor, target: int, cam_dir: Path, stem: str) -> Path:
     from PIL import Image
 
     from .cam import compute_cams, overlay
 
     cam_dir.mkdir(parents=True, exist_ok=True)
-    heat = overlay(x[0], compute_cams(model, x, [target])[0])
+    heat = overlay(x[0], compute_cams(net.model, x, [target], layer=net.cam_layer)[0])
     out = cam_dir / f"{stem}_gradcam.png"
     Image.fromarray(np.asarray(heat, dtype=np.uint8)).save(out)
     return out

@@ -1,5 +1,6 @@
 """The one training loop: epochs over cached batches, validation on the val split, atomic
-checkpoints (last and best), TensorBoard logging, exact resume."""
+checkpoints (last and best, the best one with its temperature fitted on that epoch's validation
+logits), TensorBoard logging, exact resume, DistributedDataParallel under torchrun."""
 
 from __future__ import annotations
 
@@ -9,120 +10,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .cache import build_or_load_cache
-from .config import CLASS_NAMES, Config, resolve_device
-from .data import read_manifest, resolve_data_dir
-from .acquisition import AcquisitionParams
-from .loader import AugmentParams, CachedBatches
+from .checkpoint import load_checkpoint, model_from_state, save_checkpoint
+from .config import CLASS_NAMES, Config, in_repo
+from .errors import SettingsError
+from .infer import autocast, fit_temperature, predict_logits, setup_torch, use_bf16
+from .loader import CachedBatches, RunData, load_run_data, split_batches
 from .models import create_model
 
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged; the last good checkpoint is left as it was."""
-
-
-@dataclass
-class RunData:
-    manifest: pd.DataFrame
-    images: np.ndarray  # decoded cache, row-aligned with manifest
-    data_root: Path
-
-
-def load_run_data(cfg: Config) -> RunData:
-    """The run's manifest (from 01_data) and its decoded-image cache."""
-    manifest = read_manifest(cfg.run_dir)
-    root = resolve_data_dir(cfg.data_dir or None)
-    images = build_or_load_cache(manifest, root, cfg.cache_size, cfg.cache_dir or None)
-    return RunData(manifest, images, root)
-
-
-def augment_params(cfg: Config) -> AugmentParams:
-    acquisition = AcquisitionParams() if cfg.acquisition_aug else None
-    if not cfg.augment:
-        return AugmentParams(
-            flip_p=0, rotation_deg=0, crop_scale=(1, 1), crop_ratio=(1, 1), brightness=0, contrast=0, saturation=0, acquisition=acquisition
-        )
-    j = cfg.jitter
-    return AugmentParams(crop_scale=(cfg.crop_scale_min, 1.0), brightness=j, contrast=j, saturation=j, acquisition=acquisition)
-
-
-def split_batches(cfg: Config, data: RunData, split: str, device: str, train: bool = False) -> CachedBatches:
-    return rows_batches(cfg, data, np.flatnonzero((data.manifest["split"] == split).to_numpy()), device, train)
-
-
-def rows_batches(cfg: Config, data: RunData, rows: np.ndarray, device: str = "cpu", train: bool = False) -> CachedBatches:
-    """Batches over the given manifest rows (positions), in order unless train=True."""
-    rows = np.asarray(rows, dtype=int)
-    return CachedBatches(
-        data.images[rows] if len(rows) else np.zeros((0, cfg.cache_size, cfg.cache_size), np.uint8),
-        data.manifest["label_idx"].to_numpy()[rows],
-        cfg.batch_size,
-        cfg.image_size,
-        train=train,
-        aug=augment_params(cfg),
-        seed=cfg.seed,
-        device=device,
-    )
-
-
-def setup_torch(cfg: Config) -> str:
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    return resolve_device(cfg.device)
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        detail = " ".join(str(err).split())[:300]
-        raise RuntimeError(f"checkpoint {path} could not be read: {type(err).__name__}: {detail}") from err
-    missing = {"model_name", "class_names", "model_state"} - set(state)
-    if missing:
-        raise RuntimeError(f"checkpoint {path} lacks {sorted(missing)}: not a brainlib checkpoint")
-    return state
-
-
-def export_checkpoint(src: str | Path, dst: str | Path, half: bool = False) -> Path:
-    """A small, inference-only copy: weights (optionally fp16), class names, config, temperature,
-    epoch and history; no optimizer state."""
-    state = load_checkpoint(src)
-    keep = {k: state[k] for k in ("model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature") if k in state}
-    weights = state["model_state"]
-    keep["model_state"] = {k: v.half() if half and v.is_floating_point() else v for k, v in weights.items()}
-    keep["exported_from"] = str(src)
-    save_checkpoint(keep, Path(dst))
-    return Path(dst)
-
-
-def model_from_checkpoint(state: dict, device: str = "cpu") -> nn.Module:
-    if tuple(state["class_names"]) != CLASS_NAMES:
-        raise ValueError(f"checkpoint classes {state['class_names']} differ from this code's {list(CLASS_NAMES)}")
-    model = create_model(state["model_name"])
-    try:
-        model.load_state_dict(state["model_state"])
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:300]
-        raise ValueError(f"checkpoint weights do not fit model {state['model_name']!r}: {detail}") from err
-    return model.to(device).eval()
 
 
 def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -133,38 +34,9 @@ def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoc
     raise ValueError(f"unknown schedule {cfg.schedule!r}: use 'constant' or 'onecycle'")
 
 
-def use_bf16(device: str, precision: str = "auto") -> bool:
-    """bf16 autocast: on CUDA, and on CPUs with oneDNN bf16 kernels (1.6x faster than fp32 for
-    the reference CNN on this AVX-512 machine, see BENCHMARKS.md). Weights stay fp32."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
-    if precision == "auto":
-        return device.startswith("cuda") or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return precision == "bf16"
-
-
-def autocast(device: str, precision: str = "auto"):
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    return torch.autocast(kind, dtype=torch.bfloat16, enabled=use_bf16(device, precision))
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, batches, device: str, tta: bool = False, precision: str = "auto") -> torch.Tensor:
-    """Logits in order; with tta, the mean of the image's and its mirror image's log-probabilities."""
-    model.eval()
-    out = []
-    for x, _ in batches:
-        with autocast(device, precision):
-            logits = model(x).float()
-            if tta:
-                logits = (logits.log_softmax(1) + model(torch.flip(x, dims=[-1])).float().log_softmax(1)) / 2
-        out.append(logits.cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(CLASS_NAMES))
-
-
-def evaluate_batches(model: nn.Module, batches: CachedBatches, device: str, precision: str = "auto") -> tuple[float, float, torch.Tensor]:
-    """Mean loss, accuracy and the logits (in order) over `batches`."""
-    logits = predict_logits(model, batches, device, precision=precision)
+def evaluate_batches(model: nn.Module, batches: CachedBatches, device: str) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and the logits (in order) over `batches`, scored in fp32 (infer.py)."""
+    logits = predict_logits(model, batches, device)
     labels = batches.labels.cpu()
     if not len(labels):
         return 0.0, 0.0, logits
@@ -266,6 +138,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    if cfg.init_checkpoint:  # fine-tune: weights from a checkpoint (as data), then this recipe
+        init = load_checkpoint(in_repo(cfg.init_checkpoint))
+        if init["model_name"] != cfg.model:
+            raise SettingsError(f"init_checkpoint {cfg.init_checkpoint} holds a {init['model_name']}, not the {cfg.model} this run trains")
+        model.load_state_dict(model_from_state(init).state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(cfg, optimizer, len(train_batches))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -281,8 +158,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     # the step runs through DDP and/or torch.compile; checkpoints hold the plain module's weights
     step_model = torch.nn.parallel.DistributedDataParallel(model) if dist.world_size > 1 else model
     step_model = torch.compile(step_model) if cfg.compile and not cfg.fast else step_model
-    if dist.is_main:
-        cfg.save(run_dir / "config.json")
     writer = SummaryWriter(str(run_dir / "tb")) if dist.is_main else _NoWriter()
     log_path = run_dir / "train_log.txt"
 
@@ -305,12 +180,13 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
             epoch,
             progress and dist.is_main,
             log_grid if epoch == start_epoch else None,
+            cfg.precision,
         )
         train_loss, train_acc = dist.mean(train_loss, train_acc)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
-        val_loss, val_acc, _ = evaluate_batches(model, val_batches, device, cfg.precision)
+        val_loss, val_acc, val_logits = evaluate_batches(model, val_batches, device)
         epoch_time = time.perf_counter() - t0
         row = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
@@ -327,8 +203,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
                 "scheduler_state": scheduler.state_dict(), "best_val_acc": best_acc, "history": history,
                 "rng_state": torch.get_rng_state(),
             }  # fmt: skip
-            if improved:
-                save_checkpoint(state, ckpt_dir / "best.pt")
+            if improved:  # calibrated on the same validation logits that selected it
+                save_checkpoint({**state, "temperature": fit_temperature(val_logits, val_batches.labels.cpu())}, ckpt_dir / "best.pt")
             save_checkpoint(state, ckpt_dir / "last.pt")
         dist.barrier()
 

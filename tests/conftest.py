@@ -23,12 +23,21 @@ def data_copy(tmp_path) -> Path:
 @pytest.fixture
 def prepared_run(tmp_path, fixture_root, monkeypatch):
     """A run folder with the fixture's manifest written, and the cache in tmp."""
-    from brainlib.config import Config
+    from brainlib.config import Config, write_run_config
     from brainlib.data import build_manifest, write_manifest
 
     monkeypatch.setenv("BRAIN_CACHE_DIR", str(tmp_path / "cache"))
     cfg = Config(run_dir=str(tmp_path / "run"), data_dir=str(fixture_root), batch_size=8, epochs=2, num_threads=1, compile=False)
     manifest, _, _ = build_manifest(fixture_root, cfg.val_fraction, cfg.seed, progress=False)
     write_manifest(manifest, cfg.run_dir)
-    cfg.save(Path(cfg.run_dir) / "config.json")
+    write_run_config(cfg)
     return cfg
+
+
+@pytest.fixture
+def trained_run(prepared_run):
+    """The prepared fixture run after one epoch of the reference recipe."""
+    from brainlib import train
+
+    train.train(prepared_run.replace(epochs=1), progress=False)
+    return prepared_run

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from brainlib.checkpoint import load_checkpoint
 from brainlib.config import CLASS_NAMES
 from brainlib.predict import predict_images
-from brainlib.train import load_checkpoint
 
 CHECKPOINTS = sorted((Path(__file__).resolve().parents[1] / "checkpoints").glob("*.pt"))
 

@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from brainlib.config import RECIPES, Config, build_config, notebook_config
+from brainlib.config import RECIPES, Config, build_config, prepare_config, read_run_config, run_config
+from brainlib.errors import DataError
 
 
 def test_from_dict_coerces_text_and_ignores_unknown_keys():
@@ -13,24 +14,27 @@ def test_from_dict_coerces_text_and_ignores_unknown_keys():
         Config.from_dict({"fast": "maybe"})
 
 
-def test_notebook_config_merges_saved_config(tmp_path):
+def test_prepare_writes_settings_and_a_recipe_replaces_them_explicit_values_winning(tmp_path):
     run = tmp_path / "run"
-    notebook_config(str(run), epochs=3, lr=0.5)
-    cfg = notebook_config(str(run), epochs=4)
-    assert (cfg.epochs, cfg.lr) == (4, 0.5)
-    assert Config.load(run / "config.json").epochs == 4
-
-
-def test_a_recipe_replaces_saved_settings_and_explicit_values_win(tmp_path):
-    run = tmp_path / "run"
-    notebook_config(str(run), data_dir="/data", epochs=3, lr=0.5)
-    cfg = notebook_config(str(run), recipe="efficientnet_lite0", epochs=2)
+    prepare_config(str(run), data_dir="/data", epochs=3, lr=0.5)
+    cfg = prepare_config(str(run), recipe="efficientnet_lite0", epochs=2)
     assert (cfg.recipe, cfg.model, cfg.lr, cfg.schedule, cfg.epochs) == ("efficientnet_lite0", "efficientnet_lite0", 1e-3, "onecycle", 2)
     assert cfg.data_dir == "/data"  # locations survive a recipe
-    # a notebook opened alone passes empty parameters: the run's saved settings stay
-    assert notebook_config(str(run), recipe="", model="", epochs=None, batch_size=None) == cfg
-    back = notebook_config(str(run), recipe="reference")
-    assert back == Config(run_dir=str(run), data_dir="/data")
+    assert Config.from_dict(read_run_config(run)) == cfg
+    # 01 opened alone passes empty parameters: the run's saved settings stay
+    assert prepare_config(str(run), recipe="", model="", epochs=None, batch_size=None) == cfg
+    assert prepare_config(str(run), recipe="reference") == Config(run_dir=str(run), data_dir="/data")
+
+
+def test_run_config_reads_settings_and_never_writes_them(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match="run notebooks/01_data"):
+        run_config(str(run))
+    prepare_config(str(run), seed=7, batch_size=32)
+    before = (run / "config.json").read_text()
+    cfg = run_config(str(run), device="cpu", seed="")  # a notebook's override, and an empty one
+    assert (cfg.seed, cfg.batch_size, cfg.device) == (7, 32, "cpu")
+    assert (run / "config.json").read_text() == before
 
 
 def test_every_recipe_names_a_registered_model_and_real_fields():
@@ -43,11 +47,3 @@ def test_every_recipe_names_a_registered_model_and_real_fields():
         assert cfg.recipe == name and create_model(cfg.model) is not None
     with pytest.raises(ValueError, match="unknown recipe 'nope'.*efficientnet_lite0"):
         build_config({}, {"recipe": "nope"})
-
-
-def test_cli_refuses_an_unknown_recipe(capsys):
-    from brainlib.cli import main
-
-    with pytest.raises(SystemExit):
-        main(["prepare", "--recipe", "nope"])
-    assert "invalid choice" in capsys.readouterr().err

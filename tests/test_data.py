@@ -142,3 +142,29 @@ def test_hamming_pairs_matches_brute_force():
     bits[7] = bits[3] ^ np.array([1] + [0] * 31, dtype=np.uint8)  # one bit apart
     got = audit.hamming_pairs(bits, 1, chunk=16)
     assert [tuple(r) for r in got[["i", "j", "distance"]].to_numpy()] == [(3, 7, 1)]
+
+
+def test_images_above_the_pixel_limit_are_skipped_and_large_ones_scanned_reduced(data_copy, monkeypatch):
+    folder = data_copy / "Training" / "glioma"
+    Image.new("L", (1000, 1000), 90).save(folder / "bomb.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 900), dtype=np.uint8)).save(folder / "wide.jpg")
+    monkeypatch.setattr(data, "MAX_PIXELS", 600_000)
+    monkeypatch.setattr(data, "SCAN_MAX_SIDE", 256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scan = data.scan_dataset(data_copy, progress=False)
+    skipped = {p.split("/")[-1]: reason for p, reason in scan.skipped}
+    assert list(skipped) == ["bomb.png"] and "MP limit" in skipped["bomb.png"]
+    wide = scan.manifest[scan.manifest["path"].str.endswith("wide.jpg")].iloc[0]
+    assert (wide["width"], wide["height"]) == (900, 600)  # the file's size, though decoded reduced
+
+
+def test_exif_orientation_is_applied_when_loading(tmp_path):
+    img = Image.new("L", (40, 20), 0)
+    img.paste(255, (0, 0, 20, 20))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    gray, size = data.read_gray(tmp_path / "turned.jpg", 32)
+    assert size == (20, 40)
+    assert gray[:12].mean() > 200 and gray[-12:].mean() < 50  # the white half is now on top

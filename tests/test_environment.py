@@ -31,11 +31,21 @@ def test_committed_notebooks_have_no_outputs():
 
 
 def test_papermill_sees_every_parameter_the_makefile_passes():
-    """papermill warns 'Passed unknown parameter' for a parameters-cell line it cannot parse."""
+    """papermill warns 'Passed unknown parameter' for a parameters-cell line it cannot parse.
+    01_data takes the run's settings; 02-05 take only the run folder and a device."""
     import papermill
 
-    passed = set(re.findall(r"-p (\w+) ", (ROOT / "Makefile").read_text()))
-    assert {"run_dir", "fast", "epochs"} <= passed
+    makefile = (ROOT / "Makefile").read_text()
+
+    def passed(variable: str) -> set[str]:
+        block = re.search(rf"^{variable} := (.*?)(?:\n(?!\t)|\Z)", makefile, re.S | re.M).group(1)
+        return set(re.findall(r"-p (\w+) ", block))
+
+    prepare, run = passed("PREPARE_PARAMS"), passed("RUN_PARAMS")
+    assert {"run_dir", "fast", "epochs", "seed", "recipe"} <= prepare and run == {"run_dir", "device"}
     for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
         names = set(papermill.inspect_notebook(str(path)))
-        assert passed <= names, f"{path.name}: papermill cannot parse {sorted(passed - names)}"
+        wanted = prepare if path.name.startswith("01") else run
+        assert wanted <= names, f"{path.name}: papermill cannot parse {sorted(wanted - names)}"
+        if not path.name.startswith("01"):
+            assert not names & {"seed", "fast", "epochs", "recipe", "model", "batch_size"}, f"{path.name} takes run settings"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from brainlib import train
+from brainlib.checkpoint import load_checkpoint
 
 
 def test_sigkill_mid_epoch_then_resume(prepared_run, fixture_root):
@@ -40,12 +40,12 @@ def test_sigkill_mid_epoch_then_resume(prepared_run, fixture_root):
     assert proc.poll() is None, "training ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved_epoch = train.load_checkpoint(last)["epoch"]  # readable: never half-written
+    saved_epoch = load_checkpoint(last)["epoch"]  # readable: never half-written
     assert 1 <= saved_epoch < 4
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"Resuming {run} after epoch {saved_epoch}" in done.stdout
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3, 4]
-    assert train.load_checkpoint(last)["epoch"] == 4
-    assert train.load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] >= 1
+    assert load_checkpoint(last)["epoch"] == 4
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] >= 1

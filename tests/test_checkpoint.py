@@ -1,0 +1,115 @@
+"""Checkpoints: atomic writes, data-only loading (a crafted pickle cannot run code), foreign
+files refused in one line, exports that predict what their source predicts."""
+
+import pickle
+
+import pytest
+import torch
+
+from brainlib import checkpoint
+from brainlib.config import CLASS_NAMES
+from brainlib.errors import CheckpointError
+from brainlib.models import create_model
+
+
+def _state(model_name="seed_cnn"):
+    torch.manual_seed(0)
+    model = create_model(model_name)
+    return {"model_name": model_name, "class_names": list(CLASS_NAMES), "model_state": model.state_dict(), "config": {"lr": 1e-3}}
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    checkpoint.save_checkpoint({"x": 1}, path)
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint({"x": 2}, path)
+    assert torch.load(path)["x"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left behind
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a malicious .pt file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    torch.save({**_state(), "extra": _RunsCode(marker)}, bad, pickle_module=pickle)
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load_checkpoint(bad)
+    assert not marker.exists()
+    message = str(err.value)
+    assert "\n" not in message and "evil.pt" in message and "could not be read as data" in message
+
+
+def test_foreign_and_broken_files_are_refused_in_one_line(tmp_path):
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a brainlib checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        checkpoint.load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoint.load_checkpoint(tmp_path / "missing.pt")
+    state = {"model_name": "seed_cnn", "class_names": ["a", "b"], "model_state": {}}
+    with pytest.raises(CheckpointError, match="classes"):
+        checkpoint.model_from_state(state)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        checkpoint.model_from_state({**state, "class_names": list(CLASS_NAMES), "model_state": {"w": torch.zeros(1)}})
+    with pytest.raises(CheckpointError, match="unknown model"):
+        checkpoint.model_from_state({**state, "class_names": list(CLASS_NAMES), "model_name": "nope"})
+
+
+def test_training_checkpoints_load_as_data(tmp_path):
+    """Optimizer, scheduler and RNG state are tensors and plain values: weights_only accepts them."""
+    model = create_model("seed_cnn")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=10)
+    model(torch.zeros(2, 3, 224, 224)).sum().backward()
+    opt.step()
+    sched.step()
+    state = {**_state(), "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(), "rng_state": torch.get_rng_state()}
+    state["history"] = [{"epoch": 1, "val_acc": 0.5}]
+    checkpoint.save_checkpoint(state, tmp_path / "last.pt")
+    loaded = checkpoint.load_checkpoint(tmp_path / "last.pt")
+    sched.load_state_dict(loaded["scheduler_state"])
+    opt.load_state_dict(loaded["optimizer_state"])
+    assert loaded["history"] == state["history"]
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_export_is_small_and_predicts_what_its_source_predicts(tmp_path, half):
+    src = tmp_path / "best.pt"
+    checkpoint.save_checkpoint(
+        {**_state("efficientnet_lite0"), "optimizer_state": {"big": torch.zeros(2_000_000)}, "temperature": 1.3}, src
+    )
+    out = checkpoint.export_checkpoint(src, tmp_path / "small.pt", half=half)
+    small = checkpoint.load_checkpoint(out)
+    assert "optimizer_state" not in small and small["temperature"] == 1.3
+    assert out.stat().st_size < (0.6 if half else 0.9) * src.stat().st_size
+    x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = checkpoint.load_for_inference(src).model(x)
+        b = checkpoint.load_for_inference(out).model(x)
+    assert torch.equal(a.argmax(1), b.argmax(1))
+    assert torch.allclose(a, b, atol=2e-2 if half else 0)
+
+
+def test_load_for_inference_reads_input_size_and_cam_layer(tmp_path):
+    path = checkpoint.save_checkpoint({**_state("resnet18_scratch"), "config": {"image_size": 96, "cache_size": 128}}, tmp_path / "r.pt")
+    net = checkpoint.load_for_inference(path)
+    assert (net.image_size, net.cache_size, net.temperature) == (96, 128, None)
+    assert net.cam_layer is net.model.layer4[-1]

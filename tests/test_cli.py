@@ -1,0 +1,62 @@
+"""The command line: every expected error is one `error: ...` line with its own exit code; only
+`prepare` writes a run's settings, which later steps keep."""
+
+import json
+import shutil
+
+import pytest
+
+from brainlib.cli import main
+from brainlib.config import read_run_config
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda root: shutil.rmtree(root), "does not exist"),
+        (lambda root: shutil.rmtree(root / "Testing"), "Testing is missing"),
+        (lambda root: (root / "Training" / "astrocytoma").mkdir(), "unknown class folder"),
+        (lambda root: shutil.rmtree(root / "Training" / "pituitary"), "lacks class folder"),
+        (lambda root: [p.unlink() for p in (root / "Testing" / "glioma").iterdir()], "is empty"),
+        (lambda root: [p.write_text("junk") for p in (root / "Testing" / "glioma").iterdir()], "no readable image"),
+    ],
+    ids=["missing folder", "missing split", "unknown class", "missing class", "empty class", "all unreadable"],
+)
+def test_prepare_data_errors_are_one_line_with_exit_code_3(data_copy, tmp_path, capsys, breakage, message):
+    breakage(data_copy)
+    rc = main(["prepare", "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_copy), "--fast", "true"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 3
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
+
+
+def test_train_without_a_prepared_run_is_one_line(tmp_path, capsys):
+    assert main(["train", "--run-dir", str(tmp_path / "nothing"), "--epochs", "1"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "manifest.csv not found" in err and "\n" not in err
+
+
+def test_evaluate_with_a_missing_checkpoint_is_one_line(tmp_path, fixture_root, capsys):
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--run-dir", str(tmp_path / "e"), "--data-dir", str(fixture_root)])
+    assert rc == 4 and capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_cli_refuses_an_unknown_recipe(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "--recipe", "nope"])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_a_run_prepared_with_seed_7_and_batch_32_keeps_both(tmp_path, fixture_root, monkeypatch):
+    """Later steps and their overrides never write config.json back."""
+    monkeypatch.setenv("BRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    run = str(tmp_path / "run")
+    base = ["--run-dir", run, "--data-dir", str(fixture_root), "--num-threads", "1"]
+    assert main(["prepare", *base, "--seed", "7", "--batch-size", "32", "--fast", "true"]) == 0
+    saved = read_run_config(run)
+    assert (saved["seed"], saved["batch_size"]) == (7, 32)
+    assert main(["train", *base, "--epochs", "1", "--batch-size", "16"]) == 0  # an override for this step only
+    assert main(["evaluate", *base, "--seed", "42"]) == 0
+    assert read_run_config(run) == saved
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_test"] > 0

@@ -1,0 +1,82 @@
+"""evaluate: stable metrics from one set of test predictions, calibration without touching the
+checkpoint, and a checkpoint scored at its own input size and split."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainlib import evaluate, train
+from brainlib.checkpoint import load_checkpoint
+from brainlib.cli import main
+from brainlib.config import CLASS_NAMES
+from brainlib.loader import load_run_data
+
+
+def test_evaluate_writes_stable_metrics_and_calibrates(trained_run, tmp_path):
+    data = load_run_data(trained_run)
+    pred, extras = evaluate.predict_test(trained_run, data)
+    metrics = evaluate.compute_metrics(pred, extras)
+    path = evaluate.write_metrics(metrics, trained_run.run_dir)
+    saved = json.loads(path.read_text())
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "per_class",
+        "ece",
+        "roc_auc",
+        "accuracy_leakage_free",
+        "n_test",
+        "n_leakage_free",
+        "model",
+        "checkpoint",
+    ):
+        assert key in saved
+    assert set(saved["per_class"]["glioma"]) == {"precision", "recall", "f1", "support"}
+    assert saved["n_test"] == 13 and saved["n_leakage_free"] == 12  # the fixture's one twin is excluded
+    assert load_checkpoint(extras["checkpoint"])["temperature"] == pytest.approx(extras["temperature"])
+    assert set(saved["accuracy_under_shift"]) == set(evaluate.SHIFTS)
+    assert np.isclose(pred[[f"p_{c}" for c in CLASS_NAMES]].sum(1), 1, atol=1e-4).all()
+
+
+def test_ece_of_a_perfectly_calibrated_toy_is_small_and_of_overconfidence_large():
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.3, 1, 20000)
+    assert evaluate.expected_calibration_error(conf, rng.uniform(size=conf.size) < conf) < 0.02
+    assert evaluate.expected_calibration_error(np.full(1000, 0.99), np.arange(1000) < 500) == pytest.approx(0.49)
+
+
+def test_evaluate_cli_prepares_a_fresh_run_folder(trained_run, fixture_root, tmp_path, capsys):
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(f"{trained_run.run_dir}/checkpoints/best.pt", ckpt)
+    run = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--run-dir", str(run), "--data-dir", str(fixture_root), "--num-threads", "1"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["n_test"] == 13
+    assert "meningioma" in capsys.readouterr().out
+
+
+def test_evaluate_cli_scores_a_checkpoint_at_its_own_input_size_and_split(prepared_run, fixture_root, tmp_path):
+    cfg = prepared_run.replace(model="resnet18_scratch", image_size=64, epochs=1, seed=7)  # seed_cnn is fixed to 224
+    train.train(cfg, progress=False)
+    own, _ = evaluate.predict_test(cfg, load_run_data(cfg), shifts=False)
+    run = tmp_path / "eval"
+    ckpt = f"{cfg.run_dir}/checkpoints/best.pt"
+    assert main(["evaluate", "--checkpoint", ckpt, "--run-dir", str(run), "--data-dir", str(fixture_root), "--num-threads", "1"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["image_size"], saved["seed"], saved["run_dir"]) == (64, 7, str(run))
+    fresh = pd.read_csv(run / "predictions.csv")
+    assert (fresh["pred_idx"].to_numpy() == own["pred_idx"].to_numpy()).all()
+
+
+def test_evaluation_never_rewrites_the_checkpoint(trained_run, tmp_path):
+    """An old checkpoint without a temperature is calibrated on val in memory; the file stays as it was."""
+    from brainlib.checkpoint import save_checkpoint
+
+    state = load_checkpoint(f"{trained_run.run_dir}/checkpoints/best.pt")
+    del state["temperature"]
+    old = save_checkpoint(state, tmp_path / "old.pt")
+    before = old.read_bytes()
+    _, extras = evaluate.predict_test(trained_run, load_run_data(trained_run), old, shifts=False)
+    assert extras["temperature"] > 0 and old.read_bytes() == before

@@ -1,0 +1,52 @@
+"""The model registry: every entry builds offline, carries its input size and Grad-CAM layer."""
+
+import pytest
+import torch
+
+from brainlib.config import CLASS_NAMES
+from brainlib.models import MODELS, SeedCNN, count_parameters, create_model, model_entry
+
+
+def test_seed_cnn_shape_and_parameter_count():
+    model = create_model("seed_cnn").eval()
+    # convs with bias (nn.Conv2d's default) + BN (2 per channel) + linear 64*28*28 -> 4
+    convs = 9 * (3 * 16 + 16 * 16 + 16 * 32 + 32 * 32 + 32 * 64 + 64 * 64) + 2 * (16 + 32 + 64)
+    bns = 2 * 2 * (16 + 32 + 64)
+    assert count_parameters(model) == convs + bns + 64 * 28 * 28 * 4 + 4 == 273_236
+    assert model.features(torch.zeros(2, 3, 224, 224)).shape == (2, 64, 28, 28)
+    assert model(torch.zeros(2, 3, 224, 224)).shape == (2, len(CLASS_NAMES))
+    with pytest.raises(ValueError, match="224x224 input"):
+        model(torch.zeros(1, 3, 256, 256))
+    assert isinstance(model_entry("seed_cnn").cam_layer(model), torch.nn.ReLU)
+
+
+def test_registry():
+    assert "seed_cnn" in MODELS and isinstance(create_model("seed_cnn"), SeedCNN)
+    with pytest.raises(KeyError, match="unknown model"):
+        create_model("nope")
+
+
+@pytest.mark.parametrize("name", ["seed_cnn", "resnet18_scratch", "efficientnet_lite0"])
+def test_every_entry_builds_offline_and_its_cam_layer_sees_a_spatial_map(name):
+    entry = model_entry(name)
+    model = create_model(name).eval()
+    seen = []
+    hook = entry.cam_layer(model).register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, entry.input_size, entry.input_size)).shape == (2, len(CLASS_NAMES))
+    hook.remove()
+    assert len(seen) == 1 and len(seen[0]) == 4 and seen[0][-1] > 1  # one call, a feature map (not pooled)
+
+
+def test_efficientnet_lite0_loads_the_wheels_imagenet_weights():
+    pretrained, scratch = create_model("efficientnet_lite0"), create_model("efficientnet_lite0", pretrained=False)
+    w = pretrained.state_dict()["_conv_stem.weight"]
+    assert not torch.equal(w, scratch.state_dict()["_conv_stem.weight"])
+    torch.manual_seed(0)
+    assert torch.equal(w, create_model("efficientnet_lite0").state_dict()["_conv_stem.weight"])  # same file, same weights
+
+
+def test_efficientnet_bn_statistics_follow_the_data():
+    """The TF port's momentum 0.01 left eval-mode BN on ImageNet statistics after a short fine-tune."""
+    bns = [m for m in create_model("efficientnet_lite0").modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == pytest.approx(0.1) for m in bns)

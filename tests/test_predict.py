@@ -1,0 +1,75 @@
+"""predict: every image mode, bad files reported per image, EXIF orientation, tiny images flagged,
+and the same answer as evaluate for the same file."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from brainlib import evaluate
+from brainlib.cli import main
+from brainlib.config import CLASS_NAMES
+from brainlib.loader import load_run_data
+from brainlib.predict import predict_images
+
+
+def test_predict_cli_handles_every_mode_and_reports_bad_files(trained_run, fixture_root, tmp_path, capsys):
+    gray = Image.open(next((fixture_root / "Testing" / "glioma").glob("*.jpg"))).convert("L")
+    files = {
+        "gray.jpg": lambda p: gray.save(p),
+        "rgba.png": lambda p: gray.convert("RGBA").save(p),
+        "palette.png": lambda p: gray.convert("P").save(p),
+        "sixteen.png": lambda p: Image.fromarray(np.asarray(gray).astype(np.uint16) * 200).save(p),
+        "large.jpg": lambda p: gray.resize((8000, 8000)).save(p, quality=50),
+        "text.jpg": lambda p: p.write_text("hello"),
+    }
+    for name, make in files.items():
+        make(tmp_path / name)
+    args = [str(tmp_path / n) for n in files] + [str(tmp_path / "missing.jpg")]
+    ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
+    rc = main(["predict", *args, "--checkpoint", ckpt, "--json", "--cam", str(tmp_path / "cams")])
+    out = capsys.readouterr()
+    assert rc == 1  # some inputs were bad ...
+    results = {r["path"].split("/")[-1]: r for r in json.loads(out.out)}
+    for name in ("gray.jpg", "rgba.png", "palette.png", "sixteen.png", "large.jpg"):  # ... the rest still predicted
+        assert results[name]["class"] in CLASS_NAMES
+        assert sum(results[name]["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+        assert (tmp_path / "cams" / f"{name.split('.')[0]}_gradcam.png").exists()
+    assert "not a readable image" in results["text.jpg"]["error"]
+    assert results["missing.jpg"]["error"] == "file not found"
+    assert "missing.jpg: file not found" in out.err
+
+
+def test_predict_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path, fixture_root, capsys):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert main(["predict", str(next(fixture_root.rglob("*.jpg"))), "--checkpoint", str(tmp_path / "bad.pt")]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint") and "bad.pt" in err and "\n" not in err
+
+
+def test_predict_and_evaluate_agree_image_by_image(trained_run, fixture_root):
+    pred, _ = evaluate.predict_test(trained_run, load_run_data(trained_run), shifts=False)
+    ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
+    results = predict_images([str(fixture_root / p) for p in pred["path"]], ckpt)
+    probs = pd.DataFrame([r["probabilities"] for r in results])
+    temperature = results[0]["temperature"]
+    assert temperature is not None
+    raw = evaluate.probabilities(pred)
+    assert [r["class"] for r in results] == list(pred["pred"])
+    assert np.allclose(probs[list(CLASS_NAMES)].to_numpy(), evaluate.calibrated(raw, temperature), atol=1e-4)
+
+
+def test_exif_orientation_is_applied_and_tiny_images_are_flagged(trained_run, fixture_root, tmp_path):
+    src = Image.open(next((fixture_root / "Testing" / "pituitary").glob("*.jpg"))).convert("L")
+    upright = src.resize((200, 120))
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned; viewers rotate it 90 degrees clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", quality=95, exif=exif)
+    src.resize((8, 8)).save(tmp_path / "tiny.png")
+    ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
+    a, b, tiny = predict_images([str(tmp_path / n) for n in ("upright.jpg", "turned.jpg", "tiny.png")], ckpt)
+    assert a["probabilities"] == pytest.approx(b["probabilities"], abs=0.02)
+    assert "warning" not in a and "8x8 px" in tiny["warning"]

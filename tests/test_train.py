@@ -1,0 +1,55 @@
+"""The training loop: deterministic, exact resume, NaN guard, a calibrated best checkpoint, and it
+never writes the run's settings."""
+
+import json
+
+import pytest
+import torch
+
+from brainlib import train as train_mod
+from brainlib.checkpoint import load_checkpoint
+from brainlib.config import CLASS_NAMES
+from brainlib.models import SeedCNN
+
+
+def _weights(run_dir, name="last.pt"):
+    return load_checkpoint(f"{run_dir}/checkpoints/{name}")["model_state"]
+
+
+def test_training_is_deterministic_and_resume_is_exact(prepared_run, tmp_path):
+    straight = train_mod.train(prepared_run, progress=False)
+    assert len(straight) == 2 and straight["train_loss"].notna().all()
+    again_cfg = prepared_run.replace(run_dir=str(tmp_path / "again"), epochs=1)
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "manifest.csv").write_text((tmp_path / "run" / "manifest.csv").read_text())
+    first = train_mod.train(again_cfg, progress=False)
+    assert first["train_loss"][0] == straight["train_loss"][0]  # same seed, same numbers
+    resumed = train_mod.train(again_cfg.replace(epochs=2), resume=True, progress=False)
+    assert list(resumed["epoch"]) == [1, 2]
+    a, b = _weights(prepared_run.run_dir), _weights(again_cfg.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert 0 <= summary["best_val_acc"] <= 1
+    state = load_checkpoint(f"{prepared_run.run_dir}/checkpoints/best.pt")
+    assert state["class_names"] == list(CLASS_NAMES) and state["model_name"] == "seed_cnn"
+    assert (tmp_path / "run" / "tb").is_dir() and any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(prepared_run, monkeypatch):
+    train_mod.train(prepared_run.replace(epochs=1), progress=False)
+    good = _weights(prepared_run.run_dir)
+    original = SeedCNN.forward
+    monkeypatch.setattr(SeedCNN, "forward", lambda self, x: original(self, x) * float("nan"))
+    with pytest.raises(train_mod.NonFiniteLossError, match="epoch 2, step 1"):
+        train_mod.train(prepared_run.replace(epochs=2), resume=True, progress=False)
+    after = _weights(prepared_run.run_dir)
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_best_checkpoint_carries_a_validation_temperature_and_config_json_is_untouched(prepared_run):
+    config_json = f"{prepared_run.run_dir}/config.json"
+    before = open(config_json).read()
+    train_mod.train(prepared_run.replace(epochs=1, lr=3e-4), progress=False)  # an override for this call only
+    assert open(config_json).read() == before
+    state = load_checkpoint(f"{prepared_run.run_dir}/checkpoints/best.pt")
+    assert 0 < state["temperature"] < float("inf") and state["config"]["lr"] == 3e-4  # chance-level after 1 epoch: T is large
