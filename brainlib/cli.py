@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
         if name == "evaluate":
             p.add_argument("--checkpoint", default=None, help="default: <run-dir>/checkpoints/best.pt")
+            p.add_argument(
+                "--shift-severities", default="1,2,3", help="severities of the shift suite to score (comma-separated; empty: none)"
+            )
+            p.add_argument(
+                "--shift-sample", type=int, default=0, help="score shifts on a stratified sample of this many test images (0: all)"
+            )
         if name == "bench":
             p.add_argument("--steps", type=int, default=4, help="timed training steps per pipeline")
             p.add_argument("--out", default=None, help="JSON file for the results")
@@ -115,9 +121,17 @@ def _run(args: argparse.Namespace) -> int:
         from .evaluate import compute_metrics, predict_test, report_table, write_metrics
         from .loader import load_run_data
 
-        pred, extras = predict_test(cfg, load_run_data(cfg), args.checkpoint)
+        severities = tuple(int(x) for x in args.shift_severities.split(",") if x.strip())
+        if not set(severities) <= {1, 2, 3}:
+            raise SettingsError(f"--shift-severities takes 1, 2 and/or 3, not {args.shift_severities!r}")
+        pred, extras = predict_test(cfg, load_run_data(cfg), args.checkpoint, bool(severities), severities, args.shift_sample)
         metrics = compute_metrics(pred, extras)
         print(report_table(pred))
+        if metrics["shifts"]:
+            from .evaluate import shift_pivot
+
+            print(shift_pivot(metrics["shifts"]).to_string(float_format=lambda v: f"{100 * v:.2f}"))
+            print(json.dumps(metrics["shifts"]["summary"], indent=2))
         keys = ("accuracy", "accuracy_leakage_free", "n_leakage_free", "macro_f1", "ece", "ece_calibrated", "accuracy_tta_flip")
         print(json.dumps({k: metrics[k] for k in keys} | {"meningioma_recall": metrics["per_class"]["meningioma"]["recall"]}, indent=2))
         print(f"metrics: {write_metrics(metrics, cfg.run_dir)}")

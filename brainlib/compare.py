@@ -26,7 +26,8 @@ def _percent(x: float | None) -> float | None:
 
 def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFrame:
     """One row per evaluated run folder, from its files (config.json, metrics.json,
-    train_summary.json): the README's comparison table without hand copying. Folders without
+    train_summary.json): the README's comparison table without hand copying. With shifts, the
+    shift suite's summary at the middle severity (mean, worst, seen and held-out families). Folders without
     metrics.json (not evaluated yet) are skipped with a message naming them."""
     rows, skipped = [], []
     for run_dir in map(Path, run_dirs):
@@ -53,7 +54,20 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             "device": summary.get("device"),
         }
         if shifts:
-            row.update({f"{k}_%": _percent(v) for k, v in (metrics.get("accuracy_under_shift") or {}).items()})
+            summary = (metrics.get("shifts") or {}).get("summary") or {}
+            row.update(
+                {
+                    "shift_images": summary.get("n_images"),
+                    "shift_clean_%": _percent(summary.get("clean_accuracy")),
+                    "shift_mean_%": _percent(summary.get("middle_mean_accuracy")),
+                    "shift_worst_%": _percent(summary.get("middle_worst_accuracy")),
+                    "worst_shift": summary.get("middle_worst_shift"),
+                    "seen_%": _percent(summary.get("middle_seen_accuracy")),
+                    "held_out_%": _percent(summary.get("middle_held_out_accuracy")),
+                    "min_tumour_recall": summary.get("middle_min_tumour_recall"),
+                    "all_severities_mean_%": _percent(summary.get("mean_accuracy")) if summary.get("severities") == [1, 2, 3] else None,
+                }
+            )
         rows.append(row)
     if skipped:
         print(f"compare: skipped {len(skipped)} folder(s) without metrics.json: {', '.join(skipped)}")

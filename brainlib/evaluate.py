@@ -19,6 +19,7 @@ from .checkpoint import InferenceModel, load_for_inference
 from .config import CLASS_NAMES, Config
 from .infer import calibrate, fit_temperature, predict_logits, setup_torch
 from .loader import RunData, rows_batches, split_batches
+from .shifts import SEVERITIES, SHIFTS
 
 ECE_BINS = 15
 
@@ -35,49 +36,102 @@ def temperature_of(net: InferenceModel, cfg: Config, data: RunData, device: str)
     return fit_temperature(predict_logits(net.model, val, device), val.labels.cpu())
 
 
-def _shift(images: np.ndarray, kind: str) -> np.ndarray:
-    """A realistic acquisition shift applied to uint8 gray images."""
-    import cv2
-
-    if kind == "clahe":
-        clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
-        return np.stack([clahe.apply(im) for im in images])
-    if kind.startswith("gamma"):
-        gamma = float(kind.removeprefix("gamma_"))
-        table = (255.0 * (np.arange(256) / 255.0) ** gamma).round().astype(np.uint8)
-        return table[images]
-    if kind == "jpeg_q30":
-        return np.stack([cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_GRAYSCALE) for im in images])
-    if kind == "downscale_128":
-        side = images.shape[-1]
-        return np.stack(
-            [
-                cv2.resize(cv2.resize(im, (128, 128), interpolation=cv2.INTER_AREA), (side, side), interpolation=cv2.INTER_LINEAR)
-                for im in images
-            ]
-        )
-    raise ValueError(f"unknown shift {kind!r}")
+NOTUMOR = CLASS_NAMES.index("notumor")
 
 
-SHIFTS = ("clahe", "gamma_0.7", "gamma_1.4", "jpeg_q30", "downscale_128")
+def sample_rows(rows: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded, class-stratified subset of n of `rows` (all of them when n is 0 or too large)."""
+    if not n or n >= len(rows):
+        return rows
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        members = rows[labels == c]
+        k = max(1, round(n * len(members) / len(rows)))
+        picked.append(rng.choice(members, size=min(k, len(members)), replace=False))
+    return np.sort(np.concatenate(picked))
 
 
-def accuracy_under_shifts(cfg: Config, data: RunData, model, device: str) -> dict[str, float]:
+def shift_table(cfg: Config, data: RunData, model, device: str, severities=SEVERITIES, sample: int = 0) -> pd.DataFrame:
+    """Accuracy, tumour recall (a tumour called anything but notumor) and predicted-class counts
+    on the test images, clean and under every shift of the suite at each severity."""
     rows = data.rows("test")
+    rows = sample_rows(rows, data.manifest["label_idx"].to_numpy()[rows], sample, cfg.seed)
     labels = data.manifest["label_idx"].to_numpy()[rows]
     clean = np.asarray(data.images[rows])
-    result = {}
-    for kind in SHIFTS:
-        logits = predict_logits(model, rows_batches(cfg, data, rows, device, images=_shift(clean, kind)), device)
-        result[kind] = float((logits.argmax(1).numpy() == labels).mean())
-    return result
+    tumour = labels != NOTUMOR
+    records = []
+
+    def score(images: np.ndarray, **what) -> None:
+        pred = predict_logits(model, rows_batches(cfg, data, rows, device, images=images), device).argmax(1).numpy()
+        counts = np.bincount(pred, minlength=len(CLASS_NAMES))
+        records.append(
+            {
+                **what,
+                "n": len(rows),
+                "accuracy": float((pred == labels).mean()),
+                "tumour_recall": float((pred[tumour] != NOTUMOR).mean()) if tumour.any() else None,
+                **{f"pred_{name}": int(k) for name, k in zip(CLASS_NAMES, counts, strict=True)},
+            }
+        )
+
+    score(clean, shift="clean", family="none", seen=None, severity=0, param="")
+    for shift in SHIFTS.values():
+        for severity in severities:
+            score(
+                shift(clean, severity),
+                shift=shift.name,
+                family=shift.family,
+                seen=shift.seen_in_training,
+                severity=severity,
+                param=str(shift.params[severity - 1]),
+            )
+    return pd.DataFrame(records)
 
 
-def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = None, shifts: bool = True) -> tuple[pd.DataFrame, dict]:
+def shift_summary(table: pd.DataFrame) -> dict:
+    """Mean and worst accuracy over all shifts and severities and at the middle one, seen vs
+    held-out families, the lowest tumour recall, and the clean accuracy on the same images."""
+    shifted = table[table["shift"] != "clean"]
+    middle = shifted[shifted["severity"] == 2] if (shifted["severity"] == 2).any() else shifted
+    worst = middle.loc[middle["accuracy"].idxmin()]
+    return {
+        "n_images": int(table["n"].iloc[0]),
+        "severities": sorted(int(s) for s in shifted["severity"].unique()),
+        "clean_accuracy": float(table.loc[table["shift"] == "clean", "accuracy"].iloc[0]),
+        "mean_accuracy": float(shifted["accuracy"].mean()),
+        "worst_accuracy": float(shifted["accuracy"].min()),
+        "middle_mean_accuracy": float(middle["accuracy"].mean()),
+        "middle_worst_accuracy": float(worst["accuracy"]),
+        "middle_worst_shift": str(worst["shift"]),
+        "middle_seen_accuracy": float(middle.loc[middle["seen"] == True, "accuracy"].mean()),  # noqa: E712
+        "middle_held_out_accuracy": float(middle.loc[middle["seen"] == False, "accuracy"].mean()),  # noqa: E712
+        "middle_min_tumour_recall": float(middle["tumour_recall"].min()),
+    }
+
+
+def shift_pivot(shifts: dict) -> pd.DataFrame:
+    """Accuracy per shift (rows, with family and whether training saw it) and severity (columns),
+    the clean accuracy on the same images first."""
+    table = pd.DataFrame(shifts["table"])
+    pivot = table.pivot_table(index=["family", "shift"], columns="severity", values="accuracy", sort=False)
+    pivot.columns = ["clean" if c == 0 else f"severity {c}" for c in pivot.columns]
+    return pivot
+
+
+def predict_test(
+    cfg: Config,
+    data: RunData,
+    checkpoint: str | Path | None = None,
+    shifts: bool = True,
+    shift_severities=SEVERITIES,
+    shift_sample: int = 0,
+) -> tuple[pd.DataFrame, dict]:
     """Predict every test image once; write predictions.csv and test_logits.npy to the run folder.
 
     Also returns the extras measured on the same checkpoint: temperature (fitted on val),
-    accuracy with flip TTA, and accuracy under acquisition shifts."""
+    accuracy with flip TTA, and the shift suite's table (brainlib.shifts) at `shift_severities`,
+    on a stratified sample of `shift_sample` test images (0: all)."""
     device = setup_torch(cfg)
     checkpoint = Path(checkpoint or default_checkpoint(cfg))
     net = load_for_inference(checkpoint, device)
@@ -105,7 +159,8 @@ def predict_test(cfg: Config, data: RunData, checkpoint: str | Path | None = Non
         "accuracy_tta_flip": float((predict_logits(model, test_batches, device, tta=True).argmax(1) == y).float().mean()),
     }
     if shifts:
-        extras["accuracy_under_shift"] = accuracy_under_shifts(cfg, data, model, device)
+        table = shift_table(cfg, data, model, device, shift_severities, shift_sample)
+        extras["shifts"] = {"summary": shift_summary(table), "table": table.to_dict("records")}
     return pred, extras
 
 
@@ -179,7 +234,7 @@ def compute_metrics(pred: pd.DataFrame, extras: dict | None = None) -> dict:
         "temperature": temperature,
         "ece_calibrated": expected_calibration_error(calibrated(probs, temperature).max(1), correct) if temperature else None,
         "accuracy_tta_flip": extras.get("accuracy_tta_flip"),
-        "accuracy_under_shift": extras.get("accuracy_under_shift"),
+        "shifts": extras.get("shifts"),
         "n_leakage_free": int(clean.sum()),
         "accuracy_leakage_free": float(correct[clean].mean()) if clean.any() else None,
         "n_without_exact_twin": int(exact_clean.sum()),

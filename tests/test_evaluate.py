@@ -13,6 +13,7 @@ from brainlib.checkpoint import load_checkpoint
 from brainlib.cli import main
 from brainlib.config import CLASS_NAMES
 from brainlib.loader import load_run_data
+from brainlib.shifts import SHIFTS
 
 
 def test_evaluate_writes_stable_metrics_and_calibrates(trained_run, tmp_path):
@@ -37,7 +38,9 @@ def test_evaluate_writes_stable_metrics_and_calibrates(trained_run, tmp_path):
     assert set(saved["per_class"]["glioma"]) == {"precision", "recall", "f1", "support"}
     assert saved["n_test"] == 13 and saved["n_leakage_free"] == 12  # the fixture's one twin is excluded
     assert load_checkpoint(extras["checkpoint"])["temperature"] == pytest.approx(extras["temperature"])
-    assert set(saved["accuracy_under_shift"]) == set(evaluate.SHIFTS)
+    shift_rows = pd.DataFrame(saved["shifts"]["table"])
+    assert len(shift_rows) == 1 + 3 * len(SHIFTS) and set(shift_rows["shift"]) == {"clean", *SHIFTS}
+    assert saved["shifts"]["summary"]["n_images"] == 13
     assert np.isclose(pred[[f"p_{c}" for c in CLASS_NAMES]].sum(1), 1, atol=1e-4).all()
 
 

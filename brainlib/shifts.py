@@ -1,0 +1,293 @@
+"""The shift suite: named, deterministic re-processings of test images at three severities
+(ImageNet-C style, Hendrycks & Dietterich 2019), in six families.
+
+Each shift maps uint8 (N, S, S) grayscale images to uint8 images of the same shape, and is a
+pure function of (images, severity): the same call gives the same pixels. Transforms come from
+the field's libraries where they have them, each named in `Shift.library`:
+OpenCV (resampling, JPEG, CLAHE, histogram equalisation, blur), scikit-image (Butterworth
+filters, unsharp masking, percentile windows, wavelet denoising over PyWavelets), TorchIO
+(bias field, ghosting, motion, k-space spikes) and MONAI (Gaussian and Rician noise); Gibbs
+ringing follows MONAI's definition with NumPy's FFT (MONAI's own was 100x slower here).
+
+Severities are what other scanners and export pipelines do, from mild to strong. They were set
+once from the transforms' own scales, not tuned against any model's accuracy. Families the
+train-time augmentation draws from (`acquisition.TRAINED_FAMILIES`) are reported as "seen", the
+others as "held out": robustness on those is generalisation, not having seen the transform.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .acquisition import TRAINED_FAMILIES
+
+SEVERITIES = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class Shift:
+    name: str
+    family: str
+    params: tuple  # the parameter at severity 1, 2, 3
+    fn: Callable[[np.ndarray, object, int], np.ndarray]  # (one uint8 image, parameter, seed) -> uint8 image
+    library: str
+    unit: str = ""  # what the parameter means, for tables
+    batched: bool = False  # fn takes the whole (N, S, S) stack at once
+
+    @property
+    def seen_in_training(self) -> bool:
+        return self.family in TRAINED_FAMILIES
+
+    def __call__(self, images: np.ndarray, severity: int) -> np.ndarray:
+        """uint8 (N, S, S) -> uint8 (N, S, S); image i draws any randomness from seed i."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        param = self.params[severity - 1]
+        images = np.ascontiguousarray(images)
+        if self.batched:
+            return self.fn(images, param, 0)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # OpenCV, NumPy and torch release the GIL
+            return np.stack(list(pool.map(lambda i: self.fn(images[i], param, i), range(len(images))))) if len(images) else images.copy()
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+# --- resolution -------------------------------------------------------------------------------
+def _resample(down: int, up: int):
+    import cv2
+
+    def fn(im, side, _seed):
+        size = im.shape[-1]
+        return cv2.resize(cv2.resize(im, (side, side), interpolation=down), (size, size), interpolation=up)
+
+    return fn
+
+
+def _resave_224_jpeg(im, quality, _seed):
+    import cv2
+
+    size = im.shape[-1]
+    small = cv2.resize(im, (224, 224), interpolation=cv2.INTER_AREA)
+    decoded = cv2.imdecode(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], cv2.IMREAD_GRAYSCALE)
+    return cv2.resize(decoded, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+# --- compression --------------------------------------------------------------------------------
+def _jpeg(im, quality, _seed):
+    import cv2
+
+    return cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], cv2.IMREAD_GRAYSCALE)
+
+
+# --- intensity --------------------------------------------------------------------------------
+def _gamma(im, gamma, _seed):
+    table = _u8(255.0 * (np.arange(256) / 255.0) ** gamma)
+    return table[im]
+
+
+def _brightness_contrast(im, alpha_beta, _seed):
+    import cv2
+
+    alpha, beta = alpha_beta
+    return cv2.convertScaleAbs(im, alpha=alpha, beta=beta)
+
+
+def _window(im, upper, _seed):
+    from skimage.exposure import rescale_intensity
+
+    return rescale_intensity(im, in_range=(0, upper), out_range=(0, 255)).astype(np.uint8)
+
+
+def _percentile_clip(im, pct, _seed):
+    from skimage.exposure import rescale_intensity
+
+    lo, hi = np.percentile(im, (pct, 100 - pct))
+    return rescale_intensity(im, in_range=(lo, max(hi, lo + 1)), out_range=(0, 255)).astype(np.uint8)
+
+
+def _hist_equalize(im, weight, _seed):
+    import cv2
+
+    return _u8((1 - weight) * im.astype(np.float32) + weight * cv2.equalizeHist(im).astype(np.float32))
+
+
+def _clahe(im, clip_tiles, _seed):
+    import cv2
+
+    clip, tiles = clip_tiles
+    return cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles)).apply(im)
+
+
+# --- frequency --------------------------------------------------------------------------------
+def _butterworth_lowpass(im, cutoff, _seed):
+    from skimage.filters import butterworth
+
+    return _u8(butterworth(im.astype(np.float32), cutoff_frequency_ratio=cutoff, high_pass=False, order=2.0, npad=16))
+
+
+def _butterworth_highpass(im, weight, _seed):
+    """A Fourier high-pass blended in: `weight` of the low-frequency content (below 2 % of the
+    sampling rate) removed, as an over-eager edge-enhancing reconstruction filter does."""
+    from skimage.filters import butterworth
+
+    x = im.astype(np.float32)
+    high = butterworth(x, cutoff_frequency_ratio=0.02, high_pass=True, order=2.0, npad=16)
+    return _u8((1 - weight) * x + weight * (high + x.mean()))
+
+
+def _gaussian_blur(im, sigma, _seed):
+    import cv2
+
+    return cv2.GaussianBlur(im, (0, 0), sigmaX=sigma)
+
+
+def _unsharp(im, amount, _seed):
+    from skimage.filters import unsharp_mask
+
+    return _u8(255 * unsharp_mask(im, radius=2.0, amount=amount))
+
+
+def _wavelet_denoise(im, sigma, _seed):
+    from skimage.restoration import denoise_wavelet
+
+    return _u8(255 * denoise_wavelet(im / 255.0, sigma=sigma, wavelet="db2", mode="soft", method="BayesShrink", rescale_sigma=True))
+
+
+# --- MR acquisition artifacts -----------------------------------------------------------------
+def _torchio(transform_factory):
+    """Apply a TorchIO transform to one 2-D slice (as a 1 x H x W x 1 volume), seeded per image."""
+
+    def fn(im, param, seed):
+        import torch
+        import torchio as tio
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            image = tio.ScalarImage(tensor=torch.from_numpy(im.astype(np.float32))[None, :, :, None])
+            out = transform_factory(param)(image).data[0, :, :, 0].numpy()
+        return _u8(out)
+
+    return fn
+
+
+def _bias_field(c):
+    import torchio as tio
+
+    return tio.RandomBiasField(coefficients=(c, c), order=3)  # |coefficients| = c: strength, random signs per image
+
+
+def _ghosting(intensity):
+    import torchio as tio
+
+    return tio.Ghosting(num_ghosts=4, axis=0, intensity=intensity, restore=0.02)
+
+
+def _motion(amount):
+    import torchio as tio
+
+    degrees, mm = amount
+    return tio.RandomMotion(degrees=(degrees, degrees), translation=(mm, mm), num_transforms=2)
+
+
+def _spike(intensity):
+    import torchio as tio
+
+    return tio.Spike(spikes_positions=np.array([[0.08, 0.11, 0.0]]), intensity=intensity)
+
+
+def _gibbs_stack(images, alpha, _seed):
+    """Gibbs ringing: k-space truncated to its central (1 - alpha) fraction, as MONAI's
+    GibbsNoise defines it. Written with NumPy's FFT because MONAI's transform took 0.46 s per
+    256-px image here (20 minutes per severity on the test split); this takes milliseconds."""
+    k = np.fft.fftshift(np.fft.fft2(images.astype(np.float64)), axes=(-2, -1))
+    side = images.shape[-1]
+    radius = (1 - alpha) * side * np.sqrt(2) / 2  # MONAI's circular mask
+    yy, xx = np.ogrid[:side, :side]
+    mask = np.hypot(yy - (side - 1) / 2, xx - (side - 1) / 2) <= radius
+    return _u8(np.fft.ifft2(np.fft.ifftshift(k * mask, axes=(-2, -1))).real)
+
+
+def _monai(transform_factory):
+    def fn(im, param, seed):
+        import torch
+
+        transform = transform_factory(param)
+        if hasattr(transform, "set_random_state"):
+            transform.set_random_state(seed=seed)
+        # a torch tensor, not a NumPy array: MONAI's Gibbs filter took 10x longer on NumPy input here
+        out = transform(torch.from_numpy(im.astype(np.float32))[None])
+        return _u8(np.asarray(out)[0])
+
+    return fn
+
+
+# --- noise ------------------------------------------------------------------------------------
+def _rician(sigma):
+    from monai.transforms import RandRicianNoise
+
+    return RandRicianNoise(prob=1.0, mean=0.0, std=255 * sigma, sample_std=False)
+
+
+def _gaussian_noise(sigma):
+    from monai.transforms import RandGaussianNoise
+
+    return RandGaussianNoise(prob=1.0, mean=0.0, std=255 * sigma, sample_std=False)
+
+
+def _suite() -> dict[str, Shift]:
+    import cv2
+
+    shifts = [
+        Shift("resample_area", "resolution", (160, 128, 96), _resample(cv2.INTER_AREA, cv2.INTER_LINEAR), "OpenCV", "px"),
+        Shift("resample_bicubic", "resolution", (160, 128, 96), _resample(cv2.INTER_CUBIC, cv2.INTER_CUBIC), "OpenCV", "px"),
+        # 160/112/80: 128 px (an exact halving) aliases less than 160, which would break the severity order
+        Shift("resample_nearest", "resolution", (160, 112, 80), _resample(cv2.INTER_NEAREST, cv2.INTER_NEAREST), "OpenCV", "px"),
+        Shift("resave_224_jpeg", "resolution", (90, 75, 50), _resave_224_jpeg, "OpenCV", "JPEG quality at 224 px"),
+        Shift("jpeg", "compression", (50, 30, 15), _jpeg, "OpenCV (libjpeg)", "quality"),
+        Shift("gamma_up", "intensity", (1.2, 1.4, 1.7), _gamma, "NumPy lookup table", "gamma"),
+        Shift("gamma_down", "intensity", (0.85, 0.7, 0.55), _gamma, "NumPy lookup table", "gamma"),
+        Shift(
+            "brightness_contrast",
+            "intensity",
+            ((0.85, 12), (0.7, 24), (0.55, 36)),
+            _brightness_contrast,
+            "OpenCV",
+            "(contrast, +brightness)",
+        ),
+        Shift("window", "intensity", (220, 185, 150), _window, "scikit-image", "upper window level (saturates above)"),
+        Shift("percentile_clip", "intensity", (1, 3, 6), _percentile_clip, "scikit-image", "% clipped at each end"),
+        Shift("hist_equalize", "intensity", (0.33, 0.66, 1.0), _hist_equalize, "OpenCV", "blend weight"),
+        Shift("clahe", "intensity", ((1.5, 8), (2.5, 8), (4.0, 8)), _clahe, "OpenCV", "(clip limit, tiles)"),
+        Shift("clahe_grid", "intensity", ((1.5, 4), (2.5, 8), (4.0, 16)), _clahe, "OpenCV", "(clip limit, tiles)"),
+        Shift("butterworth_lowpass", "frequency", (0.3, 0.2, 0.12), _butterworth_lowpass, "scikit-image", "cutoff / sampling rate"),
+        Shift("butterworth_highpass", "frequency", (0.3, 0.5, 0.7), _butterworth_highpass, "scikit-image", "weight of low band removed"),
+        Shift("gaussian_blur", "frequency", (0.7, 1.2, 2.0), _gaussian_blur, "OpenCV", "sigma px"),
+        Shift("unsharp_mask", "frequency", (1.0, 2.0, 3.0), _unsharp, "scikit-image", "amount (radius 2)"),
+        Shift("wavelet_denoise", "frequency", (0.03, 0.06, 0.1), _wavelet_denoise, "scikit-image + PyWavelets", "noise sigma"),
+        Shift("bias_field", "artifact", (0.15, 0.3, 0.45), _torchio(_bias_field), "TorchIO", "polynomial coefficient"),
+        Shift("ghosting", "artifact", (0.3, 0.5, 0.8), _torchio(_ghosting), "TorchIO", "ghost intensity"),
+        Shift("motion", "artifact", ((1, 1), (2, 2), (4, 3)), _torchio(_motion), "TorchIO", "(degrees, px)"),
+        Shift("kspace_spike", "artifact", (0.3, 0.6, 1.0), _torchio(_spike), "TorchIO", "spike intensity"),
+        Shift(
+            "gibbs_ringing",
+            "artifact",
+            (0.6, 0.75, 0.85),
+            _gibbs_stack,
+            "NumPy FFT (MONAI's definition)",
+            "k-space fraction truncated",
+            batched=True,
+        ),
+        Shift("gaussian_noise", "noise", (0.02, 0.04, 0.07), _monai(_gaussian_noise), "MONAI", "sigma / full scale"),
+        Shift("rician_noise", "noise", (0.02, 0.04, 0.07), _monai(_rician), "MONAI", "sigma / full scale"),
+    ]
+    return {s.name: s for s in shifts}
+
+
+SHIFTS: dict[str, Shift] = _suite()
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(s.family for s in SHIFTS.values()))

@@ -1,0 +1,48 @@
+"""The shift suite on the fixture: every shift deterministic, shape/dtype/range kept, stronger with
+severity; families declared, seen vs held out as the augmentation says."""
+
+import numpy as np
+import pytest
+
+from brainlib.acquisition import TRAINED_FAMILIES
+from brainlib.data import load_gray
+from brainlib.shifts import FAMILIES, SEVERITIES, SHIFTS
+
+
+@pytest.fixture(scope="module")
+def images():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent / "fixtures" / "data" / "Testing").rglob("*.jpg"))[:6]
+    return np.stack([load_gray(f, 256) for f in files])  # the cache size: what the suite sees in evaluation
+
+
+@pytest.mark.parametrize("name", list(SHIFTS))
+def test_shift_is_deterministic_keeps_shape_and_grows_with_severity(name, images):
+    shift = SHIFTS[name]
+    outs = [shift(images, s) for s in SEVERITIES]
+    for out in outs:
+        assert out.shape == images.shape and out.dtype == np.uint8
+    assert np.array_equal(shift(images, 2), outs[1])  # same call, same pixels
+    assert np.array_equal(shift(images[:2], 2), outs[1][:2])  # an image's result does not depend on its batch
+    change = [np.abs(out.astype(int) - images).mean() for out in outs]
+    assert change[0] > 0.3, f"{name} at severity 1 leaves the images as they were"
+    assert change[0] <= change[1] <= change[2], f"{name}: severity order broken: {change}"
+
+
+def test_families_are_declared_and_two_are_held_out_of_training():
+    assert set(FAMILIES) == {"resolution", "compression", "intensity", "frequency", "artifact", "noise"}
+    assert set(TRAINED_FAMILIES) < set(FAMILIES)
+    held_out = set(FAMILIES) - set(TRAINED_FAMILIES)
+    assert held_out == {"frequency", "artifact"}
+    assert all(SHIFTS[n].seen_in_training == (SHIFTS[n].family in TRAINED_FAMILIES) for n in SHIFTS)
+    assert all(len(s.params) == 3 for s in SHIFTS.values())
+
+
+def test_gibbs_ringing_matches_monais_definition(images):
+    import torch
+    from monai.transforms import GibbsNoise
+
+    ours = SHIFTS["gibbs_ringing"](images, 2)
+    theirs = np.asarray(GibbsNoise(alpha=SHIFTS["gibbs_ringing"].params[1])(torch.from_numpy(images.astype(np.float32))))
+    assert np.abs(np.clip(np.rint(theirs), 0, 255) - ours).max() <= 1
