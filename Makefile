@@ -43,6 +43,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name brainlib --display-name "Python (brainlib)" > /dev/null
+	@# the kernel's start-up notice about unencrypted local TCP is noise in every papermill run: log errors only
+	$(PY) -c "import json, sys; p = sys.prefix + '/share/jupyter/kernels/brainlib/kernel.json'; k = json.load(open(p)); \
+		k['argv'] += [a for a in ['--IPKernelApp.log_level=ERROR'] if a not in k['argv']]; json.dump(k, open(p, 'w'), indent=1)"
 	touch $(STAMP)
 
 pipeline: $(STAMP)

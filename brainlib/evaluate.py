@@ -111,11 +111,12 @@ def shift_summary(table: pd.DataFrame) -> dict:
 
 
 def shift_pivot(shifts: dict) -> pd.DataFrame:
-    """Accuracy per shift (rows, with family and whether training saw it) and severity (columns),
-    the clean accuracy on the same images first."""
+    """Accuracy per shift (rows, by family) and severity (columns); the clean accuracy on the
+    same images is in the summary."""
     table = pd.DataFrame(shifts["table"])
+    table = table[table["shift"] != "clean"]
     pivot = table.pivot_table(index=["family", "shift"], columns="severity", values="accuracy", sort=False)
-    pivot.columns = ["clean" if c == 0 else f"severity {c}" for c in pivot.columns]
+    pivot.columns = [f"severity {c}" for c in pivot.columns]
     return pivot
 
 
