@@ -144,8 +144,8 @@ def checkpoint_config(cfg: Config, checkpoint: str) -> Config:
     from .checkpoint import load_checkpoint
 
     here = (*LOCATION_FIELDS, "device", "fast", "fast_per_class", "precision", "num_threads")
-    trained = load_checkpoint(checkpoint).get("config") or {}
-    return Config.from_dict({**trained, **{k: getattr(cfg, k) for k in here}})
+    trained = {k: v for k, v in (load_checkpoint(checkpoint).get("config") or {}).items() if k not in here}  # not the trainer's paths
+    return build_config(trained, {k: getattr(cfg, k) for k in here})
 
 
 def prepare(cfg: Config) -> None:
