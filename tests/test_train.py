@@ -53,3 +53,19 @@ def test_best_checkpoint_carries_a_validation_temperature_and_config_json_is_unt
     assert open(config_json).read() == before
     state = load_checkpoint(f"{prepared_run.run_dir}/checkpoints/best.pt")
     assert 0 < state["temperature"] < float("inf") and state["config"]["lr"] == 3e-4  # chance-level after 1 epoch: T is large
+
+
+def test_init_checkpoint_starts_a_fine_tune_from_its_weights(prepared_run, tmp_path):
+    from brainlib.errors import SettingsError
+
+    train_mod.train(prepared_run.replace(epochs=1), progress=False)
+    source = f"{prepared_run.run_dir}/checkpoints/best.pt"
+    tuned = prepared_run.replace(run_dir=str(tmp_path / "ft"), epochs=1, lr=1e-12, weight_decay=0.0, init_checkpoint=source)
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "manifest.csv").write_text((tmp_path / "run" / "manifest.csv").read_text())
+    train_mod.train(tuned, progress=False)
+    a, b = _weights(prepared_run.run_dir, "best.pt"), _weights(tuned.run_dir)
+    conv = [k for k in a if k.endswith("weight") and a[k].dim() == 4]
+    assert conv and all(torch.allclose(a[k], b[k], atol=1e-6) for k in conv)
+    with pytest.raises(SettingsError, match="holds a seed_cnn"):
+        train_mod.train(tuned.replace(model="resnet18_scratch"), progress=False)
