@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint import InferenceModel, load_for_inference
 from .config import CLASS_NAMES, REPO_ROOT
+from .errors import CheckpointError
 from .infer import calibrate, predict_logits
 from .loader import CachedBatches
 
@@ -27,8 +28,6 @@ def default_checkpoint() -> Path:
     for name in DEFAULT_CHECKPOINTS:
         if (REPO_ROOT / name).exists():
             return REPO_ROOT / name
-    from .errors import CheckpointError
-
     raise CheckpointError(f"no checkpoint given and none of {DEFAULT_CHECKPOINTS} exists")
 
 
