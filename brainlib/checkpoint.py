@@ -84,7 +84,6 @@ class InferenceModel:
     cache_size: int  # the side images are decoded to before resizing
     temperature: float | None  # fitted on the run's validation split; None: not calibrated
     state: dict  # the rest (config, epoch, history)
-    path: Path
 
     @property
     def cam_layer(self) -> nn.Module:
@@ -103,7 +102,6 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
         cache_size=int(trained.get("cache_size", 256)),
         temperature=None if temperature is None else float(temperature),
         state=state,
-        path=Path(path),
     )
 
 
