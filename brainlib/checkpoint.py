@@ -7,6 +7,7 @@ pickle that would run something on load is refused with a one-line CheckpointErr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from .models import create_model, model_entry
 
 REQUIRED_FIELDS = ("model_name", "class_names", "model_state")
 # what an inference-only copy keeps: no optimizer, scheduler or RNG state
-EXPORT_FIELDS = ("model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature")
+EXPORT_FIELDS = ("model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature", "conformal")
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
@@ -83,7 +84,11 @@ class InferenceModel:
     image_size: int  # the side the weights were trained at
     cache_size: int  # the side images are decoded to before resizing
     temperature: float | None  # fitted on the run's validation split; None: not calibrated
+    conformal: dict | None  # split-conformal thresholds per alpha (infer.conformal_state); None: no sets
     state: dict  # the rest (config, epoch, history)
+
+    def replace(self, **changes) -> InferenceModel:
+        return dataclasses.replace(self, **changes)
 
     @property
     def cam_layer(self) -> nn.Module:
@@ -101,6 +106,7 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
         image_size=int(trained.get("image_size", model_entry(state["model_name"]).input_size)),
         cache_size=int(trained.get("cache_size", 256)),
         temperature=None if temperature is None else float(temperature),
+        conformal=state.get("conformal"),
         state=state,
     )
 

@@ -77,7 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--half", action="store_true", help="store weights as float16")
-    p = sub.add_parser("compare", help="one table row per evaluated run folder (markdown)")
+    p = sub.add_parser("calibrate", help="store temperature and conformal thresholds, fitted on the val split, in a copy of a checkpoint")
+    add_config_flags(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="the calibrated copy (may be the same path: written atomically)")
+    p = sub.add_parser("compare", help="one table row per evaluated run folder (markdown); paired tests against the first")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--shifts", action="store_true", help="add accuracy under each acquisition shift")
     p = sub.add_parser("predict", help="classify image files with a checkpoint")
@@ -86,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cam", default=None, metavar="OUT_DIR", help="write a Grad-CAM overlay per image here")
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument(
+        "--alpha", type=float, default=0.01, help="prediction sets hold the true class with probability 1 - alpha (0.01 or 0.05)"
+    )
     return parser
 
 
@@ -97,6 +104,12 @@ def _run(args: argparse.Namespace) -> int:
 
         table = compare_runs(args.run_dirs, args.shifts)
         print(table.to_markdown(index=False) if len(table) else "no evaluated runs")
+        if len(table) > 1:
+            from .compare import paired_table
+
+            evaluated = [r for r in args.run_dirs if (Path(r) / "metrics.json").exists()]
+            print("\nPaired on the same test images (difference = run - vs; McNemar's exact test):")
+            print(paired_table(evaluated).to_markdown(index=False))
         return 0 if len(table) else 1
     if args.command == "export":
         from .checkpoint import export_checkpoint
@@ -104,10 +117,10 @@ def _run(args: argparse.Namespace) -> int:
         print(export_checkpoint(args.checkpoint, args.out, args.half))
         return 0
     cfg = config_from_args(args)
-    if args.command == "evaluate" and args.checkpoint:
+    if args.command in ("evaluate", "calibrate") and args.checkpoint:
         cfg = checkpoint_config(cfg, args.checkpoint)
 
-    if args.command == "prepare" or (args.command == "evaluate" and not (Path(cfg.run_dir) / "manifest.csv").exists()):
+    if args.command == "prepare" or (args.command in ("evaluate", "calibrate") and not (Path(cfg.run_dir) / "manifest.csv").exists()):
         prepare(cfg)
     if args.command == "train":
         from .train import train
@@ -117,6 +130,11 @@ def _run(args: argparse.Namespace) -> int:
         from .bench import run_benchmark
 
         run_benchmark(cfg, steps=args.steps, out=args.out)
+    elif args.command == "calibrate":
+        from .evaluate import calibrate_checkpoint
+        from .loader import load_run_data
+
+        print(json.dumps(calibrate_checkpoint(cfg, load_run_data(cfg), args.checkpoint, args.out), indent=2))
     elif args.command == "evaluate":
         from .evaluate import compute_metrics, predict_test, report_table, write_metrics
         from .loader import load_run_data
@@ -134,6 +152,7 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(metrics["shifts"]["summary"], indent=2))
         keys = ("accuracy", "accuracy_leakage_free", "n_leakage_free", "macro_f1", "ece", "ece_calibrated", "accuracy_tta_flip")
         print(json.dumps({k: metrics[k] for k in keys} | {"meningioma_recall": metrics["per_class"]["meningioma"]["recall"]}, indent=2))
+        print(json.dumps({"95% intervals": metrics["intervals"], "prediction sets": (metrics["conformal"] or {}).get("sets")}, indent=2))
         print(f"metrics: {write_metrics(metrics, cfg.run_dir)}")
     return 0
 
@@ -165,7 +184,7 @@ def predict_command(args: argparse.Namespace) -> int:
     from .infer import resolve_device
     from .predict import predict_images
 
-    results = predict_images(args.images, args.checkpoint, args.cam, resolve_device(args.device))
+    results = predict_images(args.images, args.checkpoint, args.cam, resolve_device(args.device), args.alpha)
     if args.json:
         print(json.dumps(results, indent=2))
     for r in results:
@@ -173,7 +192,12 @@ def predict_command(args: argparse.Namespace) -> int:
             print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
         elif not args.json:
             probs = "  ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
-            print(f"{r['path']}: {r['class']}  ({probs})" + (f"  cam: {r['cam']}" if "cam" in r else ""))
+            chosen = ""
+            if "prediction_set" in r:
+                chosen = f"  {100 * r['coverage']:g}% set: {{{', '.join(r['prediction_set'])}}}" + (
+                    "  uncertain: review" if r["uncertain"] else ""
+                )
+            print(f"{r['path']}: {r['class']}  ({probs}){chosen}" + (f"  cam: {r['cam']}" if "cam" in r else ""))
         if "warning" in r:
             print(f"warning: {r['path']}: {r['warning']}", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0

@@ -1,8 +1,9 @@
 """Final report on the official Testing split: predictions once, then every metric from them.
 
 Scores a checkpoint through the one inference path (checkpoint.load_for_inference,
-infer.predict_logits) and never writes to the checkpoint: a temperature missing from an old
-checkpoint is fitted on the validation split and kept in metrics.json.
+infer.predict_logits) and never writes to the checkpoint: a temperature or conformal thresholds
+missing from an old checkpoint are fitted on the validation split and kept in metrics.json.
+Every headline number carries a bootstrap interval (brainlib.stats).
 """
 
 from __future__ import annotations
@@ -17,23 +18,42 @@ from sklearn.metrics import classification_report, confusion_matrix, roc_auc_sco
 
 from .checkpoint import InferenceModel, load_for_inference
 from .config import CLASS_NAMES, Config
-from .infer import calibrate, fit_temperature, predict_logits, setup_torch
+from .infer import calibrate, calibration_state, conformal_state, predict_logits, setup_torch
 from .loader import RunData, rows_batches, split_batches
 from .shifts import SEVERITIES, SHIFTS
-
-ECE_BINS = 15
+from .stats import ECE_BINS, ece, metric_intervals, prediction_sets, set_coverage
 
 
 def default_checkpoint(cfg: Config) -> Path:
     return Path(cfg.run_dir) / "checkpoints" / "best.pt"
 
 
-def temperature_of(net: InferenceModel, cfg: Config, data: RunData, device: str) -> float:
-    """The checkpoint's temperature; fitted here on the run's val split when it has none."""
-    if net.temperature is not None:
-        return net.temperature
+def calibration_of(net: InferenceModel, cfg: Config, data: RunData, device: str) -> dict:
+    """The checkpoint's temperature and conformal thresholds; what it lacks is fitted here on the
+    run's val split (the one its epoch was selected on) and never written back."""
+    if net.temperature is not None and net.conformal is not None:
+        return {"temperature": net.temperature, "conformal": net.conformal, "source": "checkpoint"}
     val = split_batches(cfg, data, "val", device)
-    return fit_temperature(predict_logits(net.model, val, device), val.labels.cpu())
+    logits, labels = predict_logits(net.model, val, device), val.labels.cpu()
+    if net.temperature is None:
+        return calibration_state(logits, labels) | {"source": "validation split (fitted by evaluate)"}
+    conformal = conformal_state(calibrate(logits, net.temperature), labels)
+    return {"temperature": net.temperature, "conformal": conformal, "source": "temperature: checkpoint; conformal: validation split"}
+
+
+def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out: str | Path) -> dict:
+    """A copy of `checkpoint` at `out` with what it lacks of temperature and conformal thresholds
+    fitted on the run's val split (for checkpoints trained before best.pt stored them); returns
+    what it stored. The val split must be the one the checkpoint was selected on:
+    cli.checkpoint_config takes the seed and val fraction from the checkpoint."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    device = setup_torch(cfg)
+    net = load_for_inference(checkpoint, device)
+    cfg = cfg.replace(image_size=net.image_size, cache_size=net.cache_size)
+    fitted = {k: v for k, v in calibration_of(net.replace(conformal=None), cfg, data, device).items() if k != "source"}
+    save_checkpoint(load_checkpoint(checkpoint) | fitted, out)
+    return fitted | {"out": str(out)}
 
 
 NOTUMOR = CLASS_NAMES.index("notumor")
@@ -52,9 +72,12 @@ def sample_rows(rows: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.n
     return np.sort(np.concatenate(picked))
 
 
-def shift_table(cfg: Config, data: RunData, model, device: str, severities=SEVERITIES, sample: int = 0) -> pd.DataFrame:
+def shift_table(
+    cfg: Config, data: RunData, model, device: str, severities=SEVERITIES, sample: int = 0, calibration: dict | None = None
+) -> pd.DataFrame:
     """Accuracy, tumour recall (a tumour called anything but notumor) and predicted-class counts
-    on the test images, clean and under every shift of the suite at each severity."""
+    on the test images, clean and under every shift of the suite at each severity; with a
+    calibration (calibration_of), the coverage and mean size of the conformal prediction sets."""
     rows = data.rows("test")
     rows = sample_rows(rows, data.manifest["label_idx"].to_numpy()[rows], sample, cfg.seed)
     labels = data.manifest["label_idx"].to_numpy()[rows]
@@ -63,8 +86,15 @@ def shift_table(cfg: Config, data: RunData, model, device: str, severities=SEVER
     records = []
 
     def score(images: np.ndarray, **what) -> None:
-        pred = predict_logits(model, rows_batches(cfg, data, rows, device, images=images), device).argmax(1).numpy()
+        logits = predict_logits(model, rows_batches(cfg, data, rows, device, images=images), device)
+        pred = logits.argmax(1).numpy()
         counts = np.bincount(pred, minlength=len(CLASS_NAMES))
+        sets = {}
+        if calibration:
+            probs = calibrate(logits, calibration["temperature"]).numpy()
+            for alpha, threshold in calibration["conformal"]["thresholds"].items():
+                covered = set_coverage(prediction_sets(probs, threshold), labels)
+                sets |= {f"coverage_{alpha}": covered["coverage"], f"set_size_{alpha}": covered["mean_set_size"]}
         records.append(
             {
                 **what,
@@ -72,6 +102,7 @@ def shift_table(cfg: Config, data: RunData, model, device: str, severities=SEVER
                 "accuracy": float((pred == labels).mean()),
                 "tumour_recall": float((pred[tumour] != NOTUMOR).mean()) if tumour.any() else None,
                 **{f"pred_{name}": int(k) for name, k in zip(CLASS_NAMES, counts, strict=True)},
+                **sets,
             }
         )
 
@@ -95,7 +126,10 @@ def shift_summary(table: pd.DataFrame) -> dict:
     shifted = table[table["shift"] != "clean"]
     middle = shifted[shifted["severity"] == 2] if (shifted["severity"] == 2).any() else shifted
     worst = middle.loc[middle["accuracy"].idxmin()]
-    return {
+    coverage = {f"middle_min_{column}": float(middle[column].min()) for column in middle.columns if column.startswith("coverage_")} | {
+        f"middle_max_{column}": float(middle[column].max()) for column in middle.columns if column.startswith("set_size_")
+    }
+    return coverage | {
         "n_images": int(table["n"].iloc[0]),
         "severities": sorted(int(s) for s in shifted["severity"].unique()),
         "clean_accuracy": float(table.loc[table["shift"] == "clean", "accuracy"].iloc[0]),
@@ -130,8 +164,8 @@ def predict_test(
 ) -> tuple[pd.DataFrame, dict]:
     """Predict every test image once; write predictions.csv and test_logits.npy to the run folder.
 
-    Also returns the extras measured on the same checkpoint: temperature (fitted on val),
-    accuracy with flip TTA, and the shift suite's table (brainlib.shifts) at `shift_severities`,
+    Also returns the extras measured on the same checkpoint: temperature and conformal
+    thresholds (the checkpoint's, else fitted on val), accuracy with flip TTA, and the shift suite's table (brainlib.shifts) at `shift_severities`,
     on a stratified sample of `shift_sample` test images (0: all)."""
     device = setup_torch(cfg)
     checkpoint = Path(checkpoint or default_checkpoint(cfg))
@@ -152,15 +186,18 @@ def predict_test(
     pred.to_csv(run_dir / "predictions.csv", index=False)
     np.save(run_dir / "test_logits.npy", logits.numpy())
     y = torch.tensor(pred["label_idx"].to_numpy())
+    calibration = calibration_of(net, cfg, data, device)
     extras = {
         "model": net.model_name,
         "checkpoint": str(checkpoint),
         "epoch": net.state.get("epoch"),
-        "temperature": temperature_of(net, cfg, data, device),
+        "temperature": calibration["temperature"],
+        "conformal": calibration["conformal"] | {"source": calibration["source"]},
         "accuracy_tta_flip": float((predict_logits(model, test_batches, device, tta=True).argmax(1) == y).float().mean()),
+        "seed": cfg.seed,
     }
     if shifts:
-        table = shift_table(cfg, data, model, device, shift_severities, shift_sample)
+        table = shift_table(cfg, data, model, device, shift_severities, shift_sample, calibration)
         extras["shifts"] = {"summary": shift_summary(table), "table": table.to_dict("records")}
     return pred, extras
 
@@ -189,9 +226,7 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    bins = calibration_bins(confidence, correct, n_bins)
-    used = bins[bins["count"] > 0]
-    return float((used["count"] * (used["accuracy"] - used["confidence"]).abs()).sum() / max(len(confidence), 1))
+    return float(ece(confidence, correct, n_bins)) if len(confidence) else 0.0
 
 
 def calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -213,6 +248,17 @@ def compute_metrics(pred: pd.DataFrame, extras: dict | None = None) -> dict:
         positives = y == i
         roc[name] = float(roc_auc_score(positives, probs[:, i])) if 0 < positives.sum() < len(y) else None
     temperature = extras.get("temperature")
+    conformal = extras.get("conformal")
+    sets = {}
+    if conformal and temperature:
+        calibrated_probs = calibrated(probs, temperature)
+        for alpha, threshold in conformal["thresholds"].items():
+            chosen = prediction_sets(calibrated_probs, threshold)
+            sets[alpha] = {
+                "threshold": threshold,
+                "test": set_coverage(chosen, y),
+                "leakage_free": set_coverage(chosen[clean], y[clean]),
+            }
     return {
         "model": extras.get("model"),
         "checkpoint": extras.get("checkpoint"),
@@ -241,6 +287,8 @@ def compute_metrics(pred: pd.DataFrame, extras: dict | None = None) -> dict:
         "n_without_exact_twin": int(exact_clean.sum()),
         "accuracy_without_exact_twin": float(correct[exact_clean].mean()) if exact_clean.any() else None,
         "confusion_matrix": confusion_matrix(y, y_hat, labels=labels).tolist(),
+        "intervals": metric_intervals(y, y_hat, probs.max(1), CLASS_NAMES, leakage_free=clean, seed=extras.get("seed", 0)),
+        "conformal": (conformal | {"sets": sets}) if conformal else None,
     }
 
 

@@ -84,3 +84,19 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def calibrate(logits: torch.Tensor, temperature: float | None) -> torch.Tensor:
     """Class probabilities softmax(logits / T); T=None leaves the logits as they are."""
     return (logits.float() / (temperature or 1.0)).softmax(1)
+
+
+def conformal_state(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Split-conformal thresholds (LAC score) at each of stats.CONFORMAL_ALPHAS, from calibrated
+    validation probabilities: plain floats, stored in a checkpoint next to its temperature."""
+    from .stats import CONFORMAL_ALPHAS, conformal_threshold
+
+    p, y = probs.numpy(), labels.numpy()
+    return {"score": "lac", "n_calibration": len(y), "thresholds": {str(a): conformal_threshold(p, y, a) for a in CONFORMAL_ALPHAS}}
+
+
+def calibration_state(val_logits: torch.Tensor, val_labels: torch.Tensor) -> dict:
+    """What a checkpoint keeps from the validation logits that selected it: the temperature and,
+    on the probabilities it calibrates, the conformal thresholds."""
+    temperature = fit_temperature(val_logits, val_labels)
+    return {"temperature": temperature, "conformal": conformal_state(calibrate(val_logits, temperature), val_labels)}

@@ -1,5 +1,9 @@
 """Predict single images with a checkpoint: class, calibrated probabilities, optional Grad-CAM.
 
+With a checkpoint that stores conformal thresholds (infer.conformal_state), each image also gets
+its prediction set at 1 - alpha (default 0.99): every class the model cannot rule out at that
+level. A set of more than one class is flagged "uncertain: review".
+
 Each image is handled on its own: a missing or unreadable file yields an error entry for that
 image while the others are still predicted. Scoring goes through the same path as `evaluate`
 (decode with data.read_gray at the checkpoint's cache size, CachedBatches, infer.predict_logits
@@ -15,13 +19,15 @@ import torch
 
 from .checkpoint import InferenceModel, load_for_inference
 from .config import CLASS_NAMES, REPO_ROOT
-from .errors import CheckpointError
+from .errors import CheckpointError, SettingsError
 from .infer import calibrate, predict_logits
 from .loader import CachedBatches
+from .stats import prediction_sets
 
 DEFAULT_CHECKPOINTS = ("checkpoints/efficientnet_lite0.pt", "checkpoints/seed_cnn.pt")
 # below this fraction of the model's input side, an image holds too little detail to trust
 SMALL_IMAGE_FRACTION = 0.5
+DEFAULT_ALPHA = 0.01
 
 
 def default_checkpoint() -> Path:
@@ -49,10 +55,16 @@ def _decode_all(paths: list[str], size: int) -> tuple[list[dict], list[np.ndarra
 
 
 def predict_images(
-    paths: list[str], checkpoint: str | Path | None = None, cam_dir: str | Path | None = None, device: str = "cpu"
+    paths: list[str],
+    checkpoint: str | Path | None = None,
+    cam_dir: str | Path | None = None,
+    device: str = "cpu",
+    alpha: float = DEFAULT_ALPHA,
 ) -> list[dict]:
-    """One dict per path: {path, class, probabilities, temperature, [warning], [cam]} or {path, error}."""
+    """One dict per path: {path, class, probabilities, temperature, [prediction_set, coverage,
+    uncertain], [warning], [cam]} or {path, error}."""
     net = load_for_inference(checkpoint or default_checkpoint(), device)
+    threshold = set_threshold(net, alpha)
     entries, images = _decode_all(paths, net.cache_size)
     ok = [e for e in entries if "error" not in e]
     if not ok:
@@ -64,6 +76,11 @@ def predict_images(
         entry["class"] = CLASS_NAMES[int(probs[k].argmax())]
         entry["probabilities"] = {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, probs[k], strict=True)}
         entry["temperature"] = net.temperature
+        if threshold is not None:
+            chosen = prediction_sets(probs[k : k + 1], threshold)[0]
+            entry["prediction_set"] = [name for name, inside in zip(CLASS_NAMES, chosen, strict=True) if inside]
+            entry["coverage"] = 1 - alpha
+            entry["uncertain"] = len(entry["prediction_set"]) > 1
         if min(w, h) < SMALL_IMAGE_FRACTION * net.image_size:
             entry["warning"] = (
                 f"image is {w}x{h} px, far below the {net.image_size} px the model was trained at: treat the result with care"
@@ -72,6 +89,14 @@ def predict_images(
             x, _ = batches.batch([k])
             entry["cam"] = str(_write_cam(net, x, int(probs[k].argmax()), Path(cam_dir), Path(entry["path"]).stem))
     return entries
+
+
+def set_threshold(net: InferenceModel, alpha: float) -> float | None:
+    """The checkpoint's conformal threshold at alpha; None when it stores none (then no sets)."""
+    thresholds = (net.conformal or {}).get("thresholds", {})
+    if net.conformal and str(alpha) not in thresholds:
+        raise SettingsError(f"alpha {alpha} is not calibrated in this checkpoint; it has {', '.join(sorted(thresholds))}")
+    return thresholds.get(str(alpha))
 
 
 def _write_cam(net: InferenceModel, x: torch.Tensor, target: int, cam_dir: Path, stem: str) -> Path:

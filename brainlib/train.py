@@ -1,6 +1,7 @@
 """The one training loop: epochs over cached batches, validation on the val split, atomic
-checkpoints (last and best, the best one with its temperature fitted on that epoch's validation
-logits), TensorBoard logging, exact resume, DistributedDataParallel under torchrun."""
+checkpoints (last and best, the best one with its temperature and conformal thresholds fitted on
+that epoch's validation logits), TensorBoard logging, exact resume, DistributedDataParallel under
+torchrun."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, model_from_state, save_checkpoint
 from .config import CLASS_NAMES, Config, in_repo
 from .errors import SettingsError
-from .infer import autocast, fit_temperature, predict_logits, setup_torch, use_bf16
+from .infer import autocast, calibration_state, predict_logits, setup_torch, use_bf16
 from .loader import CachedBatches, RunData, load_run_data, split_batches
 from .models import create_model
 
@@ -204,7 +205,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
                 "rng_state": torch.get_rng_state(),
             }  # fmt: skip
             if improved:  # calibrated on the same validation logits that selected it
-                save_checkpoint({**state, "temperature": fit_temperature(val_logits, val_batches.labels.cpu())}, ckpt_dir / "best.pt")
+                save_checkpoint({**state, **calibration_state(val_logits, val_batches.labels.cpu())}, ckpt_dir / "best.pt")
             save_checkpoint(state, ckpt_dir / "last.pt")
         dist.barrier()
 

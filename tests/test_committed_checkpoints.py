@@ -17,6 +17,7 @@ def test_committed_checkpoint_loads_and_predicts(path, fixture_root):
     state = load_checkpoint(path)
     assert state["class_names"] == list(CLASS_NAMES) and "optimizer_state" not in state
     assert 0.5 < state["temperature"] < 2.0
+    assert set(state["conformal"]["thresholds"]) == {"0.01", "0.05"} and state["conformal"]["n_calibration"] == 578
     images = sorted((fixture_root / "Testing").rglob("*.jpg"))
     results = predict_images([str(p) for p in images], path)
     assert all(r["class"] in CLASS_NAMES for r in results)

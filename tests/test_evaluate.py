@@ -42,6 +42,18 @@ def test_evaluate_writes_stable_metrics_and_calibrates(trained_run, tmp_path):
     assert len(shift_rows) == 1 + 3 * len(SHIFTS) and set(shift_rows["shift"]) == {"clean", *SHIFTS}
     assert saved["shifts"]["summary"]["n_images"] == 13
     assert np.isclose(pred[[f"p_{c}" for c in CLASS_NAMES]].sum(1), 1, atol=1e-4).all()
+    # every headline number has a 95 % bootstrap interval around it
+    intervals = saved["intervals"]
+    for key in ("accuracy", "accuracy_leakage_free", "macro_f1", "ece", *(f"recall_{c}" for c in CLASS_NAMES)):
+        low, high = intervals[key]
+        assert 0 <= low <= high <= 1, key
+    assert intervals["accuracy"][0] <= saved["accuracy"] <= intervals["accuracy"][1]
+    # prediction sets: the checkpoint's thresholds, coverage on test and under every shift
+    sets = saved["conformal"]["sets"]
+    assert saved["conformal"]["source"] == "checkpoint" and set(sets) == {"0.01", "0.05"}
+    assert sets["0.01"]["test"]["n"] == 13 and sets["0.01"]["leakage_free"]["n"] == 12
+    assert sets["0.01"]["test"]["mean_set_size"] >= sets["0.05"]["test"]["mean_set_size"] >= 1
+    assert shift_rows["coverage_0.01"].between(0, 1).all() and (shift_rows["set_size_0.01"] >= 1).all()
 
 
 def test_ece_of_a_perfectly_calibrated_toy_is_small_and_of_overconfidence_large():
@@ -78,8 +90,9 @@ def test_evaluation_never_rewrites_the_checkpoint(trained_run, tmp_path):
     from brainlib.checkpoint import save_checkpoint
 
     state = load_checkpoint(f"{trained_run.run_dir}/checkpoints/best.pt")
-    del state["temperature"]
+    del state["temperature"], state["conformal"]
     old = save_checkpoint(state, tmp_path / "old.pt")
     before = old.read_bytes()
     _, extras = evaluate.predict_test(trained_run, load_run_data(trained_run), old, shifts=False)
     assert extras["temperature"] > 0 and old.read_bytes() == before
+    assert extras["conformal"]["source"].startswith("validation split") and extras["conformal"]["n_calibration"] > 0

@@ -73,3 +73,47 @@ def test_exif_orientation_is_applied_and_tiny_images_are_flagged(trained_run, fi
     a, b, tiny = predict_images([str(tmp_path / n) for n in ("upright.jpg", "turned.jpg", "tiny.png")], ckpt)
     assert a["probabilities"] == pytest.approx(b["probabilities"], abs=0.02)
     assert "warning" not in a and "8x8 px" in tiny["warning"]
+
+
+def test_predict_prints_prediction_sets_and_flags_more_than_one_class(trained_run, fixture_root, tmp_path, capsys):
+    from brainlib.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
+    state = load_checkpoint(ckpt)
+    assert set(state["conformal"]["thresholds"]) == {"0.01", "0.05"}  # the training loop stored them
+    image = str(next((fixture_root / "Testing" / "glioma").glob("*.jpg")))
+    result = predict_images([image], ckpt)[0]
+    assert result["class"] in result["prediction_set"] and result["coverage"] == pytest.approx(0.99)
+    assert result["uncertain"] == (len(result["prediction_set"]) > 1)
+    # a threshold of 1 (too few calibration images for 99 %) keeps every class: review
+    wide = tmp_path / "wide.pt"
+    save_checkpoint(state | {"conformal": {**state["conformal"], "thresholds": {"0.01": 1.0, "0.05": 0.0}}}, wide)
+    assert main(["predict", image, "--checkpoint", str(wide)]) == 0
+    line = capsys.readouterr().out
+    assert "99% set: {glioma, meningioma, notumor, pituitary}  uncertain: review" in line
+    assert main(["predict", image, "--checkpoint", str(wide), "--alpha", "0.05"]) == 0
+    assert "95% set: {" in (out := capsys.readouterr().out) and "uncertain" not in out  # threshold 0: the top class only
+    assert main(["predict", image, "--checkpoint", str(wide), "--alpha", "0.1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: alpha 0.1 is not calibrated in this checkpoint; it has 0.01, 0.05"
+
+
+def test_calibrate_adds_conformal_thresholds_to_an_old_checkpoint(trained_run, tmp_path):
+    from brainlib.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(f"{trained_run.run_dir}/checkpoints/best.pt")
+    old = tmp_path / "old.pt"
+    save_checkpoint({k: v for k, v in state.items() if k != "conformal"}, old)
+    assert "prediction_set" not in predict_images([str(next(fixture_root_images(trained_run)))], old)[0]
+    before = old.read_bytes()
+    out = tmp_path / "calibrated.pt"
+    assert main(["calibrate", "--checkpoint", str(old), "--out", str(out), "--run-dir", trained_run.run_dir]) == 0
+    assert old.read_bytes() == before
+    new = load_checkpoint(out)
+    assert new["temperature"] == state["temperature"]  # kept, not refitted
+    assert new["conformal"]["thresholds"] == pytest.approx(state["conformal"]["thresholds"])  # same val split, same weights
+
+
+def fixture_root_images(cfg):
+    from pathlib import Path
+
+    return (Path(cfg.data_dir) / "Testing").rglob("*.jpg")

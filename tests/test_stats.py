@@ -1,0 +1,86 @@
+"""Bootstrap intervals, paired comparisons and split-conformal prediction sets on known cases."""
+
+import math
+
+import numpy as np
+import pytest
+
+from brainlib import evaluate, stats
+
+CLASSES = ("a", "b", "c", "d")
+
+
+def test_accuracy_interval_matches_the_binomial_width_and_is_seeded():
+    y = np.zeros(1000, int)
+    y_hat = np.where(np.arange(1000) < 900, 0, 1)  # exactly 90 % right
+    conf = np.full(1000, 0.9)
+    first = stats.metric_intervals(y, y_hat, conf, CLASSES, seed=3)
+    low, high = first["accuracy"]
+    half_width = 1.96 * math.sqrt(0.9 * 0.1 / 1000)  # normal approximation: 1.86 points
+    assert low < 0.9 < high
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+    assert stats.metric_intervals(y, y_hat, conf, CLASSES, seed=3) == first
+    assert first["recall_a"] == pytest.approx([low, high])  # one class: recall is accuracy
+    assert first["ece"][0] < 0.02  # confidence 0.9, accuracy 0.9
+
+
+def test_a_perfect_class_has_a_degenerate_interval_and_the_leakage_free_subset_is_resampled_alone():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 500)
+    y_hat = np.where((y == 3) | (rng.random(500) < 0.8), y, (y + 1) % 3)
+    clean = y == 3  # only the perfect class
+    out = stats.metric_intervals(y, y_hat, rng.random(500), CLASSES, leakage_free=clean)
+    assert out["recall_d"] == [1.0, 1.0] and out["accuracy_leakage_free"] == [1.0, 1.0]
+    assert out["accuracy"][1] < 0.95
+
+
+def test_vectorised_ece_equals_the_binned_table():
+    rng = np.random.default_rng(1)
+    conf = rng.uniform(0.25, 1, 700)
+    correct = rng.random(700) < conf**2
+    bins = evaluate.calibration_bins(conf, correct)
+    used = bins[bins["count"] > 0]
+    expected = (used["count"] * (used["accuracy"] - used["confidence"]).abs()).sum() / len(conf)
+    assert stats.ece(conf, correct) == pytest.approx(expected)
+
+
+def test_mcnemar_exact_and_the_paired_difference():
+    a = np.ones(100, bool)
+    b = np.ones(100, bool)
+    b[:10] = False  # ten images only a gets right
+    out = stats.paired_comparison(a, b)
+    assert out["only_a_correct"] == 10 and out["only_b_correct"] == 0
+    assert out["mcnemar_exact_p"] == pytest.approx(2 * 0.5**10)
+    assert out["difference"] == pytest.approx(0.1) and out["difference_interval"][0] > 0
+    same = stats.paired_comparison(a, a)
+    assert same["mcnemar_exact_p"] == 1.0 and same["difference_interval"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="same images"):
+        stats.paired_comparison(a, a[:50])
+
+
+def _calibrated_scores(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities from a Dirichlet and labels drawn from them: a calibrated classifier."""
+    probs = rng.dirichlet([0.3] * 4, size=n)
+    labels = (rng.random((n, 1)) > probs.cumsum(1)).sum(1).clip(0, 3)
+    return probs, labels
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05, 0.2])
+def test_split_conformal_sets_cover_at_the_promised_rate(alpha):
+    rng = np.random.default_rng(7)
+    cal_p, cal_y = _calibrated_scores(3000, rng)
+    test_p, test_y = _calibrated_scores(30_000, rng)
+    threshold = stats.conformal_threshold(cal_p, cal_y, alpha)
+    sets = stats.prediction_sets(test_p, threshold)
+    covered = stats.set_coverage(sets, test_y)
+    # coverage 1 - alpha <= E[cov] <= 1 - alpha + 1/(n+1); the rest is sampling noise of 30,000 images
+    assert 1 - alpha - 0.006 <= covered["coverage"] <= 1 - alpha + 1 / 3001 + 0.006
+    assert sets.sum(1).min() >= 1
+    assert covered["mean_set_size"] > 1 and 0 < covered["share_uncertain"] < 1
+
+
+def test_too_few_calibration_images_give_every_class():
+    probs = np.array([[0.7, 0.1, 0.1, 0.1]] * 50)
+    assert stats.conformal_threshold(probs, np.zeros(50, int), 0.01) == 1.0  # rank 51 of 50
+    assert stats.prediction_sets(probs, 1.0).all()
+    assert stats.set_coverage(np.zeros((0, 4), bool), np.zeros(0, int))["coverage"] is None
