@@ -31,10 +31,14 @@ NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 PREPARE_PARAMS := -p run_dir $(RUN_DIR) -p data_dir "$(BRAIN_DATA_DIR)" -p device $(DEVICE) -p fast $(FAST) -p seed $(SEED) \
 	$(if $(RECIPE),-p recipe $(RECIPE) )$(if $(MODEL),-p model $(MODEL) )$(if $(EPOCHS),-p epochs $(EPOCHS) )$(if $(BATCH),-p batch_size $(BATCH) )
 RUN_PARAMS := -p run_dir $(RUN_DIR) -p device $(DEVICE) 
+# 04_evaluate's own switch: the label-quality audit trains the recipe once per fold (k=5), minutes on a GPU
+# and hours on a CPU, so it is off unless asked: make pipeline LABEL_AUDIT=True
+LABEL_AUDIT ?= False
+EVALUATE_PARAMS := -p label_audit $(LABEL_AUDIT) 
 CLI_FLAGS := --device $(DEVICE) --seed $(SEED) $(if $(RECIPE),--recipe $(RECIPE)) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH),--batch-size $(BATCH))
 
-.PHONY: setup pipeline test bench evaluate compare train-ddp lint lab tensorboard clean-venv
+.PHONY: setup pipeline test bench evaluate compare audit-labels model-card train-ddp lint lab tensorboard clean-venv
 
 setup: $(STAMP)
 
@@ -53,7 +57,8 @@ pipeline: $(STAMP)
 	@set -e; run() { echo "== $$1 -> $(RUN_DIR)/notebooks/$$(basename $$1)"; \
 		$(VENV)/bin/papermill --kernel brainlib --cwd . "$$1" $(RUN_DIR)/notebooks/$$(basename $$1) "$${@:2}"; }; \
 	run notebooks/01_data.ipynb $(PREPARE_PARAMS); \
-	for nb in $(filter-out notebooks/01_data.ipynb,$(NOTEBOOKS)); do run $$nb $(RUN_PARAMS); done
+	for nb in $(filter-out notebooks/01_data.ipynb,$(NOTEBOOKS)); do \
+		run $$nb $(RUN_PARAMS) $$([[ $$nb == *04_evaluate* ]] && echo "$(EVALUATE_PARAMS)"); done
 	@echo; echo "Results: $(RUN_DIR)/  (executed notebooks in $(RUN_DIR)/notebooks/)"; \
 	 echo "TensorBoard: make tensorboard  (or $(VENV)/bin/tensorboard --logdir runs)"
 
@@ -73,6 +78,18 @@ test: $(STAMP)
 CHECKPOINT ?= checkpoints/seed_cnn.pt
 evaluate: $(STAMP)
 	$(PY) -m brainlib evaluate --checkpoint $(CHECKPOINT) --run-dir runs/eval-$(basename $(notdir $(CHECKPOINT)))
+
+# The label-quality audit of a prepared run (k fine-tunes of its recipe): make audit-labels RUN=<run> [FOLDS=5]
+FOLDS ?= 5
+audit-labels: $(STAMP)
+	$(PY) -m brainlib audit-labels --run-dir $(RUN_DIR) --folds $(FOLDS)
+
+# The committed default checkpoint's model card, from its evaluation run (make evaluate CHECKPOINT=...) and,
+# when present, a label audit: make model-card [AUDIT_RUN=runs/label-audit]
+AUDIT_RUN ?=
+model-card: $(STAMP)
+	$(PY) -m brainlib model-card --checkpoint checkpoints/efficientnet_lite0.pt --eval-run runs/eval-efficientnet_lite0 \
+		$(if $(AUDIT_RUN),--audit-run $(AUDIT_RUN)) --out docs/MODEL_CARD.md
 
 # The comparison table (markdown) of every evaluated run folder: make compare [RUNS="runs/a runs/b"]
 RUNS ?= $(wildcard runs/*/metrics.json)

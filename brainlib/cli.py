@@ -1,4 +1,4 @@
-"""Command line: `python -m brainlib {prepare,train,evaluate,bench,export,compare,predict} [--field value ...]`.
+"""Command line: `python -m brainlib {prepare,train,evaluate,audit-labels,calibrate,model-card,bench,export,compare,predict} [--field value ...]`.
 
 Every Config field is a flag (`--epochs 2`, `--run-dir runs/x`); a run folder's saved
 config.json is read first when it exists, so later steps see what earlier steps used. Only
@@ -77,6 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--half", action="store_true", help="store weights as float16")
+    p = sub.add_parser("audit-labels", help="label-quality audit: k-fold out-of-fold probabilities, then confident learning")
+    add_config_flags(p)
+    p.add_argument("--folds", type=int, default=5, help="folds (each trains the run's recipe once)")
+    p = sub.add_parser("model-card", help="write the model card of a checkpoint from its evaluation run's files")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--eval-run", required=True, help="run folder where `evaluate` scored this checkpoint")
+    p.add_argument("--audit-run", default=None, help="run folder holding a label audit (label_audit/)")
+    p.add_argument("--out", default="docs/MODEL_CARD.md")
     p = sub.add_parser("calibrate", help="store temperature and conformal thresholds, fitted on the val split, in a copy of a checkpoint")
     add_config_flags(p)
     p.add_argument("--checkpoint", required=True)
@@ -111,6 +119,11 @@ def _run(args: argparse.Namespace) -> int:
             print("\nPaired on the same test images (difference = run - vs; McNemar's exact test):")
             print(paired_table(evaluated).to_markdown(index=False))
         return 0 if len(table) else 1
+    if args.command == "model-card":
+        from .model_card import build_model_card, write_model_card
+
+        print(write_model_card(build_model_card(args.checkpoint, args.eval_run, args.audit_run), args.out))
+        return 0
     if args.command == "export":
         from .checkpoint import export_checkpoint
 
@@ -120,7 +133,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in ("evaluate", "calibrate") and args.checkpoint:
         cfg = checkpoint_config(cfg, args.checkpoint)
 
-    if args.command == "prepare" or (args.command in ("evaluate", "calibrate") and not (Path(cfg.run_dir) / "manifest.csv").exists()):
+    unprepared = not (Path(cfg.run_dir) / "manifest.csv").exists()
+    if args.command == "prepare" or (args.command in ("evaluate", "calibrate", "audit-labels") and unprepared):
         prepare(cfg)
     if args.command == "train":
         from .train import train
@@ -130,6 +144,13 @@ def _run(args: argparse.Namespace) -> int:
         from .bench import run_benchmark
 
         run_benchmark(cfg, steps=args.steps, out=args.out)
+    elif args.command == "audit-labels":
+        from .label_audit import run_label_audit
+        from .loader import load_run_data
+
+        if args.folds < 2:
+            raise SettingsError(f"--folds must be at least 2, not {args.folds}")
+        print(json.dumps(run_label_audit(cfg, load_run_data(cfg), args.folds), indent=2))
     elif args.command == "calibrate":
         from .evaluate import calibrate_checkpoint
         from .loader import load_run_data

@@ -306,3 +306,40 @@ def write_metrics(metrics: dict, run_dir: str | Path) -> Path:
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def interval_table(metrics: dict) -> pd.DataFrame:
+    """Headline numbers with their 95 % bootstrap intervals, in percent (metrics.json's
+    `intervals`), one row per metric."""
+    intervals = metrics.get("intervals") or {}
+    values = {
+        "accuracy": metrics["accuracy"],
+        "accuracy_leakage_free": metrics["accuracy_leakage_free"],
+        "macro_f1": metrics["macro_f1"],
+        "ece": metrics["ece"],
+        **{f"recall_{name}": metrics["per_class"][name]["recall"] for name in CLASS_NAMES},
+    }
+    rows = [
+        {"metric": name, "value_%": 100 * value, "low_%": 100 * intervals[name][0], "high_%": 100 * intervals[name][1]}
+        for name, value in values.items()
+        if value is not None and name in intervals
+    ]
+    return pd.DataFrame(rows).set_index("metric").round(2)
+
+
+def prediction_set_table(metrics: dict) -> pd.DataFrame:
+    """Coverage and mean size of the conformal prediction sets at each 1 - alpha: on all test
+    images, the leakage-free ones, and the lowest coverage / largest mean size under any shift
+    at the middle severity (when the shift suite ran)."""
+    conformal = metrics.get("conformal") or {}
+    summary = (metrics.get("shifts") or {}).get("summary") or {}
+    rows = []
+    for alpha, sets in (conformal.get("sets") or {}).items():
+        row = {"target_coverage": 1 - float(alpha), "threshold": sets["threshold"]}
+        for subset in ("test", "leakage_free"):
+            row |= {f"{subset}_coverage": sets[subset]["coverage"], f"{subset}_set_size": sets[subset]["mean_set_size"]}
+            row[f"{subset}_uncertain_share"] = sets[subset]["share_uncertain"]
+        row["shifts_min_coverage"] = summary.get(f"middle_min_coverage_{alpha}")
+        row["shifts_max_set_size"] = summary.get(f"middle_max_set_size_{alpha}")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("target_coverage") if rows else pd.DataFrame()

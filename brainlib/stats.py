@@ -104,6 +104,16 @@ def metric_intervals(
     return out
 
 
+def accuracy_interval(n_correct: int, n: int, seed: int = 0, n_resamples: int = N_RESAMPLES, level: float = CONFIDENCE) -> list[float]:
+    """The bootstrap interval of an accuracy from its count alone: resampling images resamples
+    right/wrong flags, whose order does not matter, so this has the same distribution as
+    metric_intervals' accuracy interval for any predictions with the same count (equal up to
+    Monte Carlo noise, about 0.1 point at 2,000 resamples): for runs whose predictions are gone."""
+    correct = np.arange(n) < n_correct
+    low, high = _interval(lambda idx: correct[idx.astype(int)].mean(-1), n, seed, n_resamples, level)
+    return [float(low[0]), float(high[0])]
+
+
 def paired_comparison(
     correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0, n_resamples: int = N_RESAMPLES, level: float = CONFIDENCE
 ) -> dict:

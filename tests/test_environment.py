@@ -41,11 +41,11 @@ def test_papermill_sees_every_parameter_the_makefile_passes():
         block = re.search(rf"^{variable} := (.*?)(?:\n(?!\t)|\Z)", makefile, re.S | re.M).group(1)
         return set(re.findall(r"-p (\w+) ", block))
 
-    prepare, run = passed("PREPARE_PARAMS"), passed("RUN_PARAMS")
-    assert {"run_dir", "fast", "epochs", "seed", "recipe"} <= prepare and run == {"run_dir", "device"}
+    prepare, run, evaluate = passed("PREPARE_PARAMS"), passed("RUN_PARAMS"), passed("EVALUATE_PARAMS")
+    assert {"run_dir", "fast", "epochs", "seed", "recipe"} <= prepare and run == {"run_dir", "device"} and evaluate == {"label_audit"}
     for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
         names = set(papermill.inspect_notebook(str(path)))
-        wanted = prepare if path.name.startswith("01") else run
+        wanted = prepare if path.name.startswith("01") else run | (evaluate if path.name.startswith("04") else set())
         assert wanted <= names, f"{path.name}: papermill cannot parse {sorted(wanted - names)}"
         if not path.name.startswith("01"):
             assert not names & {"seed", "fast", "epochs", "recipe", "model", "batch_size"}, f"{path.name} takes run settings"

@@ -1,0 +1,166 @@
+"""Label-quality audit: out-of-fold probabilities for every image, then confident learning.
+
+Every image of Training and Testing (pooled) is scored by a model that never saw it: k folds,
+stratified by class, with each near-duplicate group (which holds the exact ones) inside one fold,
+so a twin in the other folds cannot teach the model the same wrong label. Each fold trains the
+run's recipe through the one training loop (brainlib.train) with validation carved from its own
+training folds, and scores its held-out fold with the selected epoch's calibrated probabilities.
+cleanlab's confident learning (Northcutt et al. 2021) then ranks the images whose given label the
+out-of-fold model contradicts with more confidence than its per-class thresholds allow.
+
+The official labels are never changed: the suspects are a list for a person to look at, and the
+Testing suspects are reported on their own.
+
+Files under <run>/label_audit/: fold<k>/ (each fold's training run and held-out probabilities,
+so an interrupted audit resumes at the fold it was in), folds.csv, oof_probs.npy,
+label_issues.csv (ranked suspects), label_audit.json (summary), suspects.png (gallery).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import CLASS_NAMES, Config
+from .loader import RunData
+
+AUDIT_DIR = "label_audit"
+DEFAULT_FOLDS = 5
+
+
+def assign_folds(manifest: pd.DataFrame, k: int, seed: int, group_column: str = "near_group") -> np.ndarray:
+    """Fold id (0..k-1) per manifest row: stratified by class, duplicate groups never split."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = np.full(len(manifest), -1)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(manifest)), manifest["label_idx"], manifest[group_column])):
+        folds[held_out] = fold
+    return folds
+
+
+def fold_run_data(data: RunData, folds: np.ndarray, fold: int, val_fraction: float, seed: int) -> RunData:
+    """The run's images with splits for one fold: the held-out fold is `test`; the others are
+    `train` with a group-aware, stratified `val` carved from them (data.assign_splits)."""
+    from .data import assign_splits
+
+    manifest = data.manifest.copy()
+    manifest["split_on_disk"] = np.where(folds == fold, "Testing", "Training")
+    return RunData(assign_splits(manifest, val_fraction, seed), data.images, data.data_root)
+
+
+def _save_array(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+
+
+def out_of_fold_probabilities(cfg: Config, data: RunData, k: int = DEFAULT_FOLDS, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(folds, probabilities): every image's calibrated class probabilities from the fold model
+    that did not train on it. A fold whose probabilities are on disk is not trained again, and a
+    fold interrupted mid-training resumes from its last checkpoint."""
+    from .checkpoint import load_for_inference
+    from .infer import calibrate, predict_logits, setup_torch
+    from .loader import rows_batches
+    from .train import train
+
+    root = Path(cfg.run_dir) / AUDIT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    folds = assign_folds(data.manifest, k, cfg.seed)
+    pd.DataFrame({"path": data.manifest["path"], "fold": folds}).to_csv(root / "folds.csv", index=False)
+    probs = np.full((len(folds), len(CLASS_NAMES)), np.nan)
+    device = setup_torch(cfg)
+    for fold in range(k):
+        fold_dir = root / f"fold{fold}"
+        done = fold_dir / "held_out_probs.npy"
+        if not done.exists():
+            fold_cfg = cfg.replace(run_dir=str(fold_dir))
+            fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
+            if progress:
+                print(f"label audit: fold {fold + 1}/{k}: train on {len(fold_data.rows('train'))}, score {len(fold_data.rows('test'))}")
+            train(fold_cfg, resume=True, progress=progress, data=fold_data)
+            net = load_for_inference(fold_dir / "checkpoints" / "best.pt", device)
+            held_out = rows_batches(fold_cfg, fold_data, fold_data.rows("test"), device)
+            _save_array(calibrate(predict_logits(net.model, held_out, device), net.temperature).numpy(), done)
+        probs[folds == fold] = np.load(done)
+    _save_array(probs, root / "oof_probs.npy")
+    return folds, probs
+
+
+def find_label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged row positions, worst first; label quality score per row) from cleanlab's
+    confident learning on out-of-fold probabilities."""
+    from cleanlab.filter import find_label_issues as cleanlab_find
+    from cleanlab.rank import get_label_quality_scores
+
+    labels = np.asarray(labels, int)
+    flagged = cleanlab_find(labels, probs, return_indices_ranked_by="self_confidence")
+    return np.asarray(flagged, int), get_label_quality_scores(labels, probs)
+
+
+def audit_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray) -> tuple[pd.DataFrame, dict]:
+    """The ranked suspects (path, split on disk, given and suggested class, their out-of-fold
+    probabilities, label quality, duplicate-group membership) and the audit's summary."""
+    labels = manifest["label_idx"].to_numpy()
+    flagged, quality = find_label_issues(labels, probs)
+    suggested = probs.argmax(1)
+    in_group = (manifest["exact_dup"].astype(bool) | manifest["near_dup"].astype(bool)).to_numpy()
+    suspects = pd.DataFrame(
+        {
+            "rank": np.arange(1, len(flagged) + 1),
+            "path": manifest["path"].to_numpy()[flagged],
+            "split_on_disk": manifest["split_on_disk"].to_numpy()[flagged],
+            "given": [CLASS_NAMES[i] for i in labels[flagged]],
+            "suggested": [CLASS_NAMES[i] for i in suggested[flagged]],
+            "p_given": probs[flagged, labels[flagged]],
+            "p_suggested": probs[flagged, suggested[flagged]],
+            "label_quality": quality[flagged],
+            "in_duplicate_group": in_group[flagged],
+            "fold": folds[flagged],
+        }
+    )
+    correct = suggested == labels
+    on_disk = manifest["split_on_disk"].to_numpy()
+    pairs = suspects.groupby(["given", "suggested"]).size()
+    summary = {
+        "n_images": int(len(labels)),
+        "folds": int(folds.max() + 1),
+        "oof_accuracy": float(correct.mean()),
+        "oof_accuracy_training": float(correct[on_disk == "Training"].mean()),
+        "oof_accuracy_testing": float(correct[on_disk == "Testing"].mean()),
+        "n_flagged": int(len(suspects)),
+        "n_flagged_training": int((suspects["split_on_disk"] == "Training").sum()),
+        "n_flagged_testing": int((suspects["split_on_disk"] == "Testing").sum()),
+        "n_flagged_in_duplicate_groups": int(suspects["in_duplicate_group"].sum()),
+        "given_to_suggested": {f"{g} -> {s}": int(n) for (g, s), n in pairs.sort_values(ascending=False).items()},
+    }
+    return suspects, summary
+
+
+def run_label_audit(cfg: Config, data: RunData, k: int = DEFAULT_FOLDS, progress: bool = True, gallery: int = 24) -> dict:
+    """The whole audit for a prepared run: out-of-fold probabilities, suspects, summary, gallery."""
+    from .plots import image_grid
+
+    folds, probs = out_of_fold_probabilities(cfg, data, k, progress)
+    suspects, summary = audit_table(data.manifest, folds, probs)
+    root = Path(cfg.run_dir) / AUDIT_DIR
+    suspects.to_csv(root / "label_issues.csv", index=False)
+    summary |= {
+        "recipe": cfg.recipe,
+        "model": cfg.model,
+        "epochs_per_fold": cfg.epochs,
+        "image_size": cfg.image_size,
+        "seed": cfg.seed,
+    }
+    (root / "label_audit.json").write_text(json.dumps(summary, indent=2) + "\n")
+    top = suspects.head(gallery)
+    positions = pd.Index(data.manifest["path"]).get_indexer(top["path"])
+    titles = [f"#{r.rank} {r.split_on_disk[:5]}\ngiven {r.given}\nsuggested {r.suggested} ({r.p_suggested:.2f})" for r in top.itertuples()]
+    if len(top):
+        image_grid([data.images[p] for p in positions], titles, ncols=6, save_to=root / "suspects.png", size=2.2)
+    return summary

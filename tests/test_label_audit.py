@@ -1,0 +1,81 @@
+"""Label audit: group-aware folds, cleanlab finds a planted label flip, the command end to end."""
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from brainlib import label_audit
+from brainlib.cli import main
+from brainlib.config import CLASS_NAMES
+from brainlib.loader import load_run_data
+
+
+def test_folds_keep_duplicate_groups_together_and_every_class_in_every_fold():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    groups = np.arange(200)
+    groups[1::2] = groups[::2]  # pairs of twins (same class)
+    groups = rng.permutation(100)[groups // 2]
+    folds = label_audit.assign_folds(pd.DataFrame({"label_idx": labels, "near_group": groups}), 5, seed=1)
+    frame = pd.DataFrame({"fold": folds, "group": groups, "label": labels})
+    assert (frame.groupby("group")["fold"].nunique() == 1).all()
+    assert sorted(set(folds)) == [0, 1, 2, 3, 4]
+    assert (frame.groupby("fold")["label"].nunique() == 4).all()
+
+
+def test_confident_learning_finds_planted_label_flips():
+    rng = np.random.default_rng(3)
+    n = 400
+    truth = rng.integers(0, 4, n)
+    confidence = rng.uniform(0.6, 1.0, n)  # a strong out-of-fold model, surer of some images than others
+    probs = rng.dirichlet([0.5] * 4, size=n) * (1 - confidence)[:, None]
+    probs[np.arange(n), truth] += confidence
+    given = truth.copy()
+    planted = np.array([5, 77, 303])
+    given[planted] = (truth[planted] + 2) % 4  # clear images filed under the wrong class (a glioma under notumor)
+    probs[planted] = 0.01
+    probs[planted, truth[planted]] = 0.97
+    manifest = pd.DataFrame(
+        {
+            "path": [f"img{i}.jpg" for i in range(n)],
+            "split_on_disk": np.where(np.arange(n) < 300, "Training", "Testing"),
+            "label_idx": given,
+            "exact_dup": np.arange(n) == 77,
+            "near_dup": False,
+        }
+    )
+    suspects, summary = label_audit.audit_table(manifest, np.arange(n) % 5, probs)
+    assert set(suspects["path"]) == {f"img{i}.jpg" for i in planted}
+    by_path = suspects.set_index("path")
+    assert by_path.loc["img5.jpg", "suggested"] == CLASS_NAMES[truth[5]] and by_path.loc["img5.jpg", "given"] == CLASS_NAMES[given[5]]
+    assert summary["n_flagged_testing"] == 1 and summary["n_flagged_training"] == 2 and summary["n_flagged_in_duplicate_groups"] == 1
+    assert summary["oof_accuracy"] == (probs.argmax(1) == given).mean()
+    assert sum(summary["given_to_suggested"].values()) == 3
+
+
+def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run):
+    args = ["audit-labels", "--run-dir", prepared_run.run_dir, "--folds", "3", "--epochs", "1"]
+    assert main(args) == 0
+    root = prepared_run.run_dir + "/label_audit"
+    manifest = load_run_data(prepared_run).manifest
+    probs = np.load(f"{root}/oof_probs.npy")
+    assert probs.shape == (len(manifest), 4) and np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-4)
+    folds = pd.read_csv(f"{root}/folds.csv")
+    assert list(folds["path"]) == list(manifest["path"]) and set(folds["fold"]) == {0, 1, 2}
+    summary = json.loads(open(f"{root}/label_audit.json").read())
+    assert summary["n_images"] == len(manifest) and summary["folds"] == 3 and summary["epochs_per_fold"] == 1
+    assert pd.read_csv(f"{root}/label_issues.csv").shape[0] == summary["n_flagged"]
+    # each fold's model never saw its held-out images
+    for fold in range(3):
+        fold_manifest = label_audit.fold_run_data(
+            load_run_data(prepared_run), folds["fold"].to_numpy(), fold, 0.1, prepared_run.seed
+        ).manifest
+        held_out = fold_manifest["split"] == "test"
+        assert (held_out == (folds["fold"] == fold)).all()
+    # a second call reuses the folds on disk: no fold trains again
+    stamps = {f: (open(f"{root}/fold{f}/held_out_probs.npy", "rb").read()) for f in range(3)}
+    mtimes = [__import__("os").path.getmtime(f"{root}/fold{f}/checkpoints/best.pt") for f in range(3)]
+    assert main(args) == 0
+    assert [__import__("os").path.getmtime(f"{root}/fold{f}/checkpoints/best.pt") for f in range(3)] == mtimes
+    assert np.array_equal(np.load(f"{root}/oof_probs.npy"), probs) and stamps

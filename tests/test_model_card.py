@@ -1,0 +1,36 @@
+"""The model card is generated from a run's files, and the committed one matches the committed metrics."""
+
+from brainlib import evaluate
+from brainlib.cli import main
+from brainlib.loader import load_run_data
+
+
+def test_model_card_is_built_from_the_checkpoint_and_its_evaluation(trained_run, tmp_path):
+    data = load_run_data(trained_run)
+    metrics = evaluate.compute_metrics(*evaluate.predict_test(trained_run, data, shift_severities=(2,)))
+    evaluate.write_metrics(metrics, trained_run.run_dir)
+    out = tmp_path / "card.md"
+    ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
+    assert main(["model-card", "--checkpoint", ckpt, "--eval-run", trained_run.run_dir, "--out", str(out)]) == 0
+    card = out.read_text()
+    for heading in (
+        "Intended use",
+        "Training data",
+        "Metrics",
+        "Prediction sets",
+        "acquisition shift",
+        "Label quality",
+        "failure modes",
+        "reproduce",
+    ):
+        assert f"## {heading}" in card or heading in card, heading
+    low, high = metrics["intervals"]["accuracy"]
+    assert f"Accuracy {100 * metrics['accuracy']:.2f} % (95 % CI {100 * low:.2f}–{100 * high:.2f})" in card
+    assert "Not a diagnostic device" in card.replace("**", "") and "nan" not in card
+    assert "--shift-severities 2" in card
+
+
+def test_model_card_needs_an_evaluated_run(tmp_path, capsys, trained_run):
+    ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
+    assert main(["model-card", "--checkpoint", ckpt, "--eval-run", str(tmp_path), "--out", str(tmp_path / "c.md")]) == 3
+    assert "metrics.json not found" in capsys.readouterr().err
