@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .infer import autocast, predict_logits, setup_torch, use_bf16
+from .infer import SCORING_PRECISION, autocast, predict_logits, setup_torch, use_bf16
 from .loader import ImageFileDataset, augment_params, load_run_data, reference_transforms, split_batches
 from .models import create_model
 
@@ -50,11 +50,15 @@ def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: s
     return n / (time.perf_counter() - start)
 
 
-def _time_eval(model: nn.Module, batches, max_batches: int, device: str, precision: str = "fp32") -> float:
-    """Images/s of the one inference loop (infer.predict_logits) over the first max_batches
-    batches, loading included."""
+def _time_eval(model: nn.Module, batches, max_batches: int, device: str, precision: str = "fp32", warmup: int = 1) -> float:
+    """Images/s of the one inference loop (infer.predict_logits) over max_batches batches after
+    `warmup` untimed ones (worker start-up, cuDNN autotuning, lazy CUDA init), loading included."""
+    it = iter(batches)
+    predict_logits(model, itertools.islice(it, warmup), device, precision=precision)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    n = len(predict_logits(model, itertools.islice(batches, max_batches), device, precision=precision))
+    n = len(predict_logits(model, itertools.islice(it, max_batches), device, precision=precision))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return n / (time.perf_counter() - start)
@@ -91,7 +95,7 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     results["plain_train_images_per_s"] = _time_training(create_model(cfg.model).to(device), plain, steps, warmup, device)
     eval_ds = ImageFileDataset(data.manifest[data.manifest["split"] == "test"], data.data_root, reference_transforms(False, cfg.image_size))
     eval_plain = torch.utils.data.DataLoader(eval_ds, batch_size=cfg.batch_size, num_workers=workers)
-    results["plain_eval_images_per_s"] = _time_eval(create_model(cfg.model).to(device), eval_plain, steps, device)
+    results["plain_eval_images_per_s"] = _time_eval(create_model(cfg.model).to(device), eval_plain, steps, device, warmup=warmup)
 
     model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
     fast_model = torch.compile(model) if cfg.compile else model
@@ -101,7 +105,8 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     _time_training(fast_model, batches, 1, 1, device, cfg.precision)
     results["brainlib_first_steps_s"] = time.perf_counter() - t0
     results["brainlib_train_images_per_s"] = _time_training(fast_model, batches, steps, warmup, device, cfg.precision)
-    results["brainlib_eval_images_per_s"] = _time_eval(model, split_batches(cfg, data, "test", device), steps, device, cfg.precision)
+    test = split_batches(cfg, data, "test", device)
+    results["brainlib_eval_images_per_s"] = _time_eval(model, test, steps, device, SCORING_PRECISION, warmup)
     results["brainlib_bf16_autocast"] = use_bf16(device, cfg.precision)
     results["brainlib_compile"] = cfg.compile
     results["train_speedup"] = results["brainlib_train_images_per_s"] / results["plain_train_images_per_s"]

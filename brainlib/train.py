@@ -44,12 +44,32 @@ def evaluate_batches(model: nn.Module, batches: CachedBatches, device: str) -> t
     return nn.functional.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item(), logits
 
 
+# Steps between host syncs. The loss and accuracy sums and the finiteness guard stay on the device
+# in between: a `.item()` per step makes the host wait for every step, which idles a GPU between
+# kernel launches (issue #12). A non-finite loss is still caught with its epoch and step, at most this
+# many steps later and always before any checkpoint of the epoch is written.
+SYNC_EVERY = 25
+
+
 def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch, progress=True, on_first_batch=None, precision="auto"):
     """One pass over `batches`; raises NonFiniteLossError on a NaN/inf loss (nothing saved)."""
     from tqdm.auto import tqdm
 
     model.train()
-    total_loss, correct, n = 0.0, 0, 0
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    bad_step = torch.zeros((), dtype=torch.long, device=device)
+    bad_loss = torch.zeros((), device=device)
+    n = 0
+
+    def sync() -> None:
+        if nonfinite.item():
+            raise NonFiniteLossError(
+                f"loss became {bad_loss.item()} at epoch {epoch}, step {bad_step.item()}; stopping. The last good checkpoint is untouched."
+            )
+        bar.set_postfix(loss=f"{total_loss.item() / max(n, 1):.4f}", acc=f"{correct.item() / max(n, 1):.4f}", refresh=False)
+
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, mininterval=5)
     for step, (x, y) in enumerate(bar, start=1):
         if step == 1 and on_first_batch is not None:
@@ -57,19 +77,22 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch
         with autocast(device, precision):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss became {loss.item()} at epoch {epoch}, step {step}; stopping. The last good checkpoint is untouched."
-            )
+        value = loss.detach()
+        first_bad = ~torch.isfinite(value) & ~nonfinite
+        bad_step = torch.where(first_bad, step, bad_step)
+        bad_loss = torch.where(first_bad, value, bad_loss)
+        nonfinite |= first_bad
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += value * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
         n += len(y)
-        bar.set_postfix(loss=f"{total_loss / n:.4f}", acc=f"{correct / n:.4f}", refresh=False)
-    return total_loss / max(n, 1), correct / max(n, 1), n
+        if step % SYNC_EVERY == 0:
+            sync()
+    sync()
+    return total_loss.item() / max(n, 1), correct.item() / max(n, 1), n
 
 
 @dataclass

@@ -2,6 +2,7 @@
 never writes the run's settings."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +45,23 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(prepared_run
         train_mod.train(prepared_run.replace(epochs=2), resume=True, progress=False)
     after = _weights(prepared_run.run_dir)
     assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_the_guard_names_the_first_non_finite_step_though_it_syncs_only_every_few_steps(prepared_run, monkeypatch):
+    """The loss is checked on the device each step and read on the host every SYNC_EVERY steps
+    and at the epoch's end; the message still names the first bad step, not the sync point."""
+    original, calls = SeedCNN.forward, []
+
+    def from_third_step(self, x):
+        calls.append(self.training)
+        out = original(self, x)
+        return out * float("inf") if sum(calls) >= 3 else out
+
+    monkeypatch.setattr(SeedCNN, "forward", from_third_step)
+    monkeypatch.setattr(train_mod, "SYNC_EVERY", 2)  # a sync after step 2 (clean), the next one after step 4 or at the end
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"loss became (nan|inf) at epoch 1, step 3;"):
+        train_mod.train(prepared_run.replace(epochs=1, batch_size=4), progress=False)
+    assert not (Path(prepared_run.run_dir) / "checkpoints" / "last.pt").exists()
 
 
 def test_best_checkpoint_carries_a_validation_temperature_and_config_json_is_untouched(prepared_run):
