@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -25,8 +27,12 @@ from .loader import ImageFileDataset, augment_params, load_run_data, reference_t
 from .models import create_model
 
 
-def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: str, precision: str = "fp32") -> float:
-    """Train for warmup + steps batches; images/s over the timed steps (data loading included)."""
+def _time_training(
+    model: nn.Module, batches, steps: int, warmup: int, device: str, precision: str = "fp32", counters: dict | None = None
+) -> float:
+    """Train for warmup + steps batches; images/s over the timed steps (data loading included).
+    `counters`, when given, receives this process's minor page faults and system CPU seconds per
+    timed step (getrusage): memory freed and faulted back in every step shows up there."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     model.train()
     it = iter(batches)
@@ -35,7 +41,7 @@ def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: s
         if step == warmup:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            start, n = time.perf_counter(), 0
+            start, n, usage = time.perf_counter(), 0, resource.getrusage(resource.RUSAGE_SELF)
         x, y = next(it)
         x, y = x.to(device), y.to(device)
         with autocast(device, precision):
@@ -47,7 +53,12 @@ def _time_training(model: nn.Module, batches, steps: int, warmup: int, device: s
         n += len(y)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return n / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if counters is not None:
+        now = resource.getrusage(resource.RUSAGE_SELF)
+        counters["minor_faults_per_step"] = (now.ru_minflt - usage.ru_minflt) / steps
+        counters["system_seconds_per_step"] = (now.ru_stime - usage.ru_stime) / steps
+    return n / seconds
 
 
 def _time_eval(model: nn.Module, batches, max_batches: int, device: str, precision: str = "fp32", warmup: int = 1) -> float:
@@ -104,7 +115,10 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     t0 = time.perf_counter()
     _time_training(fast_model, batches, 1, 1, device, cfg.precision)
     results["brainlib_first_steps_s"] = time.perf_counter() - t0
-    results["brainlib_train_images_per_s"] = _time_training(fast_model, batches, steps, warmup, device, cfg.precision)
+    counters: dict = {}
+    results["brainlib_train_images_per_s"] = _time_training(fast_model, batches, steps, warmup, device, cfg.precision, counters)
+    results |= {f"brainlib_train_{k}": v for k, v in counters.items()}
+    results["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
     test = split_batches(cfg, data, "test", device)
     results["brainlib_eval_images_per_s"] = _time_eval(model, test, steps, device, SCORING_PRECISION, warmup)
     results["brainlib_bf16_autocast"] = use_bf16(device, cfg.precision)
@@ -116,6 +130,10 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     for name in ("plain", "brainlib"):
         print(f"{name:<10} {results[f'{name}_train_images_per_s']:>12.1f} {results[f'{name}_eval_images_per_s']:>11.1f}")
     print(f"speed-up: train x{results['train_speedup']:.2f}, eval x{results['eval_speedup']:.2f}")
+    print(
+        f"brainlib training: {counters['minor_faults_per_step']:,.0f} minor page faults and "
+        f"{counters['system_seconds_per_step']:.2f} s system time per step (GLIBC_TUNABLES={results['glibc_tunables'] or 'unset'})"
+    )
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results, indent=2, default=float) + "\n")

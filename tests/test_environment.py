@@ -49,3 +49,19 @@ def test_papermill_sees_every_parameter_the_makefile_passes():
         assert wanted <= names, f"{path.name}: papermill cannot parse {sorted(wanted - names)}"
         if not path.name.startswith("01"):
             assert not names & {"seed", "fast", "epochs", "recipe", "model", "batch_size"}, f"{path.name} takes run settings"
+
+
+def test_make_runs_everything_with_the_malloc_thresholds():
+    """CPU training re-faults its activation buffers every step under glibc's default malloc
+    thresholds (BENCHMARKS.md); make exports GLIBC_TUNABLES and the Jupyter kernel sets it."""
+    import json
+    import os
+    import sys
+
+    makefile = (ROOT / "Makefile").read_text()
+    assert "export GLIBC_TUNABLES ?= $(GLIBC_MALLOC)" in makefile and "glibc.malloc.mmap_threshold=" in makefile
+    if os.environ.get("MAKELEVEL"):  # under `make test`
+        assert "glibc.malloc.mmap_threshold=" in os.environ.get("GLIBC_TUNABLES", "")
+    kernel = Path(sys.prefix) / "share" / "jupyter" / "kernels" / "brainlib" / "kernel.json"
+    if kernel.exists():
+        assert "glibc.malloc.mmap_threshold=" in json.loads(kernel.read_text()).get("env", {}).get("GLIBC_TUNABLES", "")
