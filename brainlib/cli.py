@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit-labels", help="label-quality audit: k-fold out-of-fold probabilities, then confident learning")
     add_config_flags(p)
     p.add_argument("--folds", type=int, default=5, help="folds (each trains the run's recipe once)")
+    p.add_argument(
+        "--test-checkpoint", default=None, help="score Testing with this checkpoint (trained on Training only) and fold Training alone"
+    )
     p = sub.add_parser("model-card", help="write the model card of a checkpoint from its evaluation run's files")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--eval-run", required=True, help="run folder where `evaluate` scored this checkpoint")
@@ -150,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
 
         if args.folds < 2:
             raise SettingsError(f"--folds must be at least 2, not {args.folds}")
-        print(json.dumps(run_label_audit(cfg, load_run_data(cfg), args.folds), indent=2))
+        print(json.dumps(run_label_audit(cfg, load_run_data(cfg), args.folds, test_checkpoint=args.test_checkpoint), indent=2))
     elif args.command == "calibrate":
         from .evaluate import calibrate_checkpoint
         from .loader import load_run_data

@@ -8,6 +8,10 @@ training folds, and scores its held-out fold with the selected epoch's calibrate
 cleanlab's confident learning (Northcutt et al. 2021) then ranks the images whose given label the
 out-of-fold model contradicts with more confidence than its per-class thresholds allow.
 
+Or Training in folds and Testing scored separately (`test_checkpoint`): by a checkpoint trained on
+Training alone, such as the committed default, which never saw a Testing image. On a CPU that is
+the strong half of the audit: the k fine-tunes there are short and their models weak.
+
 The official labels are never changed: the suspects are a list for a person to look at, and the
 Testing suspects are reported on their own.
 
@@ -26,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .config import CLASS_NAMES, Config
+from .errors import SettingsError
 from .loader import RunData
 
 AUDIT_DIR = "label_audit"
@@ -44,13 +49,16 @@ def assign_folds(manifest: pd.DataFrame, k: int, seed: int, group_column: str = 
 
 
 def fold_run_data(data: RunData, folds: np.ndarray, fold: int, val_fraction: float, seed: int) -> RunData:
-    """The run's images with splits for one fold: the held-out fold is `test`; the others are
-    `train` with a group-aware, stratified `val` carved from them (data.assign_splits)."""
+    """The run's images with splits for one fold: the held-out fold is `test`; the other folds are
+    `train` with a group-aware, stratified `val` carved from them (data.assign_splits); rows in no
+    fold (-1) are `unused`."""
     from .data import assign_splits
 
     manifest = data.manifest.copy()
     manifest["split_on_disk"] = np.where(folds == fold, "Testing", "Training")
-    return RunData(assign_splits(manifest, val_fraction, seed), data.images, data.data_root)
+    split = assign_splits(manifest, val_fraction, seed)
+    split.loc[folds < 0, "split"] = "unused"
+    return RunData(split, data.images, data.data_root)
 
 
 def _save_array(array: np.ndarray, path: Path) -> None:
@@ -60,10 +68,13 @@ def _save_array(array: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def out_of_fold_probabilities(cfg: Config, data: RunData, k: int = DEFAULT_FOLDS, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(folds, probabilities): every image's calibrated class probabilities from the fold model
-    that did not train on it. A fold whose probabilities are on disk is not trained again, and a
-    fold interrupted mid-training resumes from its last checkpoint."""
+def out_of_fold_probabilities(
+    cfg: Config, data: RunData, k: int = DEFAULT_FOLDS, progress: bool = True, test_checkpoint: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(folds, probabilities): every image's calibrated class probabilities from a model that did
+    not train on it: the fold models, or for Testing (fold -1) `test_checkpoint` when given. A fold
+    whose probabilities are on disk is not trained again, and a fold interrupted mid-training
+    resumes from its last checkpoint."""
     from .checkpoint import load_for_inference
     from .infer import calibrate, predict_logits, setup_torch
     from .loader import rows_batches
@@ -71,7 +82,12 @@ def out_of_fold_probabilities(cfg: Config, data: RunData, k: int = DEFAULT_FOLDS
 
     root = Path(cfg.run_dir) / AUDIT_DIR
     root.mkdir(parents=True, exist_ok=True)
-    folds = assign_folds(data.manifest, k, cfg.seed)
+    testing = (data.manifest["split_on_disk"] == "Testing").to_numpy()
+    if test_checkpoint:
+        folds = np.full(len(testing), -1)
+        folds[~testing] = assign_folds(data.manifest[~testing], k, cfg.seed)
+    else:
+        folds = assign_folds(data.manifest, k, cfg.seed)
     pd.DataFrame({"path": data.manifest["path"], "fold": folds}).to_csv(root / "folds.csv", index=False)
     probs = np.full((len(folds), len(CLASS_NAMES)), np.nan)
     device = setup_torch(cfg)
@@ -88,6 +104,13 @@ def out_of_fold_probabilities(cfg: Config, data: RunData, k: int = DEFAULT_FOLDS
             held_out = rows_batches(fold_cfg, fold_data, fold_data.rows("test"), device)
             _save_array(calibrate(predict_logits(net.model, held_out, device), net.temperature).numpy(), done)
         probs[folds == fold] = np.load(done)
+    if test_checkpoint:
+        net = load_for_inference(test_checkpoint, device)  # trained on Training alone: the caller's word
+        rows = np.flatnonzero(testing)
+        scored = cfg.replace(image_size=net.image_size, cache_size=net.cache_size)
+        if net.cache_size != cfg.cache_size:
+            raise SettingsError(f"{test_checkpoint} reads {net.cache_size}-px images; this run caches {cfg.cache_size} px")
+        probs[rows] = calibrate(predict_logits(net.model, rows_batches(scored, data, rows, device), device), net.temperature).numpy()
     _save_array(probs, root / "oof_probs.npy")
     return folds, probs
 
@@ -103,14 +126,14 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray
     return np.asarray(flagged, int), get_label_quality_scores(labels, probs)
 
 
-def audit_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray) -> tuple[pd.DataFrame, dict]:
+def suspects_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
     """The ranked suspects (path, split on disk, given and suggested class, their out-of-fold
-    probabilities, label quality, duplicate-group membership) and the audit's summary."""
+    probabilities, label quality, duplicate-group membership) among the given rows."""
     labels = manifest["label_idx"].to_numpy()
     flagged, quality = find_label_issues(labels, probs)
     suggested = probs.argmax(1)
     in_group = (manifest["exact_dup"].astype(bool) | manifest["near_dup"].astype(bool)).to_numpy()
-    suspects = pd.DataFrame(
+    return pd.DataFrame(
         {
             "rank": np.arange(1, len(flagged) + 1),
             "path": manifest["path"].to_numpy()[flagged],
@@ -124,36 +147,56 @@ def audit_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray) ->
             "fold": folds[flagged],
         }
     )
-    correct = suggested == labels
+
+
+def summarize(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, suspects: pd.DataFrame) -> dict:
+    """Out-of-fold accuracy (all, Training, Testing), flagged counts, given -> suggested pairs."""
+    correct = probs.argmax(1) == manifest["label_idx"].to_numpy()
     on_disk = manifest["split_on_disk"].to_numpy()
     pairs = suspects.groupby(["given", "suggested"]).size()
-    summary = {
-        "n_images": int(len(labels)),
+    return {
+        "n_images": int(len(correct)),
         "folds": int(folds.max() + 1),
         "oof_accuracy": float(correct.mean()),
-        "oof_accuracy_training": float(correct[on_disk == "Training"].mean()),
-        "oof_accuracy_testing": float(correct[on_disk == "Testing"].mean()),
+        "oof_accuracy_training": float(correct[on_disk == "Training"].mean()) if (on_disk == "Training").any() else None,
+        "oof_accuracy_testing": float(correct[on_disk == "Testing"].mean()) if (on_disk == "Testing").any() else None,
         "n_flagged": int(len(suspects)),
         "n_flagged_training": int((suspects["split_on_disk"] == "Training").sum()),
         "n_flagged_testing": int((suspects["split_on_disk"] == "Testing").sum()),
         "n_flagged_in_duplicate_groups": int(suspects["in_duplicate_group"].sum()),
         "given_to_suggested": {f"{g} -> {s}": int(n) for (g, s), n in pairs.sort_values(ascending=False).items()},
     }
-    return suspects, summary
 
 
-def run_label_audit(cfg: Config, data: RunData, k: int = DEFAULT_FOLDS, progress: bool = True, gallery: int = 24) -> dict:
-    """The whole audit for a prepared run: out-of-fold probabilities, suspects, summary, gallery."""
+def audit_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, apart: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
+    """Suspects and summary. `apart` (boolean per row) marks rows scored by another model than the
+    rest: confident learning then runs on each part alone, since per-class thresholds learnt
+    from one model's probabilities do not apply to another's; ranks restart in each part."""
+    parts = [np.ones(len(manifest), bool)] if apart is None else [~apart, apart]
+    suspects = pd.concat(
+        [suspects_table(manifest[part].reset_index(drop=True), folds[part], probs[part]) for part in parts if part.any()],
+        ignore_index=True,
+    )
+    return suspects, summarize(manifest, folds, probs, suspects)
+
+
+def run_label_audit(
+    cfg: Config, data: RunData, k: int = DEFAULT_FOLDS, progress: bool = True, gallery: int = 24, test_checkpoint: str | Path | None = None
+) -> dict:
+    """The whole audit for a prepared run: out-of-fold probabilities, suspects, summary, gallery.
+    Confident learning runs on Training and Testing apart when Testing has its own model (their
+    probabilities come from different models, so per-class thresholds must not be shared)."""
     from .plots import image_grid
 
-    folds, probs = out_of_fold_probabilities(cfg, data, k, progress)
-    suspects, summary = audit_table(data.manifest, folds, probs)
+    folds, probs = out_of_fold_probabilities(cfg, data, k, progress, test_checkpoint)
+    suspects, summary = audit_table(data.manifest, folds, probs, apart=folds < 0 if test_checkpoint else None)
     root = Path(cfg.run_dir) / AUDIT_DIR
     suspects.to_csv(root / "label_issues.csv", index=False)
     summary |= {
         "recipe": cfg.recipe,
         "model": cfg.model,
         "epochs_per_fold": cfg.epochs,
+        "testing_scored_by": str(test_checkpoint) if test_checkpoint else "the fold models",
         "image_size": cfg.image_size,
         "seed": cfg.seed,
     }

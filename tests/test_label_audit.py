@@ -79,3 +79,22 @@ def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run):
     assert main(args) == 0
     assert [__import__("os").path.getmtime(f"{root}/fold{f}/checkpoints/best.pt") for f in range(3)] == mtimes
     assert np.array_equal(np.load(f"{root}/oof_probs.npy"), probs) and stamps
+
+
+def test_testing_can_be_scored_by_a_checkpoint_trained_on_training_alone(trained_run):
+    """Training in folds, Testing by the run's own best.pt (it saw Training only); confident
+    learning runs on each part alone."""
+    best = f"{trained_run.run_dir}/checkpoints/best.pt"
+    args = ["audit-labels", "--run-dir", trained_run.run_dir, "--folds", "3", "--epochs", "1", "--test-checkpoint", best]
+    assert main(args) == 0
+    root = trained_run.run_dir + "/label_audit"
+    manifest = load_run_data(trained_run).manifest
+    folds = pd.read_csv(f"{root}/folds.csv")["fold"].to_numpy()
+    testing = (manifest["split_on_disk"] == "Testing").to_numpy()
+    assert (folds[testing] == -1).all() and set(folds[~testing]) == {0, 1, 2}
+    summary = json.loads(open(f"{root}/label_audit.json").read())
+    assert summary["testing_scored_by"] == best and summary["folds"] == 3
+    probs = np.load(f"{root}/oof_probs.npy")
+    assert np.isfinite(probs).all()
+    fold0 = label_audit.fold_run_data(load_run_data(trained_run), folds, 0, 0.1, trained_run.seed).manifest
+    assert (fold0.loc[testing, "split"] == "unused").all() and not (fold0.loc[~testing, "split"] == "unused").any()
