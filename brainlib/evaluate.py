@@ -198,7 +198,7 @@ def predict_test(
     }
     if shifts:
         table = shift_table(cfg, data, model, device, shift_severities, shift_sample, calibration)
-        extras["shifts"] = {"summary": shift_summary(table), "table": table.to_dict("records")}
+        extras["shifts"] = {"summary": shift_summary(table), "sample": shift_sample, "table": table.to_dict("records")}
     return pred, extras
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .checkpoint import load_checkpoint
 from .config import CLASS_NAMES, recipe_and_changes
@@ -39,6 +40,13 @@ def _confusions(metrics: dict, top: int = 3) -> list[str]:
     return [f"{true} read as {pred}: {n} of {int(cm[CLASS_NAMES.index(true)].sum())}" for n, true, pred in sorted(off, reverse=True)[:top]]
 
 
+def _reproduce_flags(cfg: dict) -> str:
+    """`prepare` flags for the checkpoint's recipe and what differs from it."""
+    recipe, _, changes = recipe_and_changes(cfg).partition(" + ")
+    extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in (c.split("=", 1) for c in changes.split()) if changes)
+    return f"--recipe {recipe}{extra} --seed {cfg.get('seed', 42)}"
+
+
 def _duplicates(manifest: pd.DataFrame) -> list[str]:
     test = manifest[manifest["split_on_disk"] == "Testing"]
     training = manifest[manifest["split_on_disk"] == "Training"]
@@ -48,19 +56,24 @@ def _duplicates(manifest: pd.DataFrame) -> list[str]:
         "`masoudnickparvar/brain-tumor-mri-dataset`: glioma, meningioma, notumor, pituitary).",
         f"Duplicate audit (exact: same bytes or pixels; near: 256-bit dHash within 10 bits): "
         f"{int(test['has_train_twin_exact'].sum())} test images have an exact twin in Training and "
-        f"{int(test['has_train_twin_near'].sum())} an exact or near one; {int(training['near_dup'].sum())} Training images "
-        f"sit in near-duplicate groups; {conflicts} groups carry more than one label.",
+        f"{int(test['has_train_twin_near'].sum())} an exact or near one; {int(training['near_dup'].sum()):,} Training images "
+        f"sit in near-duplicate groups (within Training or with Testing); {conflicts} groups carry more than one label.",
         f"Validation ({int((manifest['split'] == 'val').sum())} images) is carved from Training with duplicate groups "
         "kept on one side; the test split is used for this report only.",
     ]
 
 
 def _shift_flags(metrics: dict) -> str:
-    summary = (metrics.get("shifts") or {}).get("summary")
+    shifts = metrics.get("shifts") or {}
+    summary = shifts.get("summary")
     if not summary:
         return " --shift-severities ''"
     flags = f" --shift-severities {','.join(map(str, summary['severities']))}"
-    return flags + (f" --shift-sample {summary['n_images']}" if summary["n_images"] < metrics["n_test"] else "")
+    if summary["n_images"] == metrics["n_test"]:
+        return flags
+    if "sample" in shifts:  # the size asked for; the stratified draw can give one or two more
+        return flags + f" --shift-sample {shifts['sample']}"
+    return flags + f" --shift-sample N  # N not recorded in this metrics.json; it scored {summary['n_images']} images"
 
 
 def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: str | Path | None = None) -> str:
@@ -91,6 +104,11 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
         f"trained with recipe `{recipe_and_changes(cfg)}` for {cfg.get('epochs', '?')} epochs, seed {cfg.get('seed', '?')}; "
         f"the checkpoint is the epoch with the best validation accuracy (epoch {state.get('epoch')}, "
         f"validation accuracy {_pct(state.get('best_val_acc'))}).",
+        *(
+            ["- Weights stored as float16 (`python -m brainlib export --half`), upcast to float32 for scoring."]
+            if any(v.dtype == torch.float16 for v in state["model_state"].values())
+            else []
+        ),
         f"- Calibration: temperature {state.get('temperature', float('nan')):.3f} fitted on the validation logits of that epoch.",
     ]
     conformal = state.get("conformal")
@@ -100,7 +118,10 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
             f"from {conformal['n_calibration']} validation images."
         )
     if len(history):
-        lines.append(f"- Training history: {len(history)} epochs, final train accuracy {_pct(history['train_acc'].iloc[-1])}.")
+        lines.append(
+            f"- Training history kept in the checkpoint: epochs 1–{len(history)} (to the selected one), train accuracy "
+            f"{_pct(history['train_acc'].iloc[-1])} at the last of them."
+        )
     lines += ["", "## Training data", "", *[f"- {x}" for x in _duplicates(manifest)], ""]
     lines += [
         "## Metrics (official Testing split)",
@@ -170,7 +191,8 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
         "## How to reproduce",
         "",
         "```",
-        f"make pipeline RECIPE={cfg.get('recipe', 'efficientnet_lite0')} SEED={cfg.get('seed', 42)}",
+        f"python -m brainlib prepare --run-dir runs/repro {_reproduce_flags(cfg)}",
+        "make pipeline RUN=repro RECIPE=",
         f"python -m brainlib evaluate --checkpoint {checkpoint} --run-dir {eval_run}{_shift_flags(metrics)}",
         f"python -m brainlib model-card --checkpoint {checkpoint} --eval-run {eval_run}"
         + (f" --audit-run {audit_run}" if audit_run else "")

@@ -1,8 +1,13 @@
 """The model card is generated from a run's files, and the committed one matches the committed metrics."""
 
+import json
+from pathlib import Path
+
 from brainlib import evaluate
 from brainlib.cli import main
 from brainlib.loader import load_run_data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_model_card_is_built_from_the_checkpoint_and_its_evaluation(trained_run, tmp_path):
@@ -34,3 +39,11 @@ def test_model_card_needs_an_evaluated_run(tmp_path, capsys, trained_run):
     ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
     assert main(["model-card", "--checkpoint", ckpt, "--eval-run", str(tmp_path), "--out", str(tmp_path / "c.md")]) == 3
     assert "metrics.json not found" in capsys.readouterr().err
+
+
+def test_the_committed_model_card_reports_the_committed_metrics():
+    card = (ROOT / "docs" / "MODEL_CARD.md").read_text()
+    metrics = json.loads((ROOT / "checkpoints" / "efficientnet_lite0.metrics.json").read_text())
+    assert card.startswith("# Model card: `efficientnet_lite0.pt`")
+    assert f"Accuracy {100 * metrics['accuracy']:.2f} %" in card
+    assert f"{100 * metrics['accuracy_leakage_free']:.2f} %" in card
