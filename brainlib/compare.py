@@ -28,10 +28,10 @@ def _percent(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 2)
 
 
-def _interval(metrics: dict, name: str) -> str | None:
-    """'[low, high]' in percent from metrics.json's bootstrap intervals (None for older files)."""
+def _interval(metrics: dict, name: str) -> str:
+    """'[low, high]' in percent from metrics.json's bootstrap intervals ('' for older files)."""
     bounds = (metrics.get("intervals") or {}).get(name)
-    return None if bounds is None else f"[{100 * bounds[0]:.2f}, {100 * bounds[1]:.2f}]"
+    return "" if bounds is None else f"[{100 * bounds[0]:.2f}, {100 * bounds[1]:.2f}]"
 
 
 def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFrame:
