@@ -8,13 +8,13 @@ pickle that would run something on load is refused with a one-line CheckpointErr
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import atomic_path
 from .config import CLASS_NAMES
 from .errors import CheckpointError
 from .models import create_model, model_entry
@@ -26,18 +26,9 @@ EXPORT_FIELDS = ("model_name", "class_names", "config", "epoch", "best_val_acc",
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write to a temp file in the same folder, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def _one_line(err: BaseException) -> str:

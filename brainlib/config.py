@@ -136,12 +136,9 @@ def _coerce(value, kind: str):
 
 def write_run_config(cfg: Config) -> Path:
     """The one writer of a run's config.json (called when the run is prepared)."""
-    path = Path(cfg.run_dir) / "config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    from .atomic import write_text
+
+    return write_text(Path(cfg.run_dir) / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
 
 def read_run_config(run_dir: str | Path) -> dict:

@@ -276,11 +276,11 @@ def assign_splits(manifest: pd.DataFrame, val_fraction: float, seed: int, group_
 
 
 def write_manifest(manifest: pd.DataFrame, run_dir: str | Path) -> Path:
+    from .atomic import atomic_path
+
     path = Path(run_dir) / "manifest.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    manifest.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        manifest.to_csv(tmp, index=False)
     return path
 
 

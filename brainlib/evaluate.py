@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
+from .atomic import atomic_path, write_text
 from .checkpoint import InferenceModel, load_for_inference
 from .config import CLASS_NAMES, Config
 from .infer import calibrate, calibration_state, conformal_state, predict_logits, setup_torch
@@ -183,7 +184,8 @@ def predict_test(
     for i, name in enumerate(CLASS_NAMES):
         pred[f"p_{name}"] = probs[:, i]
     run_dir = Path(cfg.run_dir)
-    pred.to_csv(run_dir / "predictions.csv", index=False)
+    with atomic_path(run_dir / "predictions.csv") as tmp:
+        pred.to_csv(tmp, index=False)
     np.save(run_dir / "test_logits.npy", logits.numpy())
     y = torch.tensor(pred["label_idx"].to_numpy())
     calibration = calibration_of(net, cfg, data, device)
@@ -301,11 +303,7 @@ def report_table(pred: pd.DataFrame) -> str:
 
 
 def write_metrics(metrics: dict, run_dir: str | Path) -> Path:
-    path = Path(run_dir) / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 
 def interval_table(metrics: dict) -> pd.DataFrame:

@@ -23,12 +23,12 @@ label_issues.csv (ranked suspects), label_audit.json (summary), suspects.png (ga
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_path, write_text
 from .config import CLASS_NAMES, Config
 from .errors import SettingsError
 from .loader import RunData
@@ -62,10 +62,8 @@ def fold_run_data(data: RunData, folds: np.ndarray, fold: int, val_fraction: flo
 
 
 def _save_array(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file handle: np.save would append .npy to the name
         np.save(fh, array)
-    os.replace(tmp, path)
 
 
 def out_of_fold_probabilities(
@@ -88,7 +86,8 @@ def out_of_fold_probabilities(
         folds[~testing] = assign_folds(data.manifest[~testing], k, cfg.seed)
     else:
         folds = assign_folds(data.manifest, k, cfg.seed)
-    pd.DataFrame({"path": data.manifest["path"], "fold": folds}).to_csv(root / "folds.csv", index=False)
+    with atomic_path(root / "folds.csv") as tmp:
+        pd.DataFrame({"path": data.manifest["path"], "fold": folds}).to_csv(tmp, index=False)
     probs = np.full((len(folds), len(CLASS_NAMES)), np.nan)
     device = setup_torch(cfg)
     for fold in range(k):
@@ -191,7 +190,8 @@ def run_label_audit(
     folds, probs = out_of_fold_probabilities(cfg, data, k, progress, test_checkpoint)
     suspects, summary = audit_table(data.manifest, folds, probs, apart=folds < 0 if test_checkpoint else None)
     root = Path(cfg.run_dir) / AUDIT_DIR
-    suspects.to_csv(root / "label_issues.csv", index=False)
+    with atomic_path(root / "label_issues.csv") as tmp:
+        suspects.to_csv(tmp, index=False)
     summary |= {
         "recipe": cfg.recipe,
         "model": cfg.model,
@@ -200,7 +200,7 @@ def run_label_audit(
         "image_size": cfg.image_size,
         "seed": cfg.seed,
     }
-    (root / "label_audit.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(root / "label_audit.json", json.dumps(summary, indent=2) + "\n")
     top = suspects.head(gallery)
     positions = pd.Index(data.manifest["path"]).get_indexer(top["path"])
     titles = [f"#{r.rank} {r.split_on_disk[:5]}\ngiven {r.given}\nsuggested {r.suggested} ({r.p_suggested:.2f})" for r in top.itertuples()]

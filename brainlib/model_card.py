@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .atomic import write_text
 from .checkpoint import load_checkpoint
 from .config import CLASS_NAMES, recipe_and_changes
 from .data import read_manifest
@@ -204,9 +205,4 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
 
 
 def write_model_card(text: str, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
-    return out
+    return write_text(out, text)

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .atomic import atomic_path, write_text
 from .checkpoint import load_checkpoint, model_from_state, save_checkpoint
 from .config import CLASS_NAMES, Config, in_repo
 from .errors import SettingsError
@@ -234,7 +235,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
 
     frame = pd.DataFrame(history)
     if len(frame) and dist.is_main:
-        frame.to_csv(run_dir / "history.csv", index=False)
+        with atomic_path(run_dir / "history.csv") as tmp:
+            frame.to_csv(tmp, index=False)
         summary = {
             "best_val_acc": best_acc,
             "best_epoch": int(frame.loc[frame["val_acc"].idxmax(), "epoch"]),
@@ -245,7 +247,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
             "processes": dist.world_size,
             "bf16_autocast": use_bf16(device, cfg.precision),
         }
-        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
         hparams = {k: v for k, v in cfg.__dict__.items() if isinstance(v, (int, float, str, bool))}
         metrics = {"hparam/best_val_acc": best_acc, "hparam/final_val_loss": frame["val_loss"].iloc[-1]}
         writer.add_hparams(hparams, metrics, run_name="hparams")
