@@ -196,7 +196,11 @@ def prepare(cfg: Config) -> None:
 
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     manifest, audit, scan = build_manifest(
-        resolve_data_dir(cfg.data_dir or None), cfg.val_fraction, cfg.seed, cfg.fast_per_class if cfg.fast else 0
+        resolve_data_dir(cfg.data_dir or None),
+        cfg.val_fraction,
+        cfg.seed,
+        cfg.fast_per_class if cfg.fast else 0,
+        exclude_list=cfg.exclude_list,
     )
     print(f"manifest: {write_manifest(manifest, cfg.run_dir)} ({len(manifest)} images, {len(scan.skipped)} skipped)")
     print(json.dumps(audit.summary, indent=2))

@@ -34,6 +34,7 @@ class Config:
     image_size: int = 224  # model input side
     fast: bool = False  # tiny sample per class: for tests and smoke runs
     fast_per_class: int = 8
+    exclude_list: str = ""  # CSV with a `path` column (a label audit's label_issues.csv): those Training images train nowhere
     # train-time augmentation (reference: flip, rotate 15, RandomResizedCrop, ColorJitter)
     augment: bool = True  # False: train on plain resized images (shuffled), an ablation
     crop_scale_min: float = 0.08  # torchvision's default; the reference does not say

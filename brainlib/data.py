@@ -297,11 +297,32 @@ def class_counts(manifest: pd.DataFrame, column: str = "split") -> pd.DataFrame:
     return table.reindex(list(CLASS_NAMES) + ["total"])
 
 
-def build_manifest(data_root: Path, val_fraction: float, seed: int, fast_per_class: int = 0, progress: bool = True):
-    """Scan, audit duplicates, assign splits: the manifest 01_data writes. Returns (manifest, audit, scan)."""
+def build_manifest(data_root: Path, val_fraction: float, seed: int, fast_per_class: int = 0, progress: bool = True, exclude_list: str = ""):
+    """Scan, audit duplicates, assign splits: the manifest 01_data writes. Returns (manifest, audit, scan).
+    With an exclude list, its Training images get split `excluded` (in neither train nor val) after
+    the split is drawn, so train/val/test are otherwise those of the same seed without it."""
     from .audit import audit_duplicates
 
     scan = scan_dataset(data_root, fast_per_class, progress)
     audit = audit_duplicates(scan.manifest, scan.thumbs)
     manifest = assign_splits(audit.manifest, val_fraction, seed)
-    return manifest, audit, scan
+    return exclude_images(manifest, exclude_list) if exclude_list else manifest, audit, scan
+
+
+def exclude_images(manifest: pd.DataFrame, exclude_list: str | Path) -> pd.DataFrame:
+    """Training images listed in the CSV's `path` column move to split `excluded`; Testing images
+    are never removed (the official test split is not edited), and listed paths not in the
+    manifest are an error."""
+    path = Path(exclude_list)
+    if not path.is_file():
+        raise DataError(f"exclude list {path} not found")
+    listed = pd.read_csv(path)
+    if "path" not in listed:
+        raise DataError(f"exclude list {path} has no 'path' column")
+    unknown = set(listed["path"]) - set(manifest["path"])
+    if unknown:
+        raise DataError(f"exclude list {path} names {len(unknown)} images not in this dataset, e.g. {sorted(unknown)[0]}")
+    out = manifest.copy()
+    hit = out["path"].isin(listed["path"]) & (out["split_on_disk"] == "Training")
+    out.loc[hit, "split"] = "excluded"
+    return out

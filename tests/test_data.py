@@ -168,3 +168,46 @@ def test_exif_orientation_is_applied_when_loading(tmp_path):
     gray, size = data.read_gray(tmp_path / "turned.jpg", 32)
     assert size == (20, 40)
     assert gray[:12].mean() > 200 and gray[-12:].mean() < 50  # the white half is now on top
+
+
+def test_an_exclude_list_takes_training_images_out_of_train_and_val_but_never_testing(prepared_run, tmp_path):
+    import pandas as pd
+
+    from brainlib.data import exclude_images, read_manifest
+    from brainlib.errors import DataError
+
+    manifest = read_manifest(prepared_run.run_dir)
+    train_paths = list(manifest.loc[manifest["split"] == "train", "path"][:2])
+    test_path = manifest.loc[manifest["split"] == "test", "path"].iloc[0]
+    listed = tmp_path / "label_issues.csv"
+    pd.DataFrame({"path": [*train_paths, test_path], "given": "x"}).to_csv(listed, index=False)
+    out = exclude_images(manifest, listed)
+    assert set(out.loc[out["split"] == "excluded", "path"]) == set(train_paths)
+    assert (out.loc[out["path"] == test_path, "split"] == "test").all()  # the official test split is not edited
+    unchanged = ~out["path"].isin(train_paths)
+    assert (out.loc[unchanged, "split"] == manifest.loc[unchanged, "split"]).all()
+    pd.DataFrame({"path": ["Training/glioma/nope.jpg"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="1 images not in this dataset"):
+        exclude_images(manifest, tmp_path / "bad.csv")
+    with pytest.raises(DataError, match="not found"):
+        exclude_images(manifest, tmp_path / "missing.csv")
+
+
+def test_prepare_applies_the_exclude_list_and_keeps_it_in_the_settings(fixture_root, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from brainlib.cli import main
+    from brainlib.data import read_manifest
+
+    listed = tmp_path / "suspects.csv"
+    pd.DataFrame({"path": ["Training/glioma/" + sorted(p.name for p in (fixture_root / "Training" / "glioma").glob("*.jpg"))[0]]}).to_csv(
+        listed, index=False
+    )
+    run = tmp_path / "ablation"
+    args = ["prepare", "--run-dir", str(run), "--data-dir", str(fixture_root), "--exclude-list", str(listed)]
+    assert main(args) == 0
+    manifest = read_manifest(run)
+    assert (manifest["split"] == "excluded").sum() == 1
+    assert json.loads((run / "config.json").read_text())["exclude_list"] == str(listed)
