@@ -201,9 +201,9 @@ def run_label_audit(
         "seed": cfg.seed,
     }
     write_text(root / "label_audit.json", json.dumps(summary, indent=2) + "\n")
-    top = suspects.head(gallery)
+    top = suspects.sort_values("label_quality").head(gallery)  # both parts, worst label quality first
     positions = pd.Index(data.manifest["path"]).get_indexer(top["path"])
-    titles = [f"#{r.rank} {r.split_on_disk[:5]}\ngiven {r.given}\nsuggested {r.suggested} ({r.p_suggested:.2f})" for r in top.itertuples()]
+    titles = [f"{r.split_on_disk} #{r.rank}\ngiven {r.given}\nsuggested {r.suggested} ({r.p_suggested:.2f})" for r in top.itertuples()]
     if len(top):
         image_grid([data.images[p] for p in positions], titles, ncols=6, save_to=root / "suspects.png", size=2.2)
     return summary

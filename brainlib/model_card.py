@@ -169,13 +169,23 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
     if audit_file and audit_file.exists():
         audit = json.loads(audit_file.read_text())
         pairs = ", ".join(f"{k}: {v}" for k, v in list(audit["given_to_suggested"].items())[:6])
+        folds = (
+            f"{audit['folds']} group-aware folds, each `{audit['recipe']}` at {audit['image_size']} px for "
+            f"{audit['epochs_per_fold']} epoch{'s' if audit['epochs_per_fold'] != 1 else ''}"
+        )
+        scored_apart = audit.get("testing_scored_by", "the fold models") != "the fold models"
+        scoring = (
+            f"Training out of fold by {folds} ({_pct(audit['oof_accuracy_training'])} right), Testing by "
+            f"`{audit['testing_scored_by']}`, trained on Training alone ({_pct(audit['oof_accuracy_testing'])} right)"
+            if scored_apart
+            else f"every image out of fold by {folds} ({_pct(audit['oof_accuracy'])} right)"
+        )
         lines += [
-            f"Out-of-fold audit ({audit['folds']} group-aware folds, `{audit['recipe']}` at {audit['image_size']} px for "
-            f"{audit['epochs_per_fold']} epochs per fold; out-of-fold accuracy {_pct(audit['oof_accuracy'])}): cleanlab flags "
-            f"{audit['n_flagged']} of {audit['n_images']:,} images ({audit['n_flagged_training']} in Training, "
-            f"{audit['n_flagged_testing']} in Testing; {audit['n_flagged_in_duplicate_groups']} in duplicate groups). "
-            f"Most frequent given -> suggested: {pairs}. Labels were not changed; the list is in "
-            f"`{audit_run}/label_audit/label_issues.csv`.",
+            f"Label audit ({scoring}): cleanlab flags {audit['n_flagged_training']} Training and "
+            f"{audit['n_flagged_testing']} Testing images ({audit['n_flagged_in_duplicate_groups']} of them in duplicate "
+            f"groups). Most frequent given -> suggested: {pairs}. A flag is only as good as the model behind it: where the "
+            "out-of-fold accuracy is far below the checkpoint's, most flags are that model's own confusions. Labels were "
+            f"not changed; the list is `{audit_run}/label_audit/label_issues.csv`, the images `suspects.png` beside it.",
             "",
         ]
     else:
