@@ -250,10 +250,10 @@ def compute_metrics(pred: pd.DataFrame, extras: dict | None = None) -> dict:
         positives = y == i
         roc[name] = float(roc_auc_score(positives, probs[:, i])) if 0 < positives.sum() < len(y) else None
     temperature = extras.get("temperature")
+    calibrated_probs = calibrated(probs, temperature) if temperature else None
     conformal = extras.get("conformal")
     sets = {}
     if conformal and temperature:
-        calibrated_probs = calibrated(probs, temperature)
         for alpha, threshold in conformal["thresholds"].items():
             chosen = prediction_sets(calibrated_probs, threshold)
             sets[alpha] = {
@@ -281,7 +281,7 @@ def compute_metrics(pred: pd.DataFrame, extras: dict | None = None) -> dict:
         "roc_auc": roc,
         "ece": expected_calibration_error(probs.max(1), correct),
         "temperature": temperature,
-        "ece_calibrated": expected_calibration_error(calibrated(probs, temperature).max(1), correct) if temperature else None,
+        "ece_calibrated": expected_calibration_error(calibrated_probs.max(1), correct) if temperature else None,
         "accuracy_tta_flip": extras.get("accuracy_tta_flip"),
         "shifts": extras.get("shifts"),
         "n_leakage_free": int(clean.sum()),
