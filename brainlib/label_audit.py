@@ -66,6 +66,20 @@ def _save_array(array: np.ndarray, path: Path) -> None:
         np.save(fh, array)
 
 
+def _calibrated_probabilities(checkpoint: str | Path, cfg: Config, data: RunData, rows: np.ndarray, device: str) -> np.ndarray:
+    """Temperature-scaled class probabilities of `rows` from a checkpoint, at the input size it was
+    trained at, through the one inference path (fold models and the Testing checkpoint alike)."""
+    from .checkpoint import load_for_inference
+    from .infer import calibrate, predict_logits
+    from .loader import rows_batches
+
+    net = load_for_inference(checkpoint, device)
+    if net.cache_size != cfg.cache_size:
+        raise SettingsError(f"{checkpoint} reads {net.cache_size}-px images; this run caches {cfg.cache_size} px")
+    batches = rows_batches(cfg.replace(image_size=net.image_size), data, rows, device)
+    return calibrate(predict_logits(net.model, batches, device), net.temperature).numpy()
+
+
 def out_of_fold_probabilities(
     cfg: Config, data: RunData, k: int = DEFAULT_FOLDS, progress: bool = True, test_checkpoint: str | Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -73,9 +87,7 @@ def out_of_fold_probabilities(
     not train on it: the fold models, or for Testing (fold -1) `test_checkpoint` when given. A fold
     whose probabilities are on disk is not trained again, and a fold interrupted mid-training
     resumes from its last checkpoint."""
-    from .checkpoint import load_for_inference
-    from .infer import calibrate, predict_logits, setup_torch
-    from .loader import rows_batches
+    from .infer import setup_torch
     from .train import train
 
     root = Path(cfg.run_dir) / AUDIT_DIR
@@ -99,17 +111,11 @@ def out_of_fold_probabilities(
             if progress:
                 print(f"label audit: fold {fold + 1}/{k}: train on {len(fold_data.rows('train'))}, score {len(fold_data.rows('test'))}")
             train(fold_cfg, resume=True, progress=progress, data=fold_data)
-            net = load_for_inference(fold_dir / "checkpoints" / "best.pt", device)
-            held_out = rows_batches(fold_cfg, fold_data, fold_data.rows("test"), device)
-            _save_array(calibrate(predict_logits(net.model, held_out, device), net.temperature).numpy(), done)
+            held_out = _calibrated_probabilities(fold_dir / "checkpoints" / "best.pt", fold_cfg, fold_data, fold_data.rows("test"), device)
+            _save_array(held_out, done)
         probs[folds == fold] = np.load(done)
-    if test_checkpoint:
-        net = load_for_inference(test_checkpoint, device)  # trained on Training alone: the caller's word
-        rows = np.flatnonzero(testing)
-        scored = cfg.replace(image_size=net.image_size, cache_size=net.cache_size)
-        if net.cache_size != cfg.cache_size:
-            raise SettingsError(f"{test_checkpoint} reads {net.cache_size}-px images; this run caches {cfg.cache_size} px")
-        probs[rows] = calibrate(predict_logits(net.model, rows_batches(scored, data, rows, device), device), net.temperature).numpy()
+    if test_checkpoint:  # trained on Training alone: the caller's word
+        probs[testing] = _calibrated_probabilities(test_checkpoint, cfg, data, np.flatnonzero(testing), device)
     _save_array(probs, root / "oof_probs.npy")
     return folds, probs
 
