@@ -21,10 +21,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import write_text
 from .config import Config
 from .infer import SCORING_PRECISION, autocast, predict_logits, setup_torch, use_bf16
 from .loader import ImageFileDataset, augment_params, load_run_data, reference_transforms, split_batches
 from .models import create_model
+
+
+def _repeat(batches):
+    """The batches again and again: a run folder with fewer batches than warm-up + timed steps
+    (a small or `fast` run) is timed over its batches repeated, not stopped by StopIteration."""
+    while True:
+        yield from batches
 
 
 def _time_training(
@@ -35,7 +43,7 @@ def _time_training(
     timed step (getrusage): memory freed and faulted back in every step shows up there."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     model.train()
-    it = iter(batches)
+    it = _repeat(batches)
     n, start = 0, None
     for step in range(warmup + steps):
         if step == warmup:
@@ -64,7 +72,7 @@ def _time_training(
 def _time_eval(model: nn.Module, batches, max_batches: int, device: str, precision: str = "fp32", warmup: int = 1) -> float:
     """Images/s of the one inference loop (infer.predict_logits) over max_batches batches after
     `warmup` untimed ones (worker start-up, cuDNN autotuning, lazy CUDA init), loading included."""
-    it = iter(batches)
+    it = _repeat(batches)
     predict_logits(model, itertools.islice(it, warmup), device, precision=precision)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -119,6 +127,7 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     results["brainlib_train_images_per_s"] = _time_training(fast_model, batches, steps, warmup, device, cfg.precision, counters)
     results |= {f"brainlib_train_{k}": v for k, v in counters.items()}
     results["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
+    results["ld_preload"] = os.environ.get("LD_PRELOAD", "")  # jemalloc or tcmalloc in place of glibc's malloc
     test = split_batches(cfg, data, "test", device)
     results["brainlib_eval_images_per_s"] = _time_eval(model, test, steps, device, SCORING_PRECISION, warmup)
     results["brainlib_bf16_autocast"] = use_bf16(device, cfg.precision)
@@ -132,9 +141,9 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     print(f"speed-up: train x{results['train_speedup']:.2f}, eval x{results['eval_speedup']:.2f}")
     print(
         f"brainlib training: {counters['minor_faults_per_step']:,.0f} minor page faults and "
-        f"{counters['system_seconds_per_step']:.2f} s system time per step (GLIBC_TUNABLES={results['glibc_tunables'] or 'unset'})"
+        f"{counters['system_seconds_per_step']:.2f} s system time per step (GLIBC_TUNABLES={results['glibc_tunables'] or 'unset'}"
+        f"{', LD_PRELOAD=' + results['ld_preload'] if results['ld_preload'] else ''})"
     )
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(results, indent=2, default=float) + "\n")
+        write_text(out, json.dumps(results, indent=2, default=float) + "\n")
     return results

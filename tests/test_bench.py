@@ -11,3 +11,15 @@ def test_benchmark_runs_both_pipelines(prepared_run, tmp_path):
     assert json.loads(out.read_text())["steps"] == 1
     for key in ("plain_train_images_per_s", "brainlib_train_images_per_s", "plain_eval_images_per_s", "brainlib_eval_images_per_s"):
         assert results[key] > 0
+
+
+def test_benchmark_repeats_a_small_runs_batches(prepared_run):
+    """More warm-up + timed steps than the run has batches: the batches are repeated, not a
+    StopIteration stack trace (a `fast` run benchmarked with the default step count)."""
+    from brainlib.bench import run_benchmark
+    from brainlib.loader import load_run_data, split_batches
+
+    cfg = prepared_run.replace(batch_size=8)
+    batches = len(split_batches(cfg, load_run_data(cfg), "train", train=True))
+    results = run_benchmark(cfg, steps=2 * batches + 1, warmup=1, workers=0)
+    assert results["brainlib_train_images_per_s"] > 0 and results["plain_train_images_per_s"] > 0

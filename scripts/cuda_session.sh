@@ -1,0 +1,105 @@
+#!/bin/bash
+# The measurements that need a CUDA machine, as one prepared script per part, each short enough
+# for a 10-minute call on one H100/H200. Every step writes its results under $OUT as soon as it
+# ends, so a part cut off by its time limit still returns what it finished.
+#
+#   speed   issue 12 + 14: default recipe with seeds 42, 42 (same seed twice: GPU spread), 43, 44;
+#           the reference recipe; `bench` on CUDA for both models (epoch 1 vs steady from history.csv)
+#   robust  issue 11: efficientnet_lite0_robust trained and scored on the full shift suite
+#           (3 severities, all 1,311 test images)
+#   audit   issue 14: label audit with 10-epoch fold models, then the ablation (seed 42 with and
+#           without the Training suspects), paired by `compare`
+#
+# Run from the project root with the compact data copy in .gpu/ (its README says how it was made):
+#   bash scripts/cuda_session.sh speed|robust|audit
+# Needs a python3 with torch and torchvision (a stock CUDA PyTorch image); wheels for what it
+# lacks go in .gpu/wheels (installed without network; `machine.txt` lists what is missing): the
+# audit part needs cleanlab and termcolor (`pip download --no-deps -d .gpu/wheels cleanlab==2.9.0 termcolor`). FAST=1 runs every step on a few images
+# for one epoch (a smoke test of this script on any machine).
+set -o pipefail
+export PYTHONUNBUFFERED=1
+PART=${1:?usage: cuda_session.sh speed|robust|audit}
+OUT=${OUT:-/tmp/cuda-out}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+DATA=${BRAIN_DATA_DIR:-$PWD/.gpu/brain-tumor-mri-dataset-256-webp}
+if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl || exit 3
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export BRAIN_DATA_DIR=$DATA BRAIN_CACHE_DIR=${BRAIN_CACHE_DIR:-/tmp/brain-cache}
+RUNS=${RUNS:-/tmp/cuda-runs}
+SMOKE=() AUDIT_EPOCHS=10
+if [ "${FAST:-0}" = 1 ]; then SMOKE=(--fast true --epochs 1) AUDIT_EPOCHS=1; fi
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
+    for m in scipy pandas sklearn cleanlab cv2 pywt kornia torchio tensorboard; do
+        $PY -c "import $m" 2>/dev/null && echo "ok $m" || echo "MISSING $m"
+    done
+    nproc
+} | tee "$OUT/machine.txt"
+
+# step NAME CMD...: run a brainlib command, log without progress bars, record its wall time
+step() {
+    local name=$1
+    shift
+    local t0 rc
+    t0=$(date +%s%N)
+    $PY -m brainlib "$@" 2>&1 | tr '\r' '\n' | grep -v -E 'it/s|s/it' >"$OUT/$name.log"
+    rc=${PIPESTATUS[0]}
+    printf '%s\trc=%s\t%d ms\n' "$name" "$rc" $((($(date +%s%N) - t0) / 1000000)) | tee -a "$OUT/steps.tsv"
+    [ "$rc" = 0 ] || tail -5 "$OUT/$name.log"
+    return "$rc"
+}
+
+# train_and_score NAME RECIPE SEED [evaluate flags...]: prepare, train, evaluate; keeps the run's small files
+train_and_score() {
+    local name=$1 recipe=$2 seed=$3
+    shift 3
+    local run=$RUNS/$name
+    step "$name-prepare" prepare --run-dir "$run" --recipe "$recipe" --seed "$seed" "${SMOKE[@]}" &&
+        step "$name-train" train --run-dir "$run" &&
+        step "$name-evaluate" evaluate --run-dir "$run" "$@"
+    mkdir -p "$OUT/$name"
+    cp "$run"/{config.json,history.csv,train_summary.json,metrics.json,predictions.csv} "$OUT/$name/" 2>/dev/null
+}
+
+case $PART in
+speed)
+    train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
+    train_and_score effnet-s42-again efficientnet_lite0 42 --shift-severities ""
+    train_and_score effnet-s43 efficientnet_lite0 43 --shift-severities ""
+    train_and_score effnet-s44 efficientnet_lite0 44 --shift-severities ""
+    train_and_score reference reference 42 --shift-severities ""
+    step bench-effnet bench --run-dir "$RUNS/effnet-s42" --steps 20 --out "$OUT/bench-effnet.json"
+    step bench-reference bench --run-dir "$RUNS/reference" --steps 20 --out "$OUT/bench-reference.json"
+    step compare-seeds compare "$RUNS/effnet-s42" "$RUNS/effnet-s42-again" "$RUNS/effnet-s43" "$RUNS/effnet-s44"
+    ;;
+robust)
+    train_and_score effnet-robust efficientnet_lite0_robust 42 --shift-severities 1,2,3 --shift-sample 0
+    cp "$RUNS/effnet-robust/checkpoints/best.pt" "$OUT/effnet-robust-best.pt" 2>/dev/null
+    step evaluate-committed evaluate --checkpoint checkpoints/efficientnet_lite0.pt --run-dir "$RUNS/committed" \
+        --shift-severities 1,2,3 --shift-sample 0
+    cp "$RUNS/committed/metrics.json" "$OUT/committed-metrics.json" 2>/dev/null
+    ;;
+audit)
+    train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
+    step audit audit-labels --run-dir "$RUNS/label-audit" --recipe efficientnet_lite0 --seed 42 "${SMOKE[@]}" \
+        --folds 5 --epochs "$AUDIT_EPOCHS" --test-checkpoint "$RUNS/effnet-s42/checkpoints/best.pt"
+    mkdir -p "$OUT/label-audit" && cp "$RUNS"/label-audit/label_audit/*.{csv,json,png} "$OUT/label-audit/" 2>/dev/null
+    run=$RUNS/effnet-s42-clean
+    step ablation-prepare prepare --run-dir "$run" --recipe efficientnet_lite0 --seed 42 \
+        --exclude-list "$RUNS/label-audit/label_audit/label_issues.csv" "${SMOKE[@]}" &&
+        step ablation-train train --run-dir "$run" &&
+        step ablation-evaluate evaluate --run-dir "$run" --shift-severities ""
+    mkdir -p "$OUT/effnet-s42-clean" && cp "$run"/{config.json,history.csv,metrics.json,predictions.csv} "$OUT/effnet-s42-clean/" 2>/dev/null
+    step compare-ablation compare "$RUNS/effnet-s42" "$run"
+    ;;
+*)
+    echo "unknown part $PART (speed, robust or audit)" >&2
+    exit 2
+    ;;
+esac
+cat "$OUT/steps.tsv"
