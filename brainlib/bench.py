@@ -23,6 +23,7 @@ from torch import nn
 
 from .atomic import write_text
 from .config import Config
+from .errors import DataError
 from .infer import SCORING_PRECISION, autocast, predict_logits, setup_torch, use_bf16
 from .loader import ImageFileDataset, augment_params, load_run_data, reference_transforms, split_batches
 from .models import create_model
@@ -30,9 +31,15 @@ from .models import create_model
 
 def _repeat(batches):
     """The batches again and again: a run folder with fewer batches than warm-up + timed steps
-    (a small or `fast` run) is timed over its batches repeated, not stopped by StopIteration."""
+    (a small or `fast` run) is timed over its batches repeated, not stopped by StopIteration.
+    A split with no whole batch at all is an error, not an endless loop."""
     while True:
-        yield from batches
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise DataError("nothing to benchmark: this split has no whole batch (fewer images than batch_size?)")
 
 
 def _time_training(

@@ -23,3 +23,15 @@ def test_benchmark_repeats_a_small_runs_batches(prepared_run):
     batches = len(split_batches(cfg, load_run_data(cfg), "train", train=True))
     results = run_benchmark(cfg, steps=2 * batches + 1, warmup=1, workers=0)
     assert results["brainlib_train_images_per_s"] > 0 and results["plain_train_images_per_s"] > 0
+
+
+def test_benchmark_with_no_whole_batch_is_a_clear_error(prepared_run):
+    """The plain pipeline drops the last partial batch: a batch size above the split's image count
+    leaves nothing to time, which must be one DataError, not an endless loop or a StopIteration."""
+    import pytest
+
+    from brainlib.bench import run_benchmark
+    from brainlib.errors import DataError
+
+    with pytest.raises(DataError, match="no whole batch"):
+        run_benchmark(prepared_run.replace(batch_size=10_000), steps=1, warmup=1, workers=0)
