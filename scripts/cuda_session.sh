@@ -54,12 +54,14 @@ step() {
     return "$rc"
 }
 
-# train_and_score NAME RECIPE SEED [evaluate flags...]: prepare, train, evaluate; keeps the run's small files
+# train_and_score NAME RECIPE SEED [evaluate flags...]: prepare (adding the flags in the array
+# PREPARE_EXTRA, empty unless set), train, evaluate; keeps the run's small files
+PREPARE_EXTRA=()
 train_and_score() {
     local name=$1 recipe=$2 seed=$3
     shift 3
     local run=$RUNS/$name
-    step "$name-prepare" prepare --run-dir "$run" --recipe "$recipe" --seed "$seed" "${SMOKE[@]}" &&
+    step "$name-prepare" prepare --run-dir "$run" --recipe "$recipe" --seed "$seed" "${PREPARE_EXTRA[@]}" "${SMOKE[@]}" &&
         step "$name-train" train --run-dir "$run" &&
         step "$name-evaluate" evaluate --run-dir "$run" "$@"
     mkdir -p "$OUT/$name"
@@ -89,13 +91,9 @@ audit)
     step audit audit-labels --run-dir "$RUNS/label-audit" --recipe efficientnet_lite0 --seed 42 "${SMOKE[@]}" \
         --folds 5 --epochs "$AUDIT_EPOCHS" --test-checkpoint "$RUNS/effnet-s42/checkpoints/best.pt"
     mkdir -p "$OUT/label-audit" && cp "$RUNS"/label-audit/label_audit/*.{csv,json,png} "$OUT/label-audit/" 2>/dev/null
-    run=$RUNS/effnet-s42-clean
-    step ablation-prepare prepare --run-dir "$run" --recipe efficientnet_lite0 --seed 42 \
-        --exclude-list "$RUNS/label-audit/label_audit/label_issues.csv" "${SMOKE[@]}" &&
-        step ablation-train train --run-dir "$run" &&
-        step ablation-evaluate evaluate --run-dir "$run" --shift-severities ""
-    mkdir -p "$OUT/effnet-s42-clean" && cp "$run"/{config.json,history.csv,metrics.json,predictions.csv} "$OUT/effnet-s42-clean/" 2>/dev/null
-    step compare-ablation compare "$RUNS/effnet-s42" "$run"
+    PREPARE_EXTRA=(--exclude-list "$RUNS/label-audit/label_audit/label_issues.csv")
+    train_and_score effnet-s42-clean efficientnet_lite0 42 --shift-severities ""
+    step compare-ablation compare "$RUNS/effnet-s42" "$RUNS/effnet-s42-clean"
     ;;
 *)
     echo "unknown part $PART (speed, robust or audit)" >&2
