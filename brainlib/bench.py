@@ -3,7 +3,8 @@
 (a) plain: ImageFileDataset + DataLoader, PIL decode and torchvision.transforms.v2 per image
     every epoch, fp32, NCHW: how the reference trains.
 (b) brainlib: decoded uint8 cache, batched tensor augmentation (one grid_sample), channels_last,
-    bf16 autocast where supported (cfg.precision), torch.compile when cfg.compile.
+    bf16 autocast where supported (cfg.precision), torch.compile when cfg.compile, and on CUDA
+    the training forward/backward replayed from CUDA graphs and AdamW's fused kernel, as `train`.
 Same model, batch size, optimizer and augmentation semantics. Prints images/s and writes JSON.
 Not a test: nothing here asserts a timing.
 """
@@ -23,6 +24,7 @@ from torch import nn
 
 from .atomic import write_text
 from .config import Config
+from .cuda_graphs import GraphedTraining, graph_training_step
 from .errors import DataError
 from .infer import SCORING_PRECISION, autocast, predict_logits, setup_torch, use_bf16
 from .loader import ImageFileDataset, augment_params, load_run_data, reference_transforms, split_batches
@@ -43,12 +45,20 @@ def _repeat(batches):
 
 
 def _time_training(
-    model: nn.Module, batches, steps: int, warmup: int, device: str, precision: str = "fp32", counters: dict | None = None
+    model: nn.Module,
+    batches,
+    steps: int,
+    warmup: int,
+    device: str,
+    precision: str = "fp32",
+    counters: dict | None = None,
+    fused: bool = False,
 ) -> float:
     """Train for warmup + steps batches; images/s over the timed steps (data loading included).
+    `fused`: AdamW's fused CUDA kernel, as `train` uses on CUDA.
     `counters`, when given, receives this process's minor page faults and system CPU seconds per
     timed step (getrusage): memory freed and faulted back in every step shows up there."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=fused or None)
     model.train()
     it = _repeat(batches)
     n, start = 0, None
@@ -59,7 +69,7 @@ def _time_training(
             start, n, usage = time.perf_counter(), 0, resource.getrusage(resource.RUSAGE_SELF)
         x, y = next(it)
         x, y = x.to(device), y.to(device)
-        with autocast(device, precision):
+        with autocast(device, precision, cache=False):
             logits = model(x)
         loss = nn.functional.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -124,14 +134,20 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     results["plain_eval_images_per_s"] = _time_eval(create_model(cfg.model).to(device), eval_plain, steps, device, warmup=warmup)
 
     model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
-    fast_model = torch.compile(model) if cfg.compile else model
     batches = split_batches(cfg, data, "train", device, train=True)
-    # compilation (if any) happens in these first steps; reported separately
+    # compilation or CUDA-graph capture (if any) happens here and in the first steps; reported separately
     t0 = time.perf_counter()
-    _time_training(fast_model, batches, 1, 1, device, cfg.precision)
+    if cfg.compile:
+        fast_model = torch.compile(model)
+    elif cfg.cuda_graphs:
+        fast_model = graph_training_step(model, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), device, cfg.precision)
+    else:
+        fast_model = model
+    fused = device.startswith("cuda")
+    _time_training(fast_model, batches, 1, 1, device, cfg.precision, fused=fused)
     results["brainlib_first_steps_s"] = time.perf_counter() - t0
     counters: dict = {}
-    results["brainlib_train_images_per_s"] = _time_training(fast_model, batches, steps, warmup, device, cfg.precision, counters)
+    results["brainlib_train_images_per_s"] = _time_training(fast_model, batches, steps, warmup, device, cfg.precision, counters, fused)
     results |= {f"brainlib_train_{k}": v for k, v in counters.items()}
     results["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
     results["ld_preload"] = os.environ.get("LD_PRELOAD", "")  # jemalloc or tcmalloc in place of glibc's malloc
@@ -139,6 +155,7 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     results["brainlib_eval_images_per_s"] = _time_eval(model, test, steps, device, SCORING_PRECISION, warmup)
     results["brainlib_bf16_autocast"] = use_bf16(device, cfg.precision)
     results["brainlib_compile"] = cfg.compile
+    results["brainlib_cuda_graphs"] = isinstance(fast_model, GraphedTraining)
     results["train_speedup"] = results["brainlib_train_images_per_s"] / results["plain_train_images_per_s"]
     results["eval_speedup"] = results["brainlib_eval_images_per_s"] / results["plain_eval_images_per_s"]
 

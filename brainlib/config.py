@@ -53,6 +53,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 kernels) | bf16 | fp32
     compile: bool = False  # torch.compile the training step: +25 % in fp32 on CPU, but slower than bf16 eager
+    cuda_graphs: bool = True  # on CUDA, replay the training forward/backward from CUDA graphs (brainlib.cuda_graphs)
     num_threads: int = 0  # 0: torch default
 
     @classmethod

@@ -28,10 +28,14 @@ def resolve_device(name: str = "auto") -> str:
 
 
 def setup_torch(cfg: Config) -> str:
-    """Thread count from the config; returns the device to use."""
+    """Thread count from the config and, on CUDA, cuDNN autotuning (every training batch has one
+    shape, so the tuned choice is reused thousands of times); returns the device to use."""
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    return resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def use_bf16(device: str, precision: str = "auto") -> bool:
@@ -44,9 +48,11 @@ def use_bf16(device: str, precision: str = "auto") -> bool:
     return precision == "bf16"
 
 
-def autocast(device: str, precision: str = "auto"):
+def autocast(device: str, precision: str = "auto", cache: bool = True):
+    """bf16 autocast where use_bf16 says so. cache=False for a forward that CUDA graphs capture
+    (they cannot hold autocast's weight cache; each weight is cast once per forward anyway)."""
     kind = "cuda" if device.startswith("cuda") else "cpu"
-    return torch.autocast(kind, dtype=torch.bfloat16, enabled=use_bf16(device, precision))
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=use_bf16(device, precision), cache_enabled=cache)
 
 
 @torch.no_grad()

@@ -98,6 +98,15 @@ def _crop_boxes(n: int, side: int, aug: AugmentParams, gen: torch.Generator) -> 
     return torch.stack([w, h, left, top], 1)
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A small CPU tensor on `device` without stalling the host: a plain `.to("cuda")` from
+    pageable memory waits until the GPU has finished all queued work, so the next batch could not
+    be prepared while this one trains. Pinned memory lets the copy run in stream order instead."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def augment_batch(images: torch.Tensor, out_size: int, aug: AugmentParams, gen: torch.Generator) -> torch.Tensor:
     """uint8 (B, 1, S, S) -> float (B, 1, out, out) in [0, 1], each image with its own draw of
     acquisition shifts (when aug.acquisition is set: on the stored image, where a scanner or export
@@ -118,11 +127,13 @@ def augment_batch(images: torch.Tensor, out_size: int, aug: AugmentParams, gen: 
             torch.stack([sin * sx, cos * sy, sin * cx + cos * cy], 1),
         ],
         1,
-    ).to(images.device)
+    )
+    bright = torch.empty(b).uniform_(1 - aug.brightness, 1 + aug.brightness, generator=gen)
+    contrast = torch.empty(b).uniform_(1 - aug.contrast, 1 + aug.contrast, generator=gen)
+    params = to_device(torch.cat([theta.view(b, 6), bright.view(b, 1), contrast.view(b, 1)], 1), images.device)
+    theta, bright, contrast = params[:, :6].view(b, 2, 3), params[:, 6], params[:, 7]
     grid = F.affine_grid(theta, [b, 1, out_size, out_size], align_corners=False)
     x = F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    bright = torch.empty(b).uniform_(1 - aug.brightness, 1 + aug.brightness, generator=gen).to(x.device)
-    contrast = torch.empty(b).uniform_(1 - aug.contrast, 1 + aug.contrast, generator=gen).to(x.device)
     x = (x * bright.view(b, 1, 1, 1)).clamp_(0, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * contrast.view(b, 1, 1, 1) + mean).clamp_(0, 1)
@@ -187,13 +198,13 @@ class CachedBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 64 + self.rank + 1)  # augmentation
-        order = self._indices()
+        order = to_device(self._indices(), self.images.device)  # once per epoch, not once per batch
         for start in range(0, len(order), self.batch_size):
             yield self.batch(order[start : start + self.batch_size], gen)
 
     def batch(self, indices, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, labels) for the given positions; augmented (drawing from `gen`) when train=True."""
-        idx = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         images = self.images[idx]
         x = augment_batch(images, self.image_size, self.aug, gen) if self.train else resize_batch(images, self.image_size)
         return to_model_input(x), self.labels[idx]
@@ -232,15 +243,21 @@ def split_batches(cfg: Config, data: RunData, split: str, device: str = "cpu", t
     return rows_batches(cfg, data, data.rows(split), device, train)
 
 
+CUDA_SCORING_BATCH = 512
+
+
 def rows_batches(cfg: Config, data: RunData, rows: np.ndarray, device: str = "cpu", train: bool = False, images=None) -> CachedBatches:
     """Batches over the given manifest rows (positions), in order unless train=True. `images`
     replaces the cached pixels of those rows (a shifted copy, say)."""
     rows = np.asarray(rows, dtype=int)
+    # scoring on CUDA in large batches: per-image results do not depend on the batch (BN in eval
+    # mode), and a batch of 64 leaves an H100/H200 launch-bound
+    batch_size = cfg.batch_size if train or torch.device(device).type != "cuda" else max(cfg.batch_size, CUDA_SCORING_BATCH)
     pixels = images if images is not None else (data.images[rows] if len(rows) else np.zeros((0, cfg.cache_size, cfg.cache_size), np.uint8))
     return CachedBatches(
         pixels,
         data.manifest["label_idx"].to_numpy()[rows],
-        cfg.batch_size,
+        batch_size,
         cfg.image_size,
         train=train,
         aug=augment_params(cfg),

@@ -18,6 +18,7 @@ from torch import nn
 from .atomic import atomic_path, write_text
 from .checkpoint import load_checkpoint, model_from_state, save_checkpoint
 from .config import CLASS_NAMES, Config, in_repo
+from .cuda_graphs import GraphedTraining, graph_training_step
 from .errors import SettingsError
 from .infer import autocast, calibration_state, predict_logits, setup_torch, use_bf16
 from .loader import CachedBatches, RunData, load_run_data, split_batches
@@ -75,7 +76,7 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch
     for step, (x, y) in enumerate(bar, start=1):
         if step == 1 and on_first_batch is not None:
             on_first_batch(x)
-        with autocast(device, precision):
+        with autocast(device, precision, cache=False):  # cache off: the forward may be a captured CUDA graph
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         value = loss.detach()
@@ -149,6 +150,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import make_grid
 
+    t_setup = time.perf_counter()
     dist, device = init_distributed(setup_torch(cfg))
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -168,7 +170,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         if init["model_name"] != cfg.model:
             raise SettingsError(f"init_checkpoint {cfg.init_checkpoint} holds a {init['model_name']}, not the {cfg.model} this run trains")
         model.load_state_dict(model_from_state(init).state_dict())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for the whole update on CUDA instead of a few per parameter tensor
+    fused = device.startswith("cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     scheduler = make_scheduler(cfg, optimizer, len(train_batches))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start_epoch, best_acc, history = 1, -1.0, []
@@ -183,6 +187,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     # the step runs through DDP and/or torch.compile; checkpoints hold the plain module's weights
     step_model = torch.nn.parallel.DistributedDataParallel(model) if dist.world_size > 1 else model
     step_model = torch.compile(step_model) if cfg.compile and not cfg.fast else step_model
+    capture_seconds = 0.0
+    if cfg.cuda_graphs and step_model is model and device.startswith("cuda") and len(train_batches.labels) >= cfg.batch_size:
+        t_capture = time.perf_counter()
+        step_model = graph_training_step(model, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), device, cfg.precision)
+        capture_seconds = time.perf_counter() - t_capture
+    setup_seconds = time.perf_counter() - t_setup
     writer = SummaryWriter(str(run_dir / "tb")) if dist.is_main else _NoWriter()
     log_path = run_dir / "train_log.txt"
 
@@ -246,6 +256,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
             "torch_threads": torch.get_num_threads(),
             "processes": dist.world_size,
             "bf16_autocast": use_bf16(device, cfg.precision),
+            "cuda_graphs": isinstance(step_model, GraphedTraining),
+            "fused_adamw": fused,
+            # before the first epoch: cache load/upload, model build, graph capture (of which)
+            "setup_seconds": setup_seconds,
+            "graph_capture_seconds": capture_seconds,
         }
         write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
         hparams = {k: v for k, v in cfg.__dict__.items() if isinstance(v, (int, float, str, bool))}

@@ -1,26 +1,36 @@
 #!/bin/bash
-# The measurements that need a CUDA machine, as one prepared script per part, each short enough
-# for a 10-minute call on one H100/H200. Every step writes its results under $OUT as soon as it
-# ends, so a part cut off by its time limit still returns what it finished.
+# The measurements that need a CUDA machine, as prepared parts, run in the order given within one
+# call (e.g. `bash scripts/cuda_session.sh speed audit`). Every step writes its results under $OUT
+# as soon as it ends, and a step that would not finish before DEADLINE_S seconds (from the start
+# of this script; default 540, for a 10-minute call) is skipped and listed as skipped, so a call
+# cut short still returns everything it finished.
 #
-#   speed   issue 12 + 14: default recipe with seeds 42, 42 (same seed twice: GPU spread), 43, 44;
-#           the reference recipe; `bench` on CUDA for both models (epoch 1 vs steady from history.csv)
+#   speed   issue 12 + 14: default recipe with seeds 42, 42 again (same seed twice: the GPU's
+#           spread), 43, 44; seed 42 without CUDA graphs (their effect, same machine); the
+#           reference recipe; `bench` on CUDA for both models
 #   robust  issue 11: efficientnet_lite0_robust trained and scored on the full shift suite
-#           (3 severities, all 1,311 test images)
+#           (3 severities, all 1,311 test images); needs kornia, torchio, monai, PyWavelets
 #   audit   issue 14: label audit with 10-epoch fold models, then the ablation (seed 42 with and
 #           without the Training suspects), paired by `compare`
 #
-# Run from the project root with the compact data copy in .gpu/ (its README says how it was made):
-#   bash scripts/cuda_session.sh speed|robust|audit
+# Run from the project root with the compact data copy in .gpu/ (its README says how it was made).
 # Needs a python3 with torch and torchvision (a stock CUDA PyTorch image); wheels for what it
 # lacks go in .gpu/wheels (installed without network; `machine.txt` lists what is missing): the
-# audit part needs cleanlab and termcolor (`pip download --no-deps -d .gpu/wheels cleanlab==2.9.0 termcolor`). FAST=1 runs every step on a few images
-# for one epoch (a smoke test of this script on any machine).
+# audit part needs cleanlab and termcolor (`pip download --no-deps -d .gpu/wheels cleanlab==2.9.0 termcolor`).
+# FAST=1 runs every step on a few images for one epoch (a smoke test of this script on any machine).
 set -o pipefail
 export PYTHONUNBUFFERED=1
-PART=${1:?usage: cuda_session.sh speed|robust|audit}
-OUT=${OUT:-/tmp/cuda-out}
-mkdir -p "$OUT"
+[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|robust|audit ..." >&2; exit 2; }
+DEADLINE_S=${DEADLINE_S:-540}
+# Only a few files come back from a device call: every result goes to a staging folder, packed
+# into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
+RESULTS=${OUT:-/tmp/cuda-out}
+OUT=/tmp/cuda-stage
+mkdir -p "$OUT" "$RESULTS"
+pack() {
+    tar -czf "$RESULTS/results-partial.tgz" -C "$OUT" . && mv "$RESULTS/results-partial.tgz" "$RESULTS/results.tgz"
+    cp "$OUT/steps.tsv" "$RESULTS/" 2>/dev/null
+}
 PY=${PY:-python3}
 DATA=${BRAIN_DATA_DIR:-$PWD/.gpu/brain-tumor-mri-dataset-256-webp}
 if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
@@ -41,6 +51,14 @@ if [ "${FAST:-0}" = 1 ]; then SMOKE=(--fast true --epochs 1) AUDIT_EPOCHS=1; fi
     nproc
 } | tee "$OUT/machine.txt"
 
+# fits NAME SECONDS: true when a step expected to take SECONDS ends before the deadline
+fits() {
+    if [ $((SECONDS + $2)) -gt "$DEADLINE_S" ]; then
+        printf '%s\tskipped\t(%d s left, needs about %d)\n' "$1" $((DEADLINE_S - SECONDS)) "$2" | tee -a "$OUT/steps.tsv"
+        return 1
+    fi
+}
+
 # step NAME CMD...: run a brainlib command, log without progress bars, record its wall time
 step() {
     local name=$1
@@ -51,6 +69,7 @@ step() {
     rc=${PIPESTATUS[0]}
     printf '%s\trc=%s\t%d ms\n' "$name" "$rc" $((($(date +%s%N) - t0) / 1000000)) | tee -a "$OUT/steps.tsv"
     [ "$rc" = 0 ] || tail -5 "$OUT/$name.log"
+    pack
     return "$rc"
 }
 
@@ -61,43 +80,54 @@ train_and_score() {
     local name=$1 recipe=$2 seed=$3
     shift 3
     local run=$RUNS/$name
+    fits "$name" "${NEED:-75}" || return 1
     step "$name-prepare" prepare --run-dir "$run" --recipe "$recipe" --seed "$seed" "${PREPARE_EXTRA[@]}" "${SMOKE[@]}" &&
         step "$name-train" train --run-dir "$run" &&
         step "$name-evaluate" evaluate --run-dir "$run" "$@"
     mkdir -p "$OUT/$name"
     cp "$run"/{config.json,history.csv,train_summary.json,metrics.json,predictions.csv} "$OUT/$name/" 2>/dev/null
+    pack
 }
 
-case $PART in
-speed)
-    train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
-    train_and_score effnet-s42-again efficientnet_lite0 42 --shift-severities ""
-    train_and_score effnet-s43 efficientnet_lite0 43 --shift-severities ""
-    train_and_score effnet-s44 efficientnet_lite0 44 --shift-severities ""
-    train_and_score reference reference 42 --shift-severities ""
-    step bench-effnet bench --run-dir "$RUNS/effnet-s42" --steps 20 --out "$OUT/bench-effnet.json"
-    step bench-reference bench --run-dir "$RUNS/reference" --steps 20 --out "$OUT/bench-reference.json"
-    step compare-seeds compare "$RUNS/effnet-s42" "$RUNS/effnet-s42-again" "$RUNS/effnet-s43" "$RUNS/effnet-s44"
-    ;;
-robust)
-    train_and_score effnet-robust efficientnet_lite0_robust 42 --shift-severities 1,2,3 --shift-sample 0
-    cp "$RUNS/effnet-robust/checkpoints/best.pt" "$OUT/effnet-robust-best.pt" 2>/dev/null
-    step evaluate-committed evaluate --checkpoint checkpoints/efficientnet_lite0.pt --run-dir "$RUNS/committed" \
-        --shift-severities 1,2,3 --shift-sample 0
-    cp "$RUNS/committed/metrics.json" "$OUT/committed-metrics.json" 2>/dev/null
-    ;;
-audit)
-    train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
-    step audit audit-labels --run-dir "$RUNS/label-audit" --recipe efficientnet_lite0 --seed 42 "${SMOKE[@]}" \
-        --folds 5 --epochs "$AUDIT_EPOCHS" --test-checkpoint "$RUNS/effnet-s42/checkpoints/best.pt"
-    mkdir -p "$OUT/label-audit" && cp "$RUNS"/label-audit/label_audit/*.{csv,json,png} "$OUT/label-audit/" 2>/dev/null
-    PREPARE_EXTRA=(--exclude-list "$RUNS/label-audit/label_audit/label_issues.csv")
-    train_and_score effnet-s42-clean efficientnet_lite0 42 --shift-severities ""
-    step compare-ablation compare "$RUNS/effnet-s42" "$RUNS/effnet-s42-clean"
-    ;;
-*)
-    echo "unknown part $PART (speed, robust or audit)" >&2
-    exit 2
-    ;;
-esac
+for PART in "$@"; do
+    case $PART in
+    speed)
+        train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
+        train_and_score effnet-s42-again efficientnet_lite0 42 --shift-severities ""
+        train_and_score effnet-s43 efficientnet_lite0 43 --shift-severities ""
+        train_and_score effnet-s44 efficientnet_lite0 44 --shift-severities ""
+        PREPARE_EXTRA=(--cuda-graphs false)
+        train_and_score effnet-s42-nographs efficientnet_lite0 42 --shift-severities ""
+        PREPARE_EXTRA=()
+        NEED=45 train_and_score reference reference 42 --shift-severities ""
+        fits bench-effnet 60 && step bench-effnet bench --run-dir "$RUNS/effnet-s42" --steps 20 --out "$OUT/bench-effnet.json"
+        fits bench-reference 45 && step bench-reference bench --run-dir "$RUNS/reference" --steps 20 --out "$OUT/bench-reference.json"
+        step compare-seeds compare "$RUNS/effnet-s42" "$RUNS/effnet-s42-again" "$RUNS/effnet-s43" "$RUNS/effnet-s44"
+        ;;
+    robust)
+        NEED=240 train_and_score effnet-robust efficientnet_lite0_robust 42 --shift-severities 1,2,3 --shift-sample 0
+        cp "$RUNS/effnet-robust/checkpoints/best.pt" "$OUT/effnet-robust-best.pt" 2>/dev/null
+        fits evaluate-committed 150 && step evaluate-committed evaluate --checkpoint checkpoints/efficientnet_lite0.pt \
+            --run-dir "$RUNS/committed" --shift-severities 1,2,3 --shift-sample 0
+        cp "$RUNS/committed/metrics.json" "$OUT/committed-metrics.json" 2>/dev/null
+        ;;
+    audit)
+        [ -f "$RUNS/effnet-s42/checkpoints/best.pt" ] || train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
+        fits audit 240 && step audit audit-labels --run-dir "$RUNS/label-audit" --recipe efficientnet_lite0 --seed 42 "${SMOKE[@]}" \
+            --folds 5 --epochs "$AUDIT_EPOCHS" --test-checkpoint "$RUNS/effnet-s42/checkpoints/best.pt"
+        mkdir -p "$OUT/label-audit" && cp "$RUNS"/label-audit/label_audit/*.{csv,json,png} "$OUT/label-audit/" 2>/dev/null
+        if [ -f "$RUNS/label-audit/label_audit/label_issues.csv" ]; then
+            PREPARE_EXTRA=(--exclude-list "$RUNS/label-audit/label_audit/label_issues.csv")
+            train_and_score effnet-s42-clean efficientnet_lite0 42 --shift-severities "" &&
+                step compare-ablation compare "$RUNS/effnet-s42" "$RUNS/effnet-s42-clean"
+            PREPARE_EXTRA=()
+        fi
+        ;;
+    *)
+        echo "unknown part $PART (speed, robust or audit)" >&2
+        exit 2
+        ;;
+    esac
+done
+pack
 cat "$OUT/steps.tsv"
