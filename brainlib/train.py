@@ -54,7 +54,8 @@ SYNC_EVERY = 25
 
 
 def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch, progress=True, on_first_batch=None, precision="auto"):
-    """One pass over `batches`; raises NonFiniteLossError on a NaN/inf loss (nothing saved)."""
+    """One pass over `batches`: (mean loss, accuracy, images, seconds to the end of the first
+    step). Raises NonFiniteLossError on a NaN/inf loss (nothing saved)."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -63,7 +64,7 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     bad_step = torch.zeros((), dtype=torch.long, device=device)
     bad_loss = torch.zeros((), device=device)
-    n = 0
+    n, t0, first_step_seconds = 0, time.perf_counter(), 0.0
 
     def sync() -> None:
         if nonfinite.item():
@@ -91,10 +92,14 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch
         total_loss += value * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         n += len(y)
+        if step == 1:  # where a slow first epoch goes (lazy CUDA init, autotuning): one wait per epoch
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            first_step_seconds = time.perf_counter() - t0
         if step % SYNC_EVERY == 0:
             sync()
     sync()
-    return total_loss.item() / max(n, 1), correct.item() / max(n, 1), n
+    return total_loss.item() / max(n, 1), correct.item() / max(n, 1), n, first_step_seconds
 
 
 @dataclass
@@ -205,7 +210,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         train_batches.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        train_loss, train_acc, n_seen = train_one_epoch(
+        train_loss, train_acc, n_seen, first_step_seconds = train_one_epoch(
             step_model,
             train_batches,
             optimizer,
@@ -226,6 +231,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         row = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
             "lr": lr, "epoch_seconds": epoch_time, "train_images_per_s": n_seen * dist.world_size / train_time,
+            "first_step_seconds": first_step_seconds,
         }  # fmt: skip
         history.append(row)
         improved = val_acc > best_acc
