@@ -178,6 +178,7 @@ class CachedBatches:
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device)
         self.batch_size, self.image_size, self.train, self.aug, self.seed = batch_size, image_size, train, aug, seed
         self.epoch, self.rank, self.world_size = 0, rank, world_size
+        self.drop_last = False  # train: skip the epoch's last, smaller batch (CUDA graphs replay one shape)
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -191,7 +192,7 @@ class CachedBatches:
     def __len__(self) -> int:
         n = len(self.labels)
         per_rank = math.ceil(n / self.world_size) if self.train else n
-        return math.ceil(per_rank / self.batch_size)
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -199,7 +200,7 @@ class CachedBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 64 + self.rank + 1)  # augmentation
         order = to_device(self._indices(), self.images.device)  # once per epoch, not once per batch
-        for start in range(0, len(order), self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             yield self.batch(order[start : start + self.batch_size], gen)
 
     def batch(self, indices, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@
 #   speed   issue 12 + 14: default recipe seed 42 with and without CUDA graphs (their effect on
 #           the same machine); the reference recipe; `bench` on CUDA for both models; then seeds
 #           42 again (same seed twice: the GPU's spread), 43 and 44
+#   seeds   the default recipe's seeds alone: 42, 42 again, 43, 44
 #   robust  issue 11: efficientnet_lite0_robust trained and scored on the full shift suite
 #           (3 severities, all 1,311 test images); needs kornia, torchio, monai, PyWavelets
 #   audit   issue 14: label audit with 10-epoch fold models, then the ablation (seed 42 with and
@@ -20,7 +21,7 @@
 # FAST=1 runs every step on a few images for one epoch (a smoke test of this script on any machine).
 set -o pipefail
 export PYTHONUNBUFFERED=1
-[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|robust|audit ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit ..." >&2; exit 2; }
 DEADLINE_S=${DEADLINE_S:-540}
 # Only a few files come back from a device call: every result goes to a staging folder, packed
 # into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
@@ -105,6 +106,12 @@ for PART in "$@"; do
         train_and_score effnet-s44 efficientnet_lite0 44 --shift-severities ""
         step compare-seeds compare "$RUNS/effnet-s42" "$RUNS/effnet-s42-again" "$RUNS/effnet-s43" "$RUNS/effnet-s44"
         ;;
+    seeds)
+        for run in effnet-s42:42 effnet-s42-again:42 effnet-s43:43 effnet-s44:44; do
+            train_and_score "${run%:*}" efficientnet_lite0 "${run#*:}" --shift-severities ""
+        done
+        step compare-seeds compare "$RUNS"/effnet-s4*
+        ;;
     robust)
         NEED=240 train_and_score effnet-robust efficientnet_lite0_robust 42 --shift-severities 1,2,3 --shift-sample 0
         cp "$RUNS/effnet-robust/checkpoints/best.pt" "$OUT/effnet-robust-best.pt" 2>/dev/null
@@ -125,7 +132,7 @@ for PART in "$@"; do
         fi
         ;;
     *)
-        echo "unknown part $PART (speed, robust or audit)" >&2
+        echo "unknown part $PART (speed, seeds, robust or audit)" >&2
         exit 2
         ;;
     esac

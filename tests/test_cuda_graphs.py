@@ -47,3 +47,13 @@ def test_without_cuda_the_model_is_returned_unchanged():
 def test_to_device_on_cpu_is_a_plain_copy_of_the_values():
     t = torch.arange(6.0).view(2, 3)
     assert torch.equal(to_device(t, "cpu"), t)
+
+
+def test_drop_last_skips_only_the_smaller_last_batch():
+    from brainlib.loader import CachedBatches
+
+    batches = CachedBatches(torch.zeros(10, 8, 8, dtype=torch.uint8).numpy(), list(range(10)), 4, 8, train=True, seed=1)
+    assert [len(y) for _, y in batches] == [4, 4, 2] and len(batches) == 3
+    batches.drop_last = True
+    sizes = [len(y) for _, y in batches]
+    assert sizes == [4, 4] and len(batches) == 2
