@@ -176,8 +176,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
             raise SettingsError(f"init_checkpoint {cfg.init_checkpoint} holds a {init['model_name']}, not the {cfg.model} this run trains")
         model.load_state_dict(model_from_state(init).state_dict())
     # CUDA graphs replay one batch shape; the epoch's last, smaller batch is then skipped (a different
-    # 14 of 5,134 images each epoch, as timm's loaders do) rather than run eagerly: its new shape cost
-    # 20 s of GPU set-up in the first epoch on an H200
+    # 14 of 5,134 images each epoch, as timm's loaders do) rather than run eagerly: a second shape means
+    # a second set of kernels to choose and load (≈20 s in epoch 1 on an H200 with cuDNN autotuning)
     use_graphs = (
         cfg.cuda_graphs
         and device.startswith("cuda")
