@@ -143,6 +143,7 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
         fast_model = graph_training_step(model, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), device, cfg.precision)
     else:
         fast_model = model
+    batches.drop_last = isinstance(fast_model, GraphedTraining)  # one batch shape, as train does with graphs
     fused = device.startswith("cuda")
     _time_training(fast_model, batches, 1, 1, device, cfg.precision, fused=fused)
     results["brainlib_first_steps_s"] = time.perf_counter() - t0
