@@ -5,10 +5,10 @@
 # of this script; default 540, for a 10-minute call) is skipped and listed as skipped, so a call
 # cut short still returns everything it finished.
 #
-#   speed   issue 12 + 14: default recipe seed 42 with and without CUDA graphs (their effect on
-#           the same machine); the reference recipe; `bench` on CUDA for both models; then seeds
-#           42 again (same seed twice: the GPU's spread), 43 and 44
-#   seeds   the default recipe's seeds alone: 42, 42 again, 43, 44
+#   speed   issue 12: default recipe seed 42 with and without CUDA graphs (their effect on the
+#           same machine); the reference recipe; `bench` on CUDA for both models
+#   seeds   issue 12 + 14: the default recipe's seeds 42, 42 again (same seed twice: the GPU's
+#           spread), 43 and 44, paired by `compare`
 #   robust  issue 11: efficientnet_lite0_robust trained and scored on the full shift suite
 #           (3 severities, all 1,311 test images); needs kornia, torchio, monai, PyWavelets
 #   audit   issue 14: label audit with 10-epoch fold models, then the ablation (seed 42 with and
@@ -75,12 +75,14 @@ step() {
 }
 
 # train_and_score NAME RECIPE SEED [evaluate flags...]: prepare (adding the flags in the array
-# PREPARE_EXTRA, empty unless set), train, evaluate; keeps the run's small files
+# PREPARE_EXTRA, empty unless set), train, evaluate; keeps the run's small files. A run already
+# scored in this call (an earlier part made it) is not trained again.
 PREPARE_EXTRA=()
 train_and_score() {
     local name=$1 recipe=$2 seed=$3
     shift 3
     local run=$RUNS/$name
+    [ -f "$run/metrics.json" ] && return 0
     fits "$name" "${NEED:-75}" || return 1
     step "$name-prepare" prepare --run-dir "$run" --recipe "$recipe" --seed "$seed" "${PREPARE_EXTRA[@]}" "${SMOKE[@]}" &&
         step "$name-train" train --run-dir "$run" &&
@@ -93,7 +95,6 @@ train_and_score() {
 for PART in "$@"; do
     case $PART in
     speed)
-        # the measurements first, then the seeds (a call cut short keeps the before/after)
         train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
         PREPARE_EXTRA=(--cuda-graphs false)
         train_and_score effnet-s42-nographs efficientnet_lite0 42 --shift-severities ""
@@ -101,10 +102,6 @@ for PART in "$@"; do
         NEED=45 train_and_score reference reference 42 --shift-severities ""
         fits bench-effnet 50 && step bench-effnet bench --run-dir "$RUNS/effnet-s42" --steps 20 --out "$OUT/bench-effnet.json"
         fits bench-reference 40 && step bench-reference bench --run-dir "$RUNS/reference" --steps 20 --out "$OUT/bench-reference.json"
-        train_and_score effnet-s42-again efficientnet_lite0 42 --shift-severities ""
-        train_and_score effnet-s43 efficientnet_lite0 43 --shift-severities ""
-        train_and_score effnet-s44 efficientnet_lite0 44 --shift-severities ""
-        step compare-seeds compare "$RUNS/effnet-s42" "$RUNS/effnet-s42-again" "$RUNS/effnet-s43" "$RUNS/effnet-s44"
         ;;
     seeds)
         for run in effnet-s42:42 effnet-s42-again:42 effnet-s43:43 effnet-s44:44; do
@@ -120,7 +117,7 @@ for PART in "$@"; do
         cp "$RUNS/committed/metrics.json" "$OUT/committed-metrics.json" 2>/dev/null
         ;;
     audit)
-        [ -f "$RUNS/effnet-s42/checkpoints/best.pt" ] || train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
+        train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
         fits audit 240 && step audit audit-labels --run-dir "$RUNS/label-audit" --recipe efficientnet_lite0 --seed 42 "${SMOKE[@]}" \
             --folds 5 --epochs "$AUDIT_EPOCHS" --test-checkpoint "$RUNS/effnet-s42/checkpoints/best.pt"
         mkdir -p "$OUT/label-audit" && cp "$RUNS"/label-audit/label_audit/*.{csv,json,png} "$OUT/label-audit/" 2>/dev/null
