@@ -5,9 +5,9 @@ four of the shift suite's families (`brainlib.shifts.FAMILIES`):
 
 - resolution: resample to 64-224 px and back with a random interpolation (area, bilinear,
   bicubic, nearest);
-- compression: a real JPEG round trip at quality 10-95 (torchvision's libjpeg/nvJPEG batch codec:
-  12 ms for 16 images here, where kornia's differentiable JPEG took 96 ms and only approximates
-  libjpeg);
+- compression: a real JPEG round trip at quality 10-95 (torchvision's libjpeg codec, on the CPU
+  also when training on the GPU: 12 ms for 16 images here, where kornia's differentiable JPEG took
+  96 ms and only approximates libjpeg);
 - intensity: gamma 0.5-2, a percentile window (clip 0-5 % at each end and rescale), CLAHE
   (kornia, clip limit 1-4, 4-16 tiles), global histogram equalisation (kornia);
 - noise: Gaussian or Rician (magnitude of complex Gaussian noise, as in MR magnitude images),
@@ -70,13 +70,15 @@ def resample(x01: torch.Tensor, side: int, mode: str) -> torch.Tensor:
 
 
 def jpeg_roundtrip(images_u8: torch.Tensor, quality: int) -> torch.Tensor:
-    """(B, 1, S, S) uint8 -> the same after JPEG encode/decode (libjpeg on CPU, nvJPEG on CUDA)."""
+    """(B, 1, S, S) uint8 -> the same after JPEG encode/decode, with libjpeg on the CPU whatever
+    the images' device: libjpeg is what export pipelines use, and torchvision's decoder takes its
+    bytes on the CPU only (so a CUDA encode would come back anyway). A 256-px image is 64 KB."""
     from torchvision.io import decode_jpeg, encode_jpeg
 
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
-        decoded = decode_jpeg(encode_jpeg(list(images_u8), quality=quality), device=images_u8.device)
-    return torch.stack(decoded)
+        decoded = decode_jpeg(encode_jpeg(list(images_u8.cpu()), quality=quality))
+    return torch.stack(decoded).to(images_u8.device)
 
 
 def augment_acquisition(images: torch.Tensor, p: AcquisitionParams, gen: torch.Generator) -> torch.Tensor:
