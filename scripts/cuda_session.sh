@@ -11,7 +11,7 @@
 #           spread), 43 and 44, paired by `compare`
 #   robust  issue 11: the robust recipes trained (seed_cnn_robust; efficientnet_lite0_robust as
 #           named, and at 256 px for 20 and 30 epochs), scored clean, exported for the shift
-#           suite on the CPU; needs kornia and kornia_rs wheels
+#           suite on the CPU; needs the kornia wheel
 #   audit   issue 14: label audit with 10-epoch fold models, then the ablation (seed 42 with and
 #           without the Training suspects), paired by `compare`
 #
@@ -39,6 +39,9 @@ if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl || exit 3
     export PYTHONPATH=/tmp/site:$PWD
 fi
+# stand-ins for modules imported but never used here, whose wheels do not fit in a call (kornia
+# imports kornia_rs for image files at import time)
+[ -d .gpu/stubs ] && export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD/.gpu/stubs
 export BRAIN_DATA_DIR=$DATA BRAIN_CACHE_DIR=${BRAIN_CACHE_DIR:-/tmp/brain-cache}
 RUNS=${RUNS:-/tmp/cuda-runs}
 SMOKE=() AUDIT_EPOCHS=10
