@@ -3,8 +3,8 @@ settings, history, temperature, conformal thresholds), the evaluation run folder
 (metrics.json with intervals, prediction sets and the shift suite; manifest.csv with the
 duplicate audit) and, when given, a label-audit run folder (label_audit/label_audit.json).
 
-    python -m brainlib model-card --checkpoint checkpoints/efficientnet_lite0.pt \\
-        --eval-run runs/eval-efficientnet_lite0 [--audit-run runs/label-audit] --out docs/MODEL_CARD.md
+    python -m brainlib model-card --checkpoint checkpoints/efficientnet_lite0_robust.pt \\
+        --eval-run runs/eval-efficientnet_lite0_robust [--audit-run runs/label-audit] --out docs/MODEL_CARD.md
 
 Sections follow Mitchell et al. 2019 (Model Cards for Model Reporting).
 """
@@ -48,10 +48,11 @@ def _reproduce_flags(cfg: dict) -> str:
     return f"--recipe {recipe}{extra} --seed {cfg.get('seed', 42)}"
 
 
-def _duplicates(manifest: pd.DataFrame) -> list[str]:
+def _duplicates(manifest: pd.DataFrame, n_calibration: int | None = None) -> list[str]:
     test = manifest[manifest["split_on_disk"] == "Testing"]
     training = manifest[manifest["split_on_disk"] == "Training"]
     conflicts = manifest.loc[manifest["near_label_conflict"].astype(bool), "near_group"].nunique()
+    n_val = int((manifest["split"] == "val").sum())
     return [
         f"{len(training):,} Training and {len(test):,} Testing images (the Kaggle dataset "
         "`masoudnickparvar/brain-tumor-mri-dataset`: glioma, meningioma, notumor, pituitary).",
@@ -59,8 +60,14 @@ def _duplicates(manifest: pd.DataFrame) -> list[str]:
         f"{int(test['has_train_twin_exact'].sum())} test images have an exact twin in Training and "
         f"{int(test['has_train_twin_near'].sum())} an exact or near one; {int(training['near_dup'].sum()):,} Training images "
         f"sit in near-duplicate groups (within Training or with Testing); {conflicts} groups carry more than one label.",
-        f"Validation ({int((manifest['split'] == 'val').sum())} images) is carved from Training with duplicate groups "
-        "kept on one side; the test split is used for this report only.",
+        f"Validation ({n_val} images) is carved from Training with duplicate groups "
+        "kept on one side; the test split is used for this report only."
+        + (
+            f" The checkpoint's own run carved {n_calibration} from its copy of the data (other files, so slightly "
+            "different duplicate groups); its selection and calibration used those."
+            if n_calibration and n_calibration != n_val
+            else ""
+        ),
     ]
 
 
@@ -123,7 +130,13 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
             f"- Training history kept in the checkpoint: epochs 1–{len(history)} (to the selected one), train accuracy "
             f"{_pct(history['train_acc'].iloc[-1])} at the last of them."
         )
-    lines += ["", "## Training data", "", *[f"- {x}" for x in _duplicates(manifest)], ""]
+    lines += [
+        "",
+        "## Training data",
+        "",
+        *[f"- {x}" for x in _duplicates(manifest, (state.get("conformal") or {}).get("n_calibration"))],
+        "",
+    ]
     lines += [
         "## Metrics (official Testing split)",
         "",
@@ -154,10 +167,11 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
             "## Behaviour under acquisition shift",
             "",
             f"The shift suite (`brainlib.shifts`: 25 re-processings in six families) at severities {shifts['severities']} on "
-            f"{shifts['n_images']} test images: mean accuracy {_pct(shifts['middle_mean_accuracy'])}, worst "
+            f"{shifts['n_images']} test images: at the middle severity mean accuracy {_pct(shifts['middle_mean_accuracy'])}, worst "
             f"{_pct(shifts['middle_worst_accuracy'])} ({shifts['middle_worst_shift']}), families seen in training "
             f"{_pct(shifts['middle_seen_accuracy'])} vs held out {_pct(shifts['middle_held_out_accuracy'])}, lowest tumour recall "
-            f"{shifts['middle_min_tumour_recall']:.3f} (clean on the same images: {_pct(shifts['clean_accuracy'])}).",
+            f"{shifts['middle_min_tumour_recall']:.3f}; over every severity run, mean {_pct(shifts['mean_accuracy'])} and worst "
+            f"{_pct(shifts['worst_accuracy'])} (clean on the same images: {_pct(shifts['clean_accuracy'])}).",
             "",
         ]
         table = pd.DataFrame(metrics["shifts"]["table"])

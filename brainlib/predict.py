@@ -24,7 +24,8 @@ from .infer import calibrate, predict_logits
 from .loader import CachedBatches
 from .stats import prediction_sets
 
-DEFAULT_CHECKPOINTS = ("checkpoints/efficientnet_lite0.pt", "checkpoints/seed_cnn.pt")
+# the first that exists: the committed default (robust to other scanners and export pipelines) first
+DEFAULT_CHECKPOINTS = ("checkpoints/efficientnet_lite0_robust.pt", "checkpoints/efficientnet_lite0.pt", "checkpoints/seed_cnn.pt")
 # below this fraction of the model's input side, an image holds too little detail to trust
 SMALL_IMAGE_FRACTION = 0.5
 DEFAULT_ALPHA = 0.01

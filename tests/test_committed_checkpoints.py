@@ -31,4 +31,4 @@ def test_committed_checkpoint_loads_and_predicts(path, fixture_root):
 
 
 def test_there_are_committed_checkpoints():
-    assert {p.stem for p in CHECKPOINTS} >= {"seed_cnn", "efficientnet_lite0"}
+    assert {p.stem for p in CHECKPOINTS} >= {"seed_cnn", "efficientnet_lite0", "efficientnet_lite0_robust"}

@@ -43,7 +43,7 @@ def test_model_card_needs_an_evaluated_run(tmp_path, capsys, trained_run):
 
 def test_the_committed_model_card_reports_the_committed_metrics():
     card = (ROOT / "docs" / "MODEL_CARD.md").read_text()
-    metrics = json.loads((ROOT / "checkpoints" / "efficientnet_lite0.metrics.json").read_text())
-    assert card.startswith("# Model card: `efficientnet_lite0.pt`")
+    metrics = json.loads((ROOT / "checkpoints" / "efficientnet_lite0_robust.metrics.json").read_text())
+    assert card.startswith("# Model card: `efficientnet_lite0_robust.pt`")
     assert f"Accuracy {100 * metrics['accuracy']:.2f} %" in card
     assert f"{100 * metrics['accuracy_leakage_free']:.2f} %" in card
