@@ -89,7 +89,7 @@ RECIPES: dict[str, dict] = {
     "efficientnet_lite0_robust": {**EFFNET_LITE0, "acquisition_aug": True},
     # the same at 256 px for 20 epochs: best validation of the three robust variants trained on a GPU
     # (98.60 % against 98.08 % for 224 px/10 epochs and 98.43 % for 256 px/30); about 2 minutes of
-    # training on an H200, about 3.5 hours on a 2-core CPU
+    # training on an H200, an estimated 3.5-4 hours on a 2-core CPU (not run)
     "efficientnet_lite0_robust_256": {**EFFNET_LITE0, "acquisition_aug": True, "image_size": 256, "epochs": 20},
     "seed_cnn_robust": {**SEED_CNN_ONECYCLE, "acquisition_aug": True},
     # the same shifts as a short fine-tune of the committed checkpoints (2 epochs at 3e-4): what a
