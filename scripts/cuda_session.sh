@@ -9,9 +9,9 @@
 #           same machine); the reference recipe; `bench` on CUDA for both models
 #   seeds   issue 12 + 14: the default recipe's seeds 42, 42 again (same seed twice: the GPU's
 #           spread), 43 and 44, paired by `compare`
-#   robust  issue 11: the robust recipes trained (seed_cnn_robust; efficientnet_lite0_robust as
-#           named, and at 256 px for 20 and 30 epochs), scored clean, exported for the shift
-#           suite on the CPU; needs the kornia wheel
+#   robust  issue 11: the robust recipes trained (seed_cnn_robust, efficientnet_lite0_robust,
+#           efficientnet_lite0_robust_256 for its 20 epochs and for 30), scored clean, exported for
+#           the shift suite on the CPU; needs the kornia wheel
 #   audit   issue 14: label audit with 10-epoch fold models, then the ablation (seed 42 with and
 #           without the Training suspects), paired by `compare`
 #
@@ -126,9 +126,9 @@ p = P(p_resolution=1, p_jpeg=1, p_gamma=1, p_window=1, p_clahe=1, p_equalize=1, 
 x = a(torch.randint(0, 256, (8, 1, 256, 256), dtype=torch.uint8, device='cuda'), p, torch.Generator().manual_seed(0))
 print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range', float(x.min()), float(x.max()))" 2>&1 | tail -3 | tee -a "$OUT/machine.txt"
         for run in seed-robust:seed_cnn_robust:42:70: \
-            effnet-robust-256-e20:efficientnet_lite0_robust:42:230:--image-size=256,--epochs=20 \
+            effnet-robust-256-e20:efficientnet_lite0_robust_256:42:230: \
             effnet-robust:efficientnet_lite0_robust:42:110: \
-            effnet-robust-256-e30:efficientnet_lite0_robust:42:320:--image-size=256,--epochs=30; do
+            effnet-robust-256-e30:efficientnet_lite0_robust_256:42:320:--epochs=30; do
             IFS=: read -r name recipe seed need extra <<<"$run"
             IFS=, read -r -a PREPARE_EXTRA <<<"$extra"
             NEED=$need train_and_score "$name" "$recipe" "$seed" --shift-severities "" &&
