@@ -74,11 +74,22 @@ def sample_rows(rows: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.n
 
 
 def shift_table(
-    cfg: Config, data: RunData, model, device: str, severities=SEVERITIES, sample: int = 0, calibration: dict | None = None
+    cfg: Config,
+    data: RunData,
+    model,
+    device: str,
+    severities=SEVERITIES,
+    sample: int = 0,
+    calibration: dict | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Accuracy, tumour recall (a tumour called anything but notumor) and predicted-class counts
     on the test images, clean and under every shift of the suite at each severity; with a
-    calibration (calibration_of), the coverage and mean size of the conformal prediction sets."""
+    calibration (calibration_of), the coverage and mean size of the conformal prediction sets.
+    A progress bar counts the (shift, severity) pairs: the full table takes most of an hour on a
+    2-core CPU (51 min for EfficientNet-Lite0 at 256 px)."""
+    from tqdm.auto import tqdm
+
     rows = data.rows("test")
     rows = sample_rows(rows, data.manifest["label_idx"].to_numpy()[rows], sample, cfg.seed)
     labels = data.manifest["label_idx"].to_numpy()[rows]
@@ -108,16 +119,16 @@ def shift_table(
         )
 
     score(clean, shift="clean", family="none", seen=None, severity=0, param="")
-    for shift in SHIFTS.values():
-        for severity in severities:
-            score(
-                shift(clean, severity),
-                shift=shift.name,
-                family=shift.family,
-                seen=shift.seen_in_training,
-                severity=severity,
-                param=str(shift.params[severity - 1]),
-            )
+    pairs = [(shift, severity) for shift in SHIFTS.values() for severity in severities]
+    for shift, severity in tqdm(pairs, desc="shift suite", disable=not progress, mininterval=10):
+        score(
+            shift(clean, severity),
+            shift=shift.name,
+            family=shift.family,
+            seen=shift.seen_in_training,
+            severity=severity,
+            param=str(shift.params[severity - 1]),
+        )
     return pd.DataFrame(records)
 
 
