@@ -74,14 +74,7 @@ def sample_rows(rows: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.n
 
 
 def shift_table(
-    cfg: Config,
-    data: RunData,
-    model,
-    device: str,
-    severities=SEVERITIES,
-    sample: int = 0,
-    calibration: dict | None = None,
-    progress: bool = True,
+    cfg: Config, data: RunData, model, device: str, severities=SEVERITIES, sample: int = 0, calibration: dict | None = None
 ) -> pd.DataFrame:
     """Accuracy, tumour recall (a tumour called anything but notumor) and predicted-class counts
     on the test images, clean and under every shift of the suite at each severity; with a
@@ -120,7 +113,7 @@ def shift_table(
 
     score(clean, shift="clean", family="none", seen=None, severity=0, param="")
     pairs = [(shift, severity) for shift in SHIFTS.values() for severity in severities]
-    for shift, severity in tqdm(pairs, desc="shift suite", disable=not progress, mininterval=10):
+    for shift, severity in tqdm(pairs, desc="shift suite", mininterval=10):
         score(
             shift(clean, severity),
             shift=shift.name,
