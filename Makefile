@@ -24,8 +24,8 @@ export BRAIN_DATA_DIR
 # "Robustness"), efficientnet_lite0_robust_256 (what the committed checkpoint was trained with: 256 px,
 # 20 epochs; 85 s on an H200, an estimated 3.5-4 h on a 2-core CPU), efficientnet_lite0 and
 # efficientnet_lite0_256 (without the augmentation: as accurate on the official split, 85 % instead of
-# 98.6 % on average under the shift suite), reference (the
-# published recipe), seed_cnn_noaug, seed_cnn_onecycle, seed_cnn_robust, resnet18_scratch. RECIPE= (empty) keeps the settings of a run folder
+# 98.6 % on average under the shift suite), reference (the published recipe), seed_cnn_noaug,
+# seed_cnn_onecycle, seed_cnn_robust, resnet18_scratch. RECIPE= (empty) keeps the settings of a run folder
 # made by `python -m brainlib prepare --run-dir runs/x --lr ...`. MODEL, EPOCHS, BATCH left empty take the
 # recipe's values.
 RUN ?= $(shell date +%Y%m%d-%H%M%S)
