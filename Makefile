@@ -19,17 +19,11 @@ BRAIN_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/Training),$(SHARED_DATA),)
 export BRAIN_DATA_DIR
 
 # Pipeline parameters, passed to all five notebooks (override: make pipeline RUN=try EPOCHS=2).
-# RECIPE names a preset in brainlib/config.py: efficientnet_lite0_robust (the default: EfficientNet-Lite0 at
-# 224 px with acquisition augmentation, for images from other scanners and export pipelines; README
-# "Robustness"), efficientnet_lite0_robust_256 (what the committed checkpoint was trained with: 256 px,
-# 20 epochs; 85 s on an H200, an estimated 3.5-4 h on a 2-core CPU), efficientnet_lite0 and
-# efficientnet_lite0_256 (without the augmentation: as accurate on the official split, 85 % instead of
-# 98.6 % on average under the shift suite), reference (the published recipe), seed_cnn_noaug,
-# seed_cnn_onecycle, seed_cnn_robust, resnet18_scratch. RECIPE= (empty) keeps the settings of a run folder
-# made by `python -m brainlib prepare --run-dir runs/x --lr ...`. MODEL, EPOCHS, BATCH left empty take the
-# recipe's values.
+# RECIPE names a preset in brainlib/config.py (RECIPES); empty: a new run trains config.DEFAULT_RECIPE and a
+# run folder made by `python -m brainlib prepare --run-dir runs/x ...` keeps its settings. MODEL, EPOCHS,
+# BATCH left empty take the recipe's values.
 RUN ?= $(shell date +%Y%m%d-%H%M%S)
-RECIPE ?= efficientnet_lite0_robust
+RECIPE ?=
 MODEL ?=
 EPOCHS ?=
 BATCH ?=
@@ -46,11 +40,14 @@ RUN_PARAMS := -p run_dir $(RUN_DIR) -p device $(DEVICE)
 # 04_evaluate's own switch: the label-quality audit trains the recipe once per fold (k=5), minutes on a GPU
 # and hours on a CPU, so it is off unless asked: make pipeline LABEL_AUDIT=True
 LABEL_AUDIT ?= False
-EVALUATE_PARAMS := -p label_audit $(LABEL_AUDIT) 
+# the shift suite: auto (all severities on every test image where that takes at most 20 min here, else the
+# middle severity on a stratified 400-image sample, with intervals), 1,2,3 (always all), or '' (none)
+SHIFTS ?= auto
+EVALUATE_PARAMS := -p label_audit $(LABEL_AUDIT) -p shift_severities "$(SHIFTS)"
 CLI_FLAGS := --device $(DEVICE) --seed $(SEED) $(if $(RECIPE),--recipe $(RECIPE)) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH),--batch-size $(BATCH))
 
-.PHONY: setup pipeline test bench evaluate compare audit-labels model-card train-ddp lint lab tensorboard clean-venv
+.PHONY: setup pipeline test bench evaluate compare audit-labels model-card readme-table figures train-ddp lint lab tensorboard clean-venv
 
 setup: $(STAMP)
 
@@ -69,7 +66,11 @@ $(STAMP): requirements.txt pyproject.toml
 pipeline: $(STAMP)
 	@mkdir -p $(RUN_DIR)/notebooks
 	@set -e; run() { echo "== $$1 -> $(RUN_DIR)/notebooks/$$(basename $$1)"; \
-		$(VENV)/bin/papermill --kernel brainlib --cwd . "$$1" $(RUN_DIR)/notebooks/$$(basename $$1) "$${@:2}"; }; \
+		start=$$(date +%s); \
+		$(VENV)/bin/papermill --kernel brainlib --cwd . --log-output --no-progress-bar "$$1" $(RUN_DIR)/notebooks/$$(basename $$1) "$${@:2}" 2>&1 \
+			| grep --line-buffered -v -E "Executing Cell|Ending Cell|^\s*$$" ; test $${PIPESTATUS[0]} -eq 0; \
+		echo "== $$(basename $$1) done in $$(( $$(date +%s) - start )) s"; }; \
+	$(PY) -m brainlib plan --run-dir $(RUN_DIR) $(CLI_FLAGS) --fast $(FAST); \
 	run notebooks/01_data.ipynb $(PREPARE_PARAMS); \
 	for nb in $(filter-out notebooks/01_data.ipynb,$(NOTEBOOKS)); do \
 		run $$nb $(RUN_PARAMS) $$([[ $$nb == *04_evaluate* ]] && echo "$(EVALUATE_PARAMS)"); done
@@ -77,19 +78,24 @@ pipeline: $(STAMP)
 	 echo "TensorBoard: make tensorboard  (or $(VENV)/bin/tensorboard --logdir runs)"
 
 # Tests run on the tiny committed fixture (tests/fixtures/data), never on the real data,
-# except tests/test_real_data.py, which checks the real dataset when it is present.
+# except tests/test_real_data.py, which checks the real dataset when it is present. The notebooks run
+# first (nbval, into BRAIN_RUN_DIR); tests/test_pipeline_outputs.py then checks what they wrote.
 TEST_TMP := $(shell mktemp -u /tmp/brainlib-test.XXXXXX)
 test: $(STAMP)
-	$(VENV)/bin/ruff check brainlib tests notebooks
-	$(VENV)/bin/ruff format --check brainlib tests
+	$(VENV)/bin/ruff check brainlib tests notebooks scripts
+	$(VENV)/bin/ruff format --check brainlib tests scripts
 	mkdir -p $(TEST_TMP)
 	BRAIN_DATA_DIR=$(CURDIR)/tests/fixtures/data BRAIN_RUN_DIR=$(TEST_TMP)/run BRAIN_CACHE_DIR=$(TEST_TMP)/cache \
 	BRAIN_FAST=1 BRAIN_REAL_DATA_DIR="$(BRAIN_DATA_DIR)" \
-		$(PY) -m pytest -q tests --nbval-lax notebooks; \
+		$(PY) -m pytest -q --nbval-lax notebooks tests; \
 	status=$$?; rm -rf $(TEST_TMP); exit $$status
 
-# Score a checkpoint on the official Testing split: make evaluate CHECKPOINT=checkpoints/seed_cnn.pt
-CHECKPOINT ?= checkpoints/seed_cnn.pt
+# The committed default model, named once in brainlib/config.py
+DEFAULT_CHECKPOINT := $(shell sed -n 's/^DEFAULT_CHECKPOINT = "\(.*\)"/\1/p' brainlib/config.py)
+
+# Score a checkpoint on the official Testing split (default: the committed default model; the full shift
+# suite takes most of the time): make evaluate [CHECKPOINT=checkpoints/seed_cnn.pt]
+CHECKPOINT ?= $(DEFAULT_CHECKPOINT)
 evaluate: $(STAMP)
 	$(PY) -m brainlib evaluate --checkpoint $(CHECKPOINT) --run-dir runs/eval-$(basename $(notdir $(CHECKPOINT)))
 
@@ -100,22 +106,34 @@ audit-labels: $(STAMP)
 
 # The committed default checkpoint's model card, from its evaluation run (make evaluate CHECKPOINT=...) and,
 # when present, a label audit: make model-card [AUDIT_RUN=runs/label-audit]
-AUDIT_RUN ?=
-DEFAULT_CHECKPOINT := checkpoints/efficientnet_lite0_robust.pt
+AUDIT_RUN ?= docs/label_audit
 model-card: $(STAMP)
 	$(PY) -m brainlib model-card --checkpoint $(DEFAULT_CHECKPOINT) --eval-run runs/eval-$(basename $(notdir $(DEFAULT_CHECKPOINT))) \
 		$(if $(AUDIT_RUN),--audit-run $(AUDIT_RUN)) --out docs/MODEL_CARD.md
 
-# The comparison table (markdown) of every evaluated run folder: make compare [RUNS="runs/a runs/b"]
-RUNS ?= $(wildcard runs/*/metrics.json)
-compare: $(STAMP)
-	$(PY) -m brainlib compare $(dir $(RUNS)) --shifts
+# The front door's numbers and figures, regenerated from committed files (no training, no data needed)
+readme-table: $(STAMP)
+	$(PY) -m brainlib results-table --update README.md
+figures: $(STAMP)
+	$(PY) -m brainlib figures
+	$(PY) scripts/draw_imports.py --out docs/figures/package.png
 
-# Data-parallel training under torchrun (NCCL on GPUs, gloo on CPU); BATCH is per process.
+# The comparison table (markdown) of every evaluated run folder: make compare [RUNS="runs/a runs/b"]
+RUNS ?= $(dir $(wildcard runs/*/metrics.json))
+compare: $(STAMP)
+	$(PY) -m brainlib compare $(RUNS) --shifts
+
+# Data-parallel training under torchrun (NCCL on GPUs, gloo on CPU); BATCH is per process. On one machine:
+# make train-ddp NPROC=4 RUN=ddp. Across machines: the same command on every node with NNODES and RDZV (the
+# first node's host:port); each node needs the data (BRAIN_DATA_DIR) and the run folder's manifest.csv and
+# config.json (prepare on one node, copy the two files); each builds its own image cache (docs/reproduce.md).
 NPROC ?= 2
+NNODES ?= 1
+RDZV ?=
+TORCHRUN_NODES := $(if $(RDZV),--nnodes=$(NNODES) --rdzv-backend=c10d --rdzv-endpoint=$(RDZV) --rdzv-id=$(RUN),--standalone)
 train-ddp: $(STAMP)
 	test -f $(RUN_DIR)/manifest.csv || $(PY) -m brainlib prepare --run-dir $(RUN_DIR) $(CLI_FLAGS)
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m brainlib train --run-dir $(RUN_DIR) $(CLI_FLAGS) --resume
+	$(VENV)/bin/torchrun $(TORCHRUN_NODES) --nproc_per_node=$(NPROC) -m brainlib train --run-dir $(RUN_DIR) --device $(DEVICE) --resume
 
 # Throughput of the plain pipeline vs brainlib's on the real data, in one process (a benchmark, not a test).
 BENCH_RUN ?= runs/bench
@@ -125,8 +143,8 @@ bench: $(STAMP)
 	$(PY) -m brainlib bench --run-dir $(BENCH_RUN) --steps $(BENCH_STEPS) --out $(BENCH_RUN)/bench.json
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check --fix brainlib tests notebooks
-	$(VENV)/bin/ruff format brainlib tests
+	$(VENV)/bin/ruff check --fix brainlib tests notebooks scripts
+	$(VENV)/bin/ruff format brainlib tests scripts
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

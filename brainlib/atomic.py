@@ -1,6 +1,7 @@
-"""Files written whole or not at all: every run file (config, manifest, metrics, checkpoints, the
-label audit, the model card) goes to a temp file beside its target, is flushed to disk and then
-renamed onto it, so an interrupted run never leaves a half-written file behind."""
+"""Files written whole or not at all: every run file (config, manifest, metrics, checkpoints,
+predictions and logits, the decoded-image cache, the label audit, the model card) goes to a temp
+file beside its target, is flushed to disk and then renamed onto it, so an interrupted run never
+leaves a half-written file behind. The temp name carries the process id: DDP ranks may write at once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 
 @contextmanager
@@ -29,4 +32,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+    return Path(path)
+
+
+def save_npy(array, path: str | os.PathLike) -> Path:
+    """np.save, atomically (through a file handle: np.save would append .npy to the temp name)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
     return Path(path)

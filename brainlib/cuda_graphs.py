@@ -1,4 +1,4 @@
-"""The training forward and backward replayed from CUDA graphs (issue #12).
+"""The training forward and backward replayed from CUDA graphs.
 
 A batch of 64 EfficientNet-Lite0 images is a few hundred small kernels (depthwise convolutions,
 BN, activations), each microseconds of GPU work: launched one by one from Python, the GPU waits

@@ -8,6 +8,7 @@ model selection by accident.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from .config import CLASS_NAMES, SPLITS_ON_DISK
+from .atomic import atomic_path, write_text
+from .config import CLASS_NAMES, SPLITS_ON_DISK, Config, write_run_config
+from .duplicates import AuditResult, audit_duplicates
 from .errors import DataError
 
 KAGGLE_HANDLE = "masoudnickparvar/brain-tumor-mri-dataset"
@@ -285,9 +288,13 @@ def assign_splits(manifest: pd.DataFrame, val_fraction: float, seed: int, group_
     return out
 
 
-def write_manifest(manifest: pd.DataFrame, run_dir: str | Path) -> Path:
-    from .atomic import atomic_path
+def leakage_free(frame: pd.DataFrame) -> np.ndarray:
+    """Boolean per test row: neither an exact nor a near twin in Training (01's duplicate audit):
+    the images a model cannot answer from memory."""
+    return ~(frame["has_train_twin_exact"].astype(bool) | frame["has_train_twin_near"].astype(bool)).to_numpy()
 
+
+def write_manifest(manifest: pd.DataFrame, run_dir: str | Path) -> Path:
     path = Path(run_dir) / "manifest.csv"
     with atomic_path(path) as tmp:
         manifest.to_csv(tmp, index=False)
@@ -311,8 +318,6 @@ def build_manifest(data_root: Path, val_fraction: float, seed: int, fast_per_cla
     """Scan, audit duplicates, assign splits: the manifest 01_data writes. Returns (manifest, audit, scan).
     With an exclude list, its Training images get split `excluded` (in neither train nor val) after
     the split is drawn, so train/val/test are otherwise those of the same seed without it."""
-    from .audit import audit_duplicates
-
     scan = scan_dataset(data_root, fast_per_class, progress)
     audit = audit_duplicates(scan.manifest, scan.thumbs)
     manifest = assign_splits(audit.manifest, val_fraction, seed)
@@ -336,3 +341,27 @@ def exclude_images(manifest: pd.DataFrame, exclude_list: str | Path) -> pd.DataF
     hit = out["path"].isin(listed["path"]) & (out["split_on_disk"] == "Training")
     out.loc[hit, "split"] = "excluded"
     return out
+
+
+@dataclass
+class Prepared:
+    """What preparing a run found: the manifest, the duplicate audit and the scan (with skipped files)."""
+
+    manifest: pd.DataFrame
+    duplicates: AuditResult
+    scan: Scan
+    root: Path
+
+
+def prepare_run(cfg: Config, progress: bool = True) -> Prepared:
+    """Prepare a run folder, the same way from the CLI (`prepare`) and from 01_data: scan the data,
+    audit duplicates, carve validation from Training, and write the run's files: manifest.csv,
+    audit.json (the duplicate audit's summary) and config.json (the run's settings, fixed here)."""
+    root = resolve_data_dir(cfg.data_dir or None)
+    manifest, dup, scan = build_manifest(
+        root, cfg.val_fraction, cfg.seed, cfg.fast_per_class if cfg.fast else 0, progress=progress, exclude_list=cfg.exclude_list
+    )
+    write_manifest(manifest, cfg.run_dir)
+    write_text(Path(cfg.run_dir) / "audit.json", json.dumps(dup.summary, indent=2) + "\n")
+    write_run_config(cfg)
+    return Prepared(manifest, dup, scan, root)

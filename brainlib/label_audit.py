@@ -28,10 +28,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, save_npy, write_text
+from .calibration import calibrate
+from .checkpoint import best_checkpoint, load_for_inference
 from .config import CLASS_NAMES, Config
+from .data import assign_splits
 from .errors import SettingsError
-from .loader import RunData
+from .infer import predict_logits, setup_torch
+from .loader import RunData, rows_batches
+from .plots import image_grid
+from .train import train
 
 AUDIT_DIR = "label_audit"
 DEFAULT_FOLDS = 5
@@ -52,8 +58,6 @@ def fold_run_data(data: RunData, folds: np.ndarray, fold: int, val_fraction: flo
     """The run's images with splits for one fold: the held-out fold is `test`; the other folds are
     `train` with a group-aware, stratified `val` carved from them (data.assign_splits); rows in no
     fold (-1) are `unused`."""
-    from .data import assign_splits
-
     manifest = data.manifest.copy()
     manifest["split_on_disk"] = np.where(folds == fold, "Testing", "Training")
     split = assign_splits(manifest, val_fraction, seed)
@@ -61,22 +65,13 @@ def fold_run_data(data: RunData, folds: np.ndarray, fold: int, val_fraction: flo
     return RunData(split, data.images, data.data_root)
 
 
-def _save_array(array: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file handle: np.save would append .npy to the name
-        np.save(fh, array)
-
-
 def _calibrated_probabilities(checkpoint: str | Path, cfg: Config, data: RunData, rows: np.ndarray, device: str) -> np.ndarray:
     """Temperature-scaled class probabilities of `rows` from a checkpoint, at the input size it was
     trained at, through the one inference path (fold models and the Testing checkpoint alike)."""
-    from .checkpoint import load_for_inference
-    from .infer import calibrate, predict_logits
-    from .loader import rows_batches
-
     net = load_for_inference(checkpoint, device)
     if net.cache_size != cfg.cache_size:
         raise SettingsError(f"{checkpoint} reads {net.cache_size}-px images; this run caches {cfg.cache_size} px")
-    batches = rows_batches(cfg.replace(image_size=net.image_size), data, rows, device)
+    batches = rows_batches(net.scoring_config(cfg), data, rows, device)
     return calibrate(predict_logits(net.model, batches, device), net.temperature).numpy()
 
 
@@ -87,9 +82,6 @@ def out_of_fold_probabilities(
     not train on it: the fold models, or for Testing (fold -1) `test_checkpoint` when given. A fold
     whose probabilities are on disk is not trained again, and a fold interrupted mid-training
     resumes from its last checkpoint."""
-    from .infer import setup_torch
-    from .train import train
-
     root = Path(cfg.run_dir) / AUDIT_DIR
     root.mkdir(parents=True, exist_ok=True)
     testing = (data.manifest["split_on_disk"] == "Testing").to_numpy()
@@ -111,12 +103,12 @@ def out_of_fold_probabilities(
             if progress:
                 print(f"label audit: fold {fold + 1}/{k}: train on {len(fold_data.rows('train'))}, score {len(fold_data.rows('test'))}")
             train(fold_cfg, resume=True, progress=progress, data=fold_data)
-            held_out = _calibrated_probabilities(fold_dir / "checkpoints" / "best.pt", fold_cfg, fold_data, fold_data.rows("test"), device)
-            _save_array(held_out, done)
+            held_out = _calibrated_probabilities(best_checkpoint(fold_dir), fold_cfg, fold_data, fold_data.rows("test"), device)
+            save_npy(held_out, done)
         probs[folds == fold] = np.load(done)
     if test_checkpoint:  # trained on Training alone: the caller's word
         probs[testing] = _calibrated_probabilities(test_checkpoint, cfg, data, np.flatnonzero(testing), device)
-    _save_array(probs, root / "oof_probs.npy")
+    save_npy(probs, root / "oof_probs.npy")
     return folds, probs
 
 
@@ -191,8 +183,6 @@ def run_label_audit(
     """The whole audit for a prepared run: out-of-fold probabilities, suspects, summary, gallery.
     Confident learning runs on Training and Testing apart when Testing has its own model (their
     probabilities come from different models, so per-class thresholds must not be shared)."""
-    from .plots import image_grid
-
     folds, probs = out_of_fold_probabilities(cfg, data, k, progress, test_checkpoint)
     suspects, summary = audit_table(data.manifest, folds, probs, apart=folds < 0 if test_checkpoint else None)
     root = Path(cfg.run_dir) / AUDIT_DIR

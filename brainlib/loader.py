@@ -1,13 +1,11 @@
-"""How a run's images become model batches: the run's data (manifest + decoded cache), batches
-over a split or over chosen rows, and the augmentation a config asks for.
+"""How a run's images become model batches: the run's data (manifest + decoded cache) and
+batches over a split or over chosen rows, augmented as the config asks (brainlib.augment).
 
-Two paths with the same augmentation semantics:
-- `reference_transforms` + `ImageFileDataset`: the plain pipeline (PIL decode and
+Two paths:
+- `CachedBatches`: batches cut from the decoded uint8 cache and transformed as whole tensors (on
+  the GPU when training there). Used by training, scoring and the shift suite.
+- `ImageFileDataset` + `augment.reference_transforms`: the plain pipeline (PIL decode and
   torchvision.transforms.v2 per image, every epoch). Kept as the reference and for the benchmark.
-- `CachedBatches`: batches cut from the decoded uint8 cache and augmented as whole tensors
-  (on the GPU when training there). Flip, rotation and random-resized-crop are one affine
-  map per image, so they are applied by a single `grid_sample` (one interpolation instead of
-  three); brightness and contrast are per-image scalars.
 """
 
 from __future__ import annotations
@@ -21,48 +19,17 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
-from .acquisition import AcquisitionParams, augment_acquisition
+from .augment import AugmentParams, augment_batch, augment_params
 from .cache import build_or_load_cache
 from .config import Config
 from .data import open_image, read_manifest, resolve_data_dir, to_rgb
-
-
-@dataclass(frozen=True)
-class AugmentParams:
-    """The train-time augmentation. Defaults are torchvision's where the reference names a
-    transform without parameters (RandomResizedCrop scale 0.08-1) and 0.2 for ColorJitter."""
-
-    flip_p: float = 0.5
-    rotation_deg: float = 15.0
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2  # no effect on grayscale input; kept for the plain pipeline
-    acquisition: AcquisitionParams | None = None  # scanner/export shifts (brainlib.acquisition); None: off
+from .infer import to_device
 
 
 def normalize(x01: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1], the reference's Normalize(mean=0.5, std=0.5)."""
     return x01 * 2.0 - 1.0
-
-
-def reference_transforms(train: bool, size: int = 224, aug: AugmentParams = AugmentParams()) -> v2.Compose:
-    """The plain per-image pipeline on PIL images."""
-    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
-    if not train:
-        return v2.Compose([v2.Resize((size, size)), *tail])
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(aug.flip_p),
-            v2.RandomRotation(aug.rotation_deg),
-            v2.RandomResizedCrop(size, scale=aug.crop_scale, ratio=aug.crop_ratio),
-            v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast, saturation=aug.saturation),
-            *tail,
-        ]
-    )
 
 
 class ImageFileDataset(torch.utils.data.Dataset):
@@ -78,65 +45,6 @@ class ImageFileDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.transform(to_rgb(open_image(self.paths[i]))), int(self.labels[i])
-
-
-def _crop_boxes(n: int, side: int, aug: AugmentParams, gen: torch.Generator) -> torch.Tensor:
-    """RandomResizedCrop boxes (w, h, left, top) in pixels, torchvision's sampling rule
-    (10 tries, then the whole image) vectorised over n images."""
-    tries = 10
-    area = side * side * torch.empty(n, tries).uniform_(*aug.crop_scale, generator=gen)
-    log_r = torch.empty(n, tries).uniform_(math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1]), generator=gen)
-    w = torch.sqrt(area * torch.exp(log_r)).round()
-    h = torch.sqrt(area / torch.exp(log_r)).round()
-    ok = (w > 0) & (h > 0) & (w <= side) & (h <= side)
-    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
-    pick = first.clamp(min=0)
-    w = torch.where(first >= 0, w[torch.arange(n), pick], torch.full((n,), float(side)))
-    h = torch.where(first >= 0, h[torch.arange(n), pick], torch.full((n,), float(side)))
-    left = torch.floor(torch.rand(n, generator=gen) * (side - w + 1))
-    top = torch.floor(torch.rand(n, generator=gen) * (side - h + 1))
-    return torch.stack([w, h, left, top], 1)
-
-
-def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """A small CPU tensor on `device` without stalling the host: a plain `.to("cuda")` from
-    pageable memory waits until the GPU has finished all queued work, so the next batch could not
-    be prepared while this one trains. Pinned memory lets the copy run in stream order instead."""
-    if torch.device(device).type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-def augment_batch(images: torch.Tensor, out_size: int, aug: AugmentParams, gen: torch.Generator) -> torch.Tensor:
-    """uint8 (B, 1, S, S) -> float (B, 1, out, out) in [0, 1], each image with its own draw of
-    acquisition shifts (when aug.acquisition is set: on the stored image, where a scanner or export
-    pipeline acts), flip, rotation, random-resized-crop and brightness/contrast. Random numbers come
-    from the CPU generator `gen`, so results do not depend on the device."""
-    b, _, side, _ = images.shape
-    x01 = augment_acquisition(images, aug.acquisition, gen) if aug.acquisition else images.float() / 255.0
-    flip = torch.where(torch.rand(b, generator=gen) < aug.flip_p, -1.0, 1.0)
-    angle = torch.deg2rad(torch.empty(b).uniform_(-aug.rotation_deg, aug.rotation_deg, generator=gen))
-    w, h, left, top = _crop_boxes(b, side, aug, gen).unbind(1)
-    # output coords (u, v) in [-1, 1] -> crop box -> undo rotation -> undo flip, all normalised
-    sx, sy = w / side, h / side
-    cx, cy = (2 * left + w) / side - 1, (2 * top + h) / side - 1
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack(
-        [
-            torch.stack([flip * cos * sx, -flip * sin * sy, flip * (cos * cx - sin * cy)], 1),
-            torch.stack([sin * sx, cos * sy, sin * cx + cos * cy], 1),
-        ],
-        1,
-    )
-    bright = torch.empty(b).uniform_(1 - aug.brightness, 1 + aug.brightness, generator=gen)
-    contrast = torch.empty(b).uniform_(1 - aug.contrast, 1 + aug.contrast, generator=gen)
-    params = to_device(torch.cat([theta.view(b, 6), bright.view(b, 1), contrast.view(b, 1)], 1), images.device)
-    theta, bright, contrast = params[:, :6].view(b, 2, 3), params[:, 6], params[:, 7]
-    grid = F.affine_grid(theta, [b, 1, out_size, out_size], align_corners=False)
-    x = F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    x = (x * bright.view(b, 1, 1, 1)).clamp_(0, 1)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * contrast.view(b, 1, 1, 1) + mean).clamp_(0, 1)
 
 
 def resize_batch(images: torch.Tensor, out_size: int) -> torch.Tensor:
@@ -228,16 +136,6 @@ def load_run_data(cfg: Config) -> RunData:
     root = resolve_data_dir(cfg.data_dir or None)
     images = build_or_load_cache(manifest, root, cfg.cache_size, cfg.cache_dir or None)
     return RunData(manifest, images, root)
-
-
-def augment_params(cfg: Config) -> AugmentParams:
-    acquisition = AcquisitionParams() if cfg.acquisition_aug else None
-    if not cfg.augment:
-        return AugmentParams(
-            flip_p=0, rotation_deg=0, crop_scale=(1, 1), crop_ratio=(1, 1), brightness=0, contrast=0, saturation=0, acquisition=acquisition
-        )
-    j = cfg.jitter
-    return AugmentParams(crop_scale=(cfg.crop_scale_min, 1.0), brightness=j, contrast=j, saturation=j, acquisition=acquisition)
 
 
 def split_batches(cfg: Config, data: RunData, split: str, device: str = "cpu", train: bool = False) -> CachedBatches:

@@ -24,6 +24,8 @@ from .config import CLASS_NAMES, recipe_and_changes
 from .data import read_manifest
 from .errors import DataError
 from .evaluate import interval_table, prediction_set_table
+from .robustness import ShiftSummary, summary_of
+from .stats import interval_text
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -31,8 +33,8 @@ def _pct(x: float | None, digits: int = 2) -> str:
 
 
 def _ci(metrics: dict, name: str) -> str:
-    bounds = (metrics.get("intervals") or {}).get(name)
-    return "" if not bounds else f" (95 % CI {100 * bounds[0]:.2f}–{100 * bounds[1]:.2f})"
+    text = interval_text(metrics, name)
+    return f" (95 % CI {text})" if text else ""
 
 
 def _confusions(metrics: dict, top: int = 3) -> list[str]:
@@ -72,16 +74,25 @@ def _duplicates(manifest: pd.DataFrame, n_calibration: int | None = None) -> lis
 
 
 def _shift_flags(metrics: dict) -> str:
-    shifts = metrics.get("shifts") or {}
-    summary = shifts.get("summary")
+    summary = summary_of(metrics)
     if not summary:
         return " --shift-severities ''"
-    flags = f" --shift-severities {','.join(map(str, summary['severities']))}"
-    if summary["n_images"] == metrics["n_test"]:
+    flags = f" --shift-severities {','.join(map(str, summary.severities))}"
+    if summary.n_images == metrics["n_test"]:
         return flags
-    if "sample" in shifts:  # the size asked for; the stratified draw can give one or two more
-        return flags + f" --shift-sample {shifts['sample']}"
-    return flags + f" --shift-sample N  # N not recorded in this metrics.json; it scored {summary['n_images']} images"
+    if "sample" in metrics["shifts"]:  # the size asked for; the stratified draw can give one or two more
+        return flags + f" --shift-sample {metrics['shifts']['sample']}"
+    return flags + f" --shift-sample N  # N not recorded in this metrics.json; it scored {summary.n_images} images"
+
+
+def _audit_file(audit_run: str | Path | None) -> Path | None:
+    """label_audit.json in a run folder's label_audit/, or directly in the folder given (docs/label_audit)."""
+    if not audit_run:
+        return None
+    for path in (Path(audit_run) / "label_audit" / "label_audit.json", Path(audit_run) / "label_audit.json"):
+        if path.exists():
+            return path
+    return None
 
 
 def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: str | Path | None = None) -> str:
@@ -93,7 +104,7 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
     manifest = read_manifest(eval_run)
     cfg = state.get("config") or {}
     history = pd.DataFrame(state.get("history") or [])
-    shifts = (metrics.get("shifts") or {}).get("summary") or {}
+    shifts = summary_of(metrics)
     lines = [
         f"# Model card: `{Path(checkpoint).name}`",
         "",
@@ -163,47 +174,8 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
             "",
         ]
     if shifts:
-        lines += [
-            "## Behaviour under acquisition shift",
-            "",
-            f"The shift suite (`brainlib.shifts`: 25 re-processings in six families) at severities {shifts['severities']} on "
-            f"{shifts['n_images']} test images: at the middle severity mean accuracy {_pct(shifts['middle_mean_accuracy'])}, worst "
-            f"{_pct(shifts['middle_worst_accuracy'])} ({shifts['middle_worst_shift']}), families seen in training "
-            f"{_pct(shifts['middle_seen_accuracy'])} vs held out {_pct(shifts['middle_held_out_accuracy'])}, lowest tumour recall "
-            f"{shifts['middle_min_tumour_recall']:.3f}; over every severity run, mean {_pct(shifts['mean_accuracy'])} and worst "
-            f"{_pct(shifts['worst_accuracy'])} (clean on the same images: {_pct(shifts['clean_accuracy'])}).",
-            "",
-        ]
-        table = pd.DataFrame(metrics["shifts"]["table"])
-        table = table[table["shift"] != "clean"].sort_values("accuracy").head(5)
-        cols = ["shift", "family", "severity", "param", "accuracy", "tumour_recall", *[c for c in table if c.startswith("coverage_")]]
-        lines += ["The five hardest shifts:", "", table[cols].round(4).to_markdown(index=False), ""]
-    lines += ["## Label quality", ""]
-    audit_file = Path(audit_run) / "label_audit" / "label_audit.json" if audit_run else None
-    if audit_file and audit_file.exists():
-        audit = json.loads(audit_file.read_text())
-        pairs = ", ".join(f"{k}: {v}" for k, v in list(audit["given_to_suggested"].items())[:6])
-        folds = (
-            f"{audit['folds']} group-aware folds, each `{audit['recipe']}` at {audit['image_size']} px for "
-            f"{audit['epochs_per_fold']} epoch{'s' if audit['epochs_per_fold'] != 1 else ''}"
-        )
-        scored_apart = audit.get("testing_scored_by", "the fold models") != "the fold models"
-        scoring = (
-            f"Training out of fold by {folds} ({_pct(audit['oof_accuracy_training'])} right), Testing by "
-            f"`{audit['testing_scored_by']}`, trained on Training alone ({_pct(audit['oof_accuracy_testing'])} right)"
-            if scored_apart
-            else f"every image out of fold by {folds} ({_pct(audit['oof_accuracy'])} right)"
-        )
-        lines += [
-            f"Label audit ({scoring}): cleanlab flags {audit['n_flagged_training']} Training and "
-            f"{audit['n_flagged_testing']} Testing images ({audit['n_flagged_in_duplicate_groups']} of them in duplicate "
-            f"groups). Most frequent given -> suggested: {pairs}. A flag is only as good as the model behind it: where the "
-            "out-of-fold accuracy is far below the checkpoint's, most flags are that model's own confusions. Labels were "
-            f"not changed; the list is `{audit_run}/label_audit/label_issues.csv`, the images `suspects.png` beside it.",
-            "",
-        ]
-    else:
-        lines += ["No label audit was given to this card (`python -m brainlib audit-labels`).", ""]
+        lines += _shift_section(metrics, shifts)
+    lines += _label_section(_audit_file(audit_run))
     lines += [
         "## Known failure modes",
         "",
@@ -226,6 +198,56 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
         "",
     ]
     return "\n".join(lines)
+
+
+def _shift_section(metrics: dict, s: ShiftSummary) -> list[str]:
+    table = pd.DataFrame(metrics["shifts"]["table"])
+    table = table[table["shift"] != "clean"].sort_values("accuracy").head(5)
+    cols = ["shift", "family", "severity", "param", "accuracy", "tumour_recall", *[c for c in table if c.startswith("coverage_")]]
+    return [
+        "## Behaviour under acquisition shift",
+        "",
+        f"The shift suite (`brainlib.shifts`: 25 re-processings in six families) at severities {s.severities} on "
+        f"{s.n_images} test images: at the middle severity mean accuracy {_pct(s.middle_mean_accuracy)}, worst "
+        f"{_pct(s.middle_worst_accuracy)} ({s.middle_worst_shift}), families seen in training "
+        f"{_pct(s.middle_seen_accuracy)} vs held out {_pct(s.middle_held_out_accuracy)}, lowest tumour recall "
+        f"{s.middle_min_tumour_recall:.3f}; over every severity run, mean {_pct(s.mean_accuracy)} and worst "
+        f"{_pct(s.worst_accuracy)} (clean on the same images: {_pct(s.clean_accuracy)}).",
+        "",
+        "The five hardest shifts:",
+        "",
+        table[cols].round(4).to_markdown(index=False),
+        "",
+    ]
+
+
+def _label_section(audit_file: Path | None) -> list[str]:
+    lines = ["## Label quality", ""]
+    if not audit_file:
+        return lines + ["No label audit was given to this card (`python -m brainlib audit-labels`).", ""]
+    audit = json.loads(audit_file.read_text())
+    pairs = ", ".join(f"{k}: {v}" for k, v in list(audit["given_to_suggested"].items())[:6])
+    folds = (
+        f"{audit['folds']} group-aware folds, each `{audit['recipe']}` at {audit['image_size']} px for "
+        f"{audit['epochs_per_fold']} epoch{'s' if audit['epochs_per_fold'] != 1 else ''}"
+    )
+    scored_apart = audit.get("testing_scored_by", "the fold models") != "the fold models"
+    scoring = (
+        f"Training out of fold by {folds} ({_pct(audit['oof_accuracy_training'])} right), Testing by "
+        f"`{audit['testing_scored_by']}`, trained on Training alone ({_pct(audit['oof_accuracy_testing'])} right)"
+        if scored_apart
+        else f"every image out of fold by {folds} ({_pct(audit['oof_accuracy'])} right)"
+    )
+    gallery = next((p.name for p in sorted(audit_file.parent.glob("suspects.*"))), None)
+    return lines + [
+        f"Label audit ({scoring}): cleanlab flags {audit['n_flagged_training']} Training and "
+        f"{audit['n_flagged_testing']} Testing images ({audit['n_flagged_in_duplicate_groups']} of them in duplicate "
+        f"groups). Most frequent given -> suggested: {pairs}. A flag is only as good as the model behind it: where the "
+        "out-of-fold accuracy is far below the checkpoint's, most flags are that model's own confusions. Labels were "
+        f"not changed; the list is `{audit_file.parent / 'label_issues.csv'}`"
+        + (f", the images `{audit_file.parent / gallery}`." if gallery else "."),
+        "",
+    ]
 
 
 def write_model_card(text: str, out: str | Path) -> Path:

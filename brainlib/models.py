@@ -88,29 +88,6 @@ def resnet18_scratch(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     return resnet18(weights=None, num_classes=num_classes)
 
 
-@register(input_size=224, cam_layer=lambda m: m[-1].layer4[-1])
-def resnet18_imagenet(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
-    """ResNet-18 with torchvision's ImageNet weights. Downloads them on first use: needs internet.
-    Inputs are [-1, 1]; torchvision's ImageNet normalisation is applied inside the model."""
-    from torchvision.models import ResNet18_Weights, resnet18
-
-    model = resnet18(weights=ResNet18_Weights.DEFAULT)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return nn.Sequential(ImageNetNormalize(), model)
-
-
-class ImageNetNormalize(nn.Module):
-    """[-1, 1] input -> torchvision's ImageNet mean/std normalisation."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * 0.5 + 0.5 - self.mean) / self.std
-
-
 # the head conv's BN output: its ReLU6 module is shared across blocks, so it cannot be hooked alone
 @register(input_size=224, cam_layer=lambda m: m._bn1)
 def efficientnet_lite0(num_classes: int = len(CLASS_NAMES), pretrained: bool = True) -> nn.Module:

@@ -88,7 +88,7 @@ def confusion_matrices(cm: np.ndarray, save_to=None) -> plt.Figure:
 
 
 def reliability_diagram(bins: pd.DataFrame, ece: float, title: str = "", save_to=None) -> plt.Figure:
-    """bins: columns confidence, accuracy, count (from evaluate.calibration_bins)."""
+    """bins: columns confidence, accuracy, count (from calibration.calibration_bins)."""
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     used = bins[bins["count"] > 0]
@@ -97,3 +97,33 @@ def reliability_diagram(bins: pd.DataFrame, ece: float, title: str = "", save_to
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title} ECE = {ece * 100:.2f} %")
     ax.legend(loc="upper left")
     return _finish(fig, save_to)
+
+
+def robustness_by_family(tables: dict[str, pd.DataFrame], title: str = "", save_to=None) -> plt.Figure:
+    """Mean accuracy over each family's shifts against severity (0: clean), one line per model.
+    tables: model label -> shift table (robustness.shift_table's records; severities it lacks are gaps)."""
+    families = [f for f in next(iter(tables.values()))["family"].unique() if f != "none"]
+    ncols = 3
+    fig, axes = plt.subplots(-(-len(families) // ncols), ncols, figsize=(10, 6.2), sharey=True, squeeze=False)
+    for ax, family in zip(axes.flat, families):
+        for label, table in tables.items():
+            clean = table.loc[table["shift"] == "clean", "accuracy"].mean()
+            by = table[table["family"] == family].groupby("severity")["accuracy"].mean()
+            points = pd.concat([pd.Series({0: clean}), by]).sort_index()
+            ax.plot(points.index, 100 * points.to_numpy(), marker="o", label=label)
+        seen = table.loc[table["family"] == family, "seen"].dropna().astype(bool)
+        ax.set_title(family + ("" if seen.any() else " (held out in training)"), fontsize=10)
+        ax.set_xticks(range(4), ["clean", "1", "2", "3"])
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
+    for ax in axes[-1]:
+        ax.set_xlabel("severity")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=1, fontsize=9, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    if save_to:
+        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save_to, dpi=110, bbox_inches="tight")
+    return fig

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .acquisition import TRAINED_FAMILIES
+from .augment import TRAINED_FAMILIES
 
 SEVERITIES = (1, 2, 3)
 

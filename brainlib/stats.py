@@ -1,5 +1,4 @@
-"""How sure the numbers are: bootstrap intervals over test images, paired comparisons, and split
-conformal prediction sets.
+"""How sure the numbers are: bootstrap intervals over test images and paired comparisons.
 
 On 1,311 test images a 95 % interval around 99 % accuracy is about +-0.5 points, the size of the
 gap between two seeds of the same recipe, so a point estimate alone cannot rank two models.
@@ -8,22 +7,15 @@ gap between two seeds of the same recipe, so a point estimate alone cannot rank 
   resample gives the same value, as a class recall of 1.0 does), seeded, 2,000 resamples.
 - Paired comparison of two models on the same images: the bootstrap interval of the accuracy
   difference and McNemar's exact test (a binomial test on the discordant pairs, scipy.stats).
-- Prediction sets: split conformal prediction with the LAC score 1 - p(true class) (Sadinle et al.
-  2019; Angelopoulos & Bates 2021), calibrated on the validation split. Written out here because
-  the method is three lines and its thresholds must live in a checkpoint as plain floats, which
-  checkpoint.py loads without unpickling objects; a library's fitted object could not go there.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from scipy import stats as sps
 
 N_RESAMPLES = 2000
 CONFIDENCE = 0.95
-CONFORMAL_ALPHAS = (0.01, 0.05)  # sets meant to hold the true class 99 % and 95 % of the time
 ECE_BINS = 15
 
 
@@ -50,7 +42,7 @@ def _recalls_and_macro_f1(y: np.ndarray, y_hat: np.ndarray, n_classes: int) -> t
     return recall, f1.mean(-1)
 
 
-def _interval(statistic, n: int, seed: int, n_resamples: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+def _bootstrap(statistic, n: int, seed: int, n_resamples: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap of `statistic(indices)` (vectorised over a leading resample axis)."""
     if n < 2:
         nan = np.full(np.shape(statistic(np.arange(n))), np.nan)
@@ -92,25 +84,22 @@ def metric_intervals(
         head = np.stack([correct.mean(-1), macro_f1, ece(confidence[idx], correct)], axis=0)
         return np.concatenate([head, np.moveaxis(recall, -1, 0)], axis=0)
 
-    low, high = _interval(statistic, len(y), seed, n_resamples, level)
+    low, high = _bootstrap(statistic, len(y), seed, n_resamples, level)
     names = ["accuracy", "macro_f1", "ece", *[f"recall_{c}" for c in class_names]]
     out = {name: [float(lo), float(hi)] for name, lo, hi in zip(names, low, high, strict=True)}
     if leakage_free is not None:
         keep = np.flatnonzero(np.asarray(leakage_free, bool))
         correct_lf = (y == y_hat)[keep]
-        lo, hi = _interval(lambda idx: correct_lf[idx.astype(int)].mean(-1), len(keep), seed, n_resamples, level)
+        lo, hi = _bootstrap(lambda idx: correct_lf[idx.astype(int)].mean(-1), len(keep), seed, n_resamples, level)
         out["accuracy_leakage_free"] = [float(lo[0]), float(hi[0])]
     out["_method"] = f"percentile bootstrap over images, {n_resamples} resamples, seed {seed}, {round(100 * level)} %"
     return out
 
 
-def accuracy_interval(n_correct: int, n: int, seed: int = 0, n_resamples: int = N_RESAMPLES, level: float = CONFIDENCE) -> list[float]:
-    """The bootstrap interval of an accuracy from its count alone: resampling images resamples
-    right/wrong flags, whose order does not matter, so this has the same distribution as
-    metric_intervals' accuracy interval for any predictions with the same count (equal up to
-    Monte Carlo noise, about 0.1 point at 2,000 resamples): for runs whose predictions are gone."""
-    correct = np.arange(n) < n_correct
-    low, high = _interval(lambda idx: correct[idx.astype(int)].mean(-1), n, seed, n_resamples, level)
+def proportion_interval(flags: np.ndarray, seed: int = 0, n_resamples: int = N_RESAMPLES, level: float = CONFIDENCE) -> list[float]:
+    """Bootstrap interval of the share of True in `flags` (an accuracy over images)."""
+    flags = np.asarray(flags, bool)
+    low, high = _bootstrap(lambda idx: flags[idx.astype(int)].mean(-1), len(flags), seed, n_resamples, level)
     return [float(low[0]), float(high[0])]
 
 
@@ -124,7 +113,7 @@ def paired_comparison(
     if a.shape != b.shape:
         raise ValueError(f"paired comparison needs the same images: {a.shape} vs {b.shape}")
     diff = a.astype(float) - b.astype(float)
-    low, high = _interval(lambda idx: diff[idx.astype(int)].mean(-1), len(diff), seed, n_resamples, level)
+    low, high = _bootstrap(lambda idx: diff[idx.astype(int)].mean(-1), len(diff), seed, n_resamples, level)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     p = float(sps.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
     return {
@@ -139,37 +128,7 @@ def paired_comparison(
     }
 
 
-def conformal_threshold(calibration_probs: np.ndarray, calibration_labels: np.ndarray, alpha: float) -> float:
-    """The split-conformal threshold on the LAC score s = 1 - p(true class): the
-    ceil((n + 1)(1 - alpha))-th smallest calibration score. Sets {k : 1 - p_k <= threshold} then
-    hold the true class with probability >= 1 - alpha for exchangeable test images. With too few
-    calibration images for that rank the threshold is 1 (every class: the honest answer)."""
-    probs = np.asarray(calibration_probs, float)
-    labels = np.asarray(calibration_labels, int)
-    scores = np.sort(1.0 - probs[np.arange(len(labels)), labels])
-    rank = math.ceil((len(scores) + 1) * (1 - alpha))
-    return 1.0 if rank > len(scores) else float(scores[rank - 1])
-
-
-def prediction_sets(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Boolean (n, C): class k is in image i's set when 1 - p_ik <= threshold. Never empty: the
-    most probable class is always kept (it changes coverage only upwards)."""
-    probs = np.asarray(probs, float)
-    sets = (1.0 - probs) <= threshold + 1e-12
-    sets[np.arange(len(probs)), probs.argmax(1)] = True
-    return sets
-
-
-def set_coverage(sets: np.ndarray, labels: np.ndarray) -> dict:
-    """Empirical coverage (true class in the set), mean set size and the share of sets with more
-    than one class (the images `predict` flags for review)."""
-    labels = np.asarray(labels, int)
-    if not len(labels):
-        return {"n": 0, "coverage": None, "mean_set_size": None, "share_uncertain": None}
-    size = sets.sum(1)
-    return {
-        "n": int(len(labels)),
-        "coverage": float(sets[np.arange(len(labels)), labels].mean()),
-        "mean_set_size": float(size.mean()),
-        "share_uncertain": float((size > 1).mean()),
-    }
+def interval_text(metrics: dict, name: str) -> str:
+    """'[low, high]' in percent from metrics.json's bootstrap intervals ('' when it has none)."""
+    bounds = (metrics.get("intervals") or {}).get(name)
+    return "" if bounds is None else f"[{100 * bounds[0]:.2f}, {100 * bounds[1]:.2f}]"

@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path, write_text
-from .checkpoint import load_checkpoint, model_from_state, save_checkpoint
-from .config import CLASS_NAMES, Config, in_repo
+from .calibration import calibration_state
+from .checkpoint import load_checkpoint, model_from_state, resume_training, save_epoch, training_state
+from .config import Config, in_repo
 from .cuda_graphs import GraphedTraining, graph_training_step
 from .errors import SettingsError
-from .infer import autocast, calibration_state, predict_logits, setup_torch, use_bf16
+from .infer import autocast, predict_logits, setup_torch, use_bf16
 from .loader import CachedBatches, RunData, load_run_data, split_batches
 from .models import create_model
 
@@ -48,7 +49,7 @@ def evaluate_batches(model: nn.Module, batches: CachedBatches, device: str) -> t
 
 # Steps between host syncs. The loss and accuracy sums and the finiteness guard stay on the device
 # in between: a `.item()` per step makes the host wait for every step, which idles a GPU between
-# kernel launches (issue #12). A non-finite loss is still caught with its epoch and step, at most this
+# kernel launches. A non-finite loss is still caught with its epoch and step, at most this
 # many steps later and always before any checkpoint of the epoch is written.
 SYNC_EVERY = 25
 
@@ -192,14 +193,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     scheduler = make_scheduler(cfg, optimizer, len(train_batches))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start_epoch, best_acc, history = 1, -1.0, []
-    if resume and (ckpt_dir / "last.pt").exists():
-        state = load_checkpoint(ckpt_dir / "last.pt", device)
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        scheduler.load_state_dict(state["scheduler_state"])
-        start_epoch, best_acc, history = state["epoch"] + 1, state["best_val_acc"], state["history"]
+    resumed = resume_training(ckpt_dir, model, optimizer, scheduler, device) if resume else None
+    if resumed:
+        start_epoch, best_acc, history = resumed.next_epoch, resumed.best_val_acc, resumed.history
         if dist.is_main:
-            print(f"Resuming {run_dir} after epoch {state['epoch']}")
+            print(f"Resuming {run_dir} after epoch {start_epoch - 1}")
     # the step runs through DDP and/or torch.compile; checkpoints hold the plain module's weights
     step_model = torch.nn.parallel.DistributedDataParallel(model) if dist.world_size > 1 else model
     step_model = torch.compile(step_model) if cfg.compile and not cfg.fast else step_model
@@ -249,15 +247,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         best_acc = max(best_acc, val_acc)
         if dist.is_main:
             _log_epoch(writer, log_path, row, cfg.epochs)
-            state = {
-                "model_name": cfg.model, "class_names": list(CLASS_NAMES), "config": cfg.__dict__.copy(), "epoch": epoch,
-                "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(), "best_val_acc": best_acc, "history": history,
-                "rng_state": torch.get_rng_state(),
-            }  # fmt: skip
-            if improved:  # calibrated on the same validation logits that selected it
-                save_checkpoint({**state, **calibration_state(val_logits, val_batches.labels.cpu())}, ckpt_dir / "best.pt")
-            save_checkpoint(state, ckpt_dir / "last.pt")
+            state = training_state(cfg, model, optimizer, scheduler, epoch, best_acc, history)
+            save_epoch(ckpt_dir, state, calibration_state(val_logits, val_batches.labels.cpu()) if improved else None)
         dist.barrier()
 
     frame = pd.DataFrame(history)

@@ -1,21 +1,22 @@
 #!/bin/bash
-# The measurements that need a CUDA machine, as prepared parts, run in the order given within one
-# call (e.g. `bash scripts/cuda_session.sh speed audit`). Every step writes its results under $OUT
-# as soon as it ends, and a step that would not finish before DEADLINE_S seconds (from the start
-# of this script; default 540, for a 10-minute call) is skipped and listed as skipped, so a call
-# cut short still returns everything it finished.
+# A maintainer's batch of GPU measurements, as prepared parts run in the order given within one run
+# on a CUDA machine (e.g. `bash scripts/cuda_session.sh speed audit`), for machines rented for a few
+# minutes at a time: every step writes its results under $OUT as soon as it ends, and a step that
+# would not finish before DEADLINE_S seconds (from the start of this script; default 540) is skipped
+# and listed as skipped, so a run cut short still returns everything it finished.
 #
-#   speed   issue 12: default recipe seed 42 with and without CUDA graphs (their effect on the
-#           same machine); the reference recipe; `bench` on CUDA for both models
-#   seeds   issue 12 + 14: the default recipe's seeds 42, 42 again (same seed twice: the GPU's
-#           spread), 43 and 44, paired by `compare`
-#   robust  issue 11: the robust recipes trained (seed_cnn_robust, efficientnet_lite0_robust,
+#   speed   the plain efficientnet_lite0 recipe, seed 42, with and without CUDA graphs (their effect
+#           on the same machine); the reference recipe; `bench` on CUDA for both models
+#   seeds   the plain recipe's seeds 42, 42 again (same seed twice: the GPU's spread), 43 and 44,
+#           paired by `compare`
+#   robust  the robust recipes trained (seed_cnn_robust, efficientnet_lite0_robust,
 #           efficientnet_lite0_robust_256 for its 20 epochs and for 30), scored clean, exported for
 #           the shift suite on the CPU; needs the kornia wheel
-#   audit   issue 14: label audit with 10-epoch fold models, then the ablation (seed 42 with and
-#           without the Training suspects), paired by `compare`
+#   audit   label audit with 10-epoch fold models, then the ablation (seed 42 with and without the
+#           Training suspects), paired by `compare`
 #
-# Run from the project root with the compact data copy in .gpu/ (its README says how it was made).
+# Run from the project root with a compact copy of the data in .gpu/ (every image resized to 256 px
+# and re-encoded as WebP, 34 MB packed; docs/reproduce.md). `make pipeline` needs none of this.
 # Needs a python3 with torch and torchvision (a stock CUDA PyTorch image); wheels for what it
 # lacks go in .gpu/wheels (installed without network; `machine.txt` lists what is missing): the
 # audit part needs cleanlab and termcolor (`pip download --no-deps -d .gpu/wheels cleanlab==2.9.0 termcolor`).
@@ -24,8 +25,8 @@ set -o pipefail
 export PYTHONUNBUFFERED=1
 [ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit ..." >&2; exit 2; }
 DEADLINE_S=${DEADLINE_S:-540}
-# Only a few files come back from a device call: every result goes to a staging folder, packed
-# into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
+# Only a few files may come back from a rented machine: every result goes to a staging folder,
+# packed into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
 RESULTS=${OUT:-/tmp/cuda-out}
 OUT=/tmp/cuda-stage
 mkdir -p "$OUT" "$RESULTS"
@@ -43,8 +44,8 @@ if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl || exit 3
     export PYTHONPATH=/tmp/site:$PWD
 fi
-# stand-ins for modules imported but never used here, whose wheels do not fit in a call (kornia
-# imports kornia_rs for image files at import time)
+# stand-ins for modules imported but never used here, whose wheels are too large to ship along
+# (kornia imports kornia_rs for image files at import time)
 [ -d .gpu/stubs ] && export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD/.gpu/stubs
 export BRAIN_DATA_DIR=$DATA BRAIN_CACHE_DIR=${BRAIN_CACHE_DIR:-/tmp/brain-cache}
 RUNS=${RUNS:-/tmp/cuda-runs}
@@ -84,7 +85,7 @@ step() {
 
 # train_and_score NAME RECIPE SEED [evaluate flags...]: prepare (adding the flags in the array
 # PREPARE_EXTRA, empty unless set), train, evaluate; keeps the run's small files. A run already
-# scored in this call (an earlier part made it) is not trained again.
+# scored earlier in the same invocation (by another part) is not trained again.
 PREPARE_EXTRA=()
 train_and_score() {
     local name=$1 recipe=$2 seed=$3
@@ -119,9 +120,9 @@ for PART in "$@"; do
         ;;
     robust)
         # The acquisition augmentation on the GPU, checked on one batch before any training; the
-        # shift suite itself runs on the CPU afterwards (TorchIO needs SimpleITK, more than a call
-        # can carry), from the half-precision exports this part returns beside results.tgz.
-        $PY -c "import torch; from brainlib.acquisition import AcquisitionParams as P, augment_acquisition as a
+        # shift suite itself runs on the CPU afterwards (TorchIO needs SimpleITK, too large to ship along
+        # with the code), from the half-precision exports this part returns beside results.tgz.
+        $PY -c "import torch; from brainlib.augment import AcquisitionParams as P, augment_acquisition as a
 p = P(p_resolution=1, p_jpeg=1, p_gamma=1, p_window=1, p_clahe=1, p_equalize=1, p_noise=1)
 x = a(torch.randint(0, 256, (8, 1, 256, 256), dtype=torch.uint8, device='cuda'), p, torch.Generator().manual_seed(0))
 print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range', float(x.min()), float(x.max()))" 2>&1 | tail -3 | tee -a "$OUT/machine.txt"

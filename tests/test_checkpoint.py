@@ -52,7 +52,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
         checkpoint.load_checkpoint(bad)
     assert not marker.exists()
     message = str(err.value)
-    assert "\n" not in message and "evil.pt" in message and "could not be read as data" in message
+    assert "\n" not in message and "evil.pt" in message and "read as data only" in message and "weights_only" not in message
 
 
 def test_foreign_and_broken_files_are_refused_in_one_line(tmp_path):
@@ -60,8 +60,14 @@ def test_foreign_and_broken_files_are_refused_in_one_line(tmp_path):
     with pytest.raises(CheckpointError, match="not a brainlib checkpoint"):
         checkpoint.load_checkpoint(tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="is not a checkpoint"):
         checkpoint.load_checkpoint(tmp_path / "junk.pt")
+    whole = (tmp_path / "other.pt").read_bytes()
+    damaged = bytearray(whole)
+    damaged[len(whole) // 3 : len(whole) // 2] = bytes(len(whole) // 2 - len(whole) // 3)  # zeroed inside, directory intact
+    (tmp_path / "damaged.pt").write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match="could not be read|not a brainlib checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "damaged.pt")
     with pytest.raises(CheckpointError, match="not found"):
         checkpoint.load_checkpoint(tmp_path / "missing.pt")
     state = {"model_name": "seed_cnn", "class_names": ["a", "b"], "model_state": {}}

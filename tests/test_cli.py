@@ -1,13 +1,15 @@
 """The command line: every expected error is one `error: ...` line with its own exit code; only
 `prepare` writes a run's settings, which later steps keep."""
 
+import dataclasses
 import json
+import re
 import shutil
 
 import pytest
 
-from brainlib.cli import main
-from brainlib.config import read_run_config
+from brainlib.cli import COMMAND_SETTINGS, main
+from brainlib.config import Config, read_run_config
 
 
 @pytest.mark.parametrize(
@@ -57,6 +59,33 @@ def test_a_run_prepared_with_seed_7_and_batch_32_keeps_both(tmp_path, fixture_ro
     saved = read_run_config(run)
     assert (saved["seed"], saved["batch_size"]) == (7, 32)
     assert main(["train", *base, "--epochs", "1", "--batch-size", "16"]) == 0  # an override for this step only
-    assert main(["evaluate", *base, "--seed", "42"]) == 0
+    assert main(["evaluate", *base, "--device", "cpu"]) == 0
     assert read_run_config(run) == saved
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_test"] > 0
+
+
+@pytest.mark.parametrize("command", list(COMMAND_SETTINGS))
+def test_every_flag_in_help_has_a_line_and_a_default(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    flags = [f for f in set(re.findall(r"(--[a-z][a-z-]+)", text)) if f != "--help"]
+    assert flags
+    for f in dataclasses.fields(Config):
+        shown = f"--{f.name.replace('_', '-')}" in flags
+        assert shown == (f.name in COMMAND_SETTINGS[command]), f"{command} --help and {f.name}"
+        if shown:
+            assert f.metadata["help"] in text
+
+
+def test_evaluate_help_shows_only_what_evaluate_uses(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert "--lr" not in out and "--epochs" not in out and "--checkpoint" in out and "(default: '1,2,3')" in " ".join(out.split())
+
+
+def test_compare_with_nothing_evaluated_says_what_to_do(tmp_path, capsys):
+    assert main(["compare"]) == 1
+    assert "evaluate something first" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path)]) == 1

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from brainlib.config import RECIPES, Config, build_config, prepare_config, read_run_config, run_config
+from brainlib.config import DEFAULT_RECIPE, RECIPES, Config, build_config, prepare_config, read_run_config, run_config, write_run_config
 from brainlib.errors import DataError
 
 
@@ -16,8 +16,12 @@ def test_from_dict_coerces_text_and_ignores_unknown_keys():
 
 def test_prepare_writes_settings_and_a_recipe_replaces_them_explicit_values_winning(tmp_path):
     run = tmp_path / "run"
-    prepare_config(str(run), data_dir="/data", epochs=3, lr=0.5)
+    first = prepare_config(str(run), data_dir="/data", epochs=3, lr=0.5)
+    assert (first.recipe, first.epochs, first.lr) == (DEFAULT_RECIPE, 3, 0.5)  # a new run starts from the default
+    assert not (run / "config.json").exists()  # prepare_run writes it, with the manifest
+    write_run_config(first)
     cfg = prepare_config(str(run), recipe="efficientnet_lite0", epochs=2)
+    write_run_config(cfg)
     assert (cfg.recipe, cfg.model, cfg.lr, cfg.schedule, cfg.epochs) == ("efficientnet_lite0", "efficientnet_lite0", 1e-3, "onecycle", 2)
     assert cfg.data_dir == "/data"  # locations survive a recipe
     assert Config.from_dict(read_run_config(run)) == cfg
@@ -30,7 +34,7 @@ def test_run_config_reads_settings_and_never_writes_them(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(DataError, match="run notebooks/01_data"):
         run_config(str(run))
-    prepare_config(str(run), seed=7, batch_size=32)
+    write_run_config(prepare_config(str(run), seed=7, batch_size=32))
     before = (run / "config.json").read_text()
     cfg = run_config(str(run), device="cpu", seed="")  # a notebook's override, and an empty one
     assert (cfg.seed, cfg.batch_size, cfg.device) == (7, 32, "cpu")

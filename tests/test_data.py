@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainlib import audit, data
+from brainlib import data, duplicates
 from brainlib.config import CLASS_NAMES
 
 MANIFEST_COLUMNS = {
@@ -93,7 +93,7 @@ def test_manifest_columns_and_splits(fixture_root):
 
 def test_split_is_deterministic_and_seeded(fixture_root):
     scan = data.scan_dataset(fixture_root, progress=False)
-    base = audit.audit_duplicates(scan.manifest, scan.thumbs).manifest
+    base = duplicates.audit_duplicates(scan.manifest, scan.thumbs).manifest
     a = data.assign_splits(base, 0.3, seed=1)["split"]
     b = data.assign_splits(base, 0.3, seed=1)["split"]
     c = data.assign_splits(base, 0.3, seed=2)["split"]
@@ -130,7 +130,7 @@ def test_duplicate_audit_finds_planted_twins(data_copy):
 
 def test_unrelated_images_are_not_near_duplicates(fixture_root):
     scan = data.scan_dataset(fixture_root, progress=False)
-    pairs = audit.hamming_pairs(audit.dhash_bits(scan.thumbs), audit.NEAR_THRESHOLD)
+    pairs = duplicates.hamming_pairs(duplicates.dhash_bits(scan.thumbs), duplicates.NEAR_THRESHOLD)
     names = scan.manifest["path"].str.split("/").str[-1]
     flagged = {frozenset((names[i], names[j])) for i, j in pairs[["i", "j"]].to_numpy()}
     assert flagged <= {frozenset(("Tr-me_0196.jpg", "Te-meTr_0001.jpg"))}
@@ -140,7 +140,7 @@ def test_hamming_pairs_matches_brute_force():
     rng = np.random.default_rng(0)
     bits = rng.integers(0, 256, size=(50, 32), dtype=np.uint8)
     bits[7] = bits[3] ^ np.array([1] + [0] * 31, dtype=np.uint8)  # one bit apart
-    got = audit.hamming_pairs(bits, 1, chunk=16)
+    got = duplicates.hamming_pairs(bits, 1, chunk=16)
     assert [tuple(r) for r in got[["i", "j", "distance"]].to_numpy()] == [(3, 7, 1)]
 
 

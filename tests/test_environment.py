@@ -42,7 +42,11 @@ def test_papermill_sees_every_parameter_the_makefile_passes():
         return set(re.findall(r"-p (\w+) ", block))
 
     prepare, run, evaluate = passed("PREPARE_PARAMS"), passed("RUN_PARAMS"), passed("EVALUATE_PARAMS")
-    assert {"run_dir", "fast", "epochs", "seed", "recipe"} <= prepare and run == {"run_dir", "device"} and evaluate == {"label_audit"}
+    assert (
+        {"run_dir", "fast", "epochs", "seed", "recipe"} <= prepare
+        and run == {"run_dir", "device"}
+        and evaluate == {"label_audit", "shift_severities"}
+    )
     for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
         names = set(papermill.inspect_notebook(str(path)))
         wanted = prepare if path.name.startswith("01") else run | (evaluate if path.name.startswith("04") else set())

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainlib import evaluate, train
+from brainlib import calibration, evaluate, train
 from brainlib.checkpoint import load_checkpoint
 from brainlib.cli import main
 from brainlib.config import CLASS_NAMES
@@ -18,8 +18,8 @@ from brainlib.shifts import SHIFTS
 
 def test_evaluate_writes_stable_metrics_and_calibrates(trained_run, tmp_path):
     data = load_run_data(trained_run)
-    pred, extras = evaluate.predict_test(trained_run, data)
-    metrics = evaluate.compute_metrics(pred, extras)
+    pred, logits, extras = evaluate.predict_test(trained_run, data)
+    metrics = evaluate.compute_metrics(pred, logits, extras)
     path = evaluate.write_metrics(metrics, trained_run.run_dir)
     saved = json.loads(path.read_text())
     for key in (
@@ -59,8 +59,8 @@ def test_evaluate_writes_stable_metrics_and_calibrates(trained_run, tmp_path):
 def test_ece_of_a_perfectly_calibrated_toy_is_small_and_of_overconfidence_large():
     rng = np.random.default_rng(0)
     conf = rng.uniform(0.3, 1, 20000)
-    assert evaluate.expected_calibration_error(conf, rng.uniform(size=conf.size) < conf) < 0.02
-    assert evaluate.expected_calibration_error(np.full(1000, 0.99), np.arange(1000) < 500) == pytest.approx(0.49)
+    assert calibration.expected_calibration_error(conf, rng.uniform(size=conf.size) < conf) < 0.02
+    assert calibration.expected_calibration_error(np.full(1000, 0.99), np.arange(1000) < 500) == pytest.approx(0.49)
 
 
 def test_evaluate_cli_prepares_a_fresh_run_folder(trained_run, fixture_root, tmp_path, capsys):
@@ -75,7 +75,7 @@ def test_evaluate_cli_prepares_a_fresh_run_folder(trained_run, fixture_root, tmp
 def test_evaluate_cli_scores_a_checkpoint_at_its_own_input_size_and_split(prepared_run, fixture_root, tmp_path):
     cfg = prepared_run.replace(model="resnet18_scratch", image_size=64, epochs=1, seed=7)  # seed_cnn is fixed to 224
     train.train(cfg, progress=False)
-    own, _ = evaluate.predict_test(cfg, load_run_data(cfg), shifts=False)
+    own, _, _ = evaluate.predict_test(cfg, load_run_data(cfg), shifts=False)
     run = tmp_path / "eval"
     ckpt = f"{cfg.run_dir}/checkpoints/best.pt"
     assert main(["evaluate", "--checkpoint", ckpt, "--run-dir", str(run), "--data-dir", str(fixture_root), "--num-threads", "1"]) == 0
@@ -93,6 +93,6 @@ def test_evaluation_never_rewrites_the_checkpoint(trained_run, tmp_path):
     del state["temperature"], state["conformal"]
     old = save_checkpoint(state, tmp_path / "old.pt")
     before = old.read_bytes()
-    _, extras = evaluate.predict_test(trained_run, load_run_data(trained_run), old, shifts=False)
+    _, _, extras = evaluate.predict_test(trained_run, load_run_data(trained_run), old, shifts=False)
     assert extras["temperature"] > 0 and old.read_bytes() == before
     assert extras["conformal"]["source"].startswith("validation split") and extras["conformal"]["n_calibration"] > 0

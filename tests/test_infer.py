@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from brainlib import infer
+from brainlib import calibration, infer
 from brainlib.errors import SettingsError
 
 
@@ -11,14 +11,14 @@ def test_temperature_scaling_recovers_a_known_temperature():
     gen = torch.Generator().manual_seed(0)
     true_logits = torch.randn(4000, 4, generator=gen) * 2
     labels = torch.distributions.Categorical(logits=true_logits).sample()
-    assert infer.fit_temperature(true_logits * 3, labels) == pytest.approx(3, rel=0.1)
+    assert calibration.fit_temperature(true_logits * 3, labels) == pytest.approx(3, rel=0.1)
 
 
 def test_calibrate_divides_logits_and_keeps_predictions():
     logits = torch.tensor([[2.0, 0.0, -1.0, 0.5]])
-    p = infer.calibrate(logits, 2.0)
+    p = calibration.calibrate(logits, 2.0)
     assert torch.allclose(p, (logits / 2).softmax(1)) and p.argmax() == logits.argmax()
-    assert torch.allclose(infer.calibrate(logits, None), logits.softmax(1))
+    assert torch.allclose(calibration.calibrate(logits, None), logits.softmax(1))
 
 
 def test_scoring_is_fp32_unless_asked_and_the_loop_keeps_order():

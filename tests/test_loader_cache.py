@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from brainlib import cache, data, loader
+from brainlib import augment, cache, data, loader
 
 
 def test_reference_transforms_shape_dtype_range(fixture_root):
     img = data.to_rgb(data.open_image(next((fixture_root / "Training" / "glioma").glob("*.jpg"))))
     for train in (True, False):
-        x = loader.reference_transforms(train)(img)
+        x = augment.reference_transforms(train)(img)
         assert x.shape == (3, 224, 224) and x.dtype == torch.float32
         assert x.min() >= -1.0 and x.max() <= 1.0 and x.max() > 0
 
@@ -38,10 +38,10 @@ def test_augmentation_is_seeded_and_per_image():
 def test_identity_augmentation_equals_plain_resize_and_flip_mirrors():
     img = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (2, 1, 32, 32), dtype=np.uint8))
     gen = torch.Generator().manual_seed(0)
-    none = loader.AugmentParams(flip_p=0.0, rotation_deg=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), brightness=0, contrast=0)
-    out = loader.augment_batch(img, 32, none, gen)
+    none = augment.AugmentParams(flip_p=0.0, rotation_deg=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), brightness=0, contrast=0)
+    out = augment.augment_batch(img, 32, none, gen)
     assert torch.allclose(out, img.float() / 255, atol=1e-5)
-    flipped = loader.augment_batch(img, 32, loader.AugmentParams(**{**none.__dict__, "flip_p": 1.0}), gen)
+    flipped = augment.augment_batch(img, 32, augment.AugmentParams(**{**none.__dict__, "flip_p": 1.0}), gen)
     assert torch.allclose(flipped, torch.flip(img.float() / 255, dims=[-1]), atol=1e-5)
 
 
@@ -90,8 +90,8 @@ def test_cache_matches_load_gray(fixture_root, tmp_path):
 
 
 def test_augment_false_trains_on_plain_resized_images():
+    from brainlib.augment import augment_params
     from brainlib.config import Config
-    from brainlib.loader import augment_params
 
     images = np.random.default_rng(3).integers(0, 256, (4, 32, 32), dtype=np.uint8)
     aug = augment_params(Config(augment=False))

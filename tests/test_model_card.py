@@ -30,7 +30,7 @@ def test_model_card_is_built_from_the_checkpoint_and_its_evaluation(trained_run,
     ):
         assert f"## {heading}" in card or heading in card, heading
     low, high = metrics["intervals"]["accuracy"]
-    assert f"Accuracy {100 * metrics['accuracy']:.2f} % (95 % CI {100 * low:.2f}–{100 * high:.2f})" in card
+    assert f"Accuracy {100 * metrics['accuracy']:.2f} % (95 % CI [{100 * low:.2f}, {100 * high:.2f}])" in card
     assert "Not a diagnostic device" in card.replace("**", "") and "nan" not in card
     assert "--shift-severities 2" in card
 

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainlib import evaluate
+from brainlib import calibration, evaluate
 from brainlib.cli import main
 from brainlib.config import CLASS_NAMES
 from brainlib.loader import load_run_data
-from brainlib.predict import predict_images
+from brainlib.predict import expand_inputs, predict_images
 
 
 def test_predict_cli_handles_every_mode_and_reports_bad_files(trained_run, fixture_root, tmp_path, capsys):
@@ -32,7 +32,9 @@ def test_predict_cli_handles_every_mode_and_reports_bad_files(trained_run, fixtu
     rc = main(["predict", *args, "--checkpoint", ckpt, "--json", "--cam", str(tmp_path / "cams")])
     out = capsys.readouterr()
     assert rc == 1  # some inputs were bad ...
-    results = {r["path"].split("/")[-1]: r for r in json.loads(out.out)}
+    report = json.loads(out.out)
+    assert report["checkpoint"] == ckpt and report["model"] == "seed_cnn" and report["image_size"] == 224
+    results = {r["path"].split("/")[-1]: r for r in report["results"]}
     for name in ("gray.jpg", "rgba.png", "palette.png", "sixteen.png", "large.jpg"):  # ... the rest still predicted
         assert results[name]["class"] in CLASS_NAMES
         assert sum(results[name]["probabilities"].values()) == pytest.approx(1, abs=1e-3)
@@ -46,19 +48,38 @@ def test_predict_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path, fixture_root
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert main(["predict", str(next(fixture_root.rglob("*.jpg"))), "--checkpoint", str(tmp_path / "bad.pt")]) == 4
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: checkpoint") and "bad.pt" in err and "\n" not in err
+    assert err.startswith("error: ") and "bad.pt is not a checkpoint" in err and "\n" not in err
+    assert "weights_only" not in err  # never torch's advice to unpickle it anyway
 
 
 def test_predict_and_evaluate_agree_image_by_image(trained_run, fixture_root):
-    pred, _ = evaluate.predict_test(trained_run, load_run_data(trained_run), shifts=False)
+    pred, logits, _ = evaluate.predict_test(trained_run, load_run_data(trained_run), shifts=False)
     ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
-    results = predict_images([str(fixture_root / p) for p in pred["path"]], ckpt)
+    report = predict_images([str(fixture_root / p) for p in pred["path"]], ckpt)
+    results = report["results"]
     probs = pd.DataFrame([r["probabilities"] for r in results])
-    temperature = results[0]["temperature"]
-    assert temperature is not None
-    raw = evaluate.probabilities(pred)
+    assert report["temperature"] is not None
     assert [r["class"] for r in results] == list(pred["pred"])
-    assert np.allclose(probs[list(CLASS_NAMES)].to_numpy(), evaluate.calibrated(raw, temperature), atol=1e-4)
+    expected = calibration.calibrated_probabilities(logits, report["temperature"])
+    assert np.allclose(probs[list(CLASS_NAMES)].to_numpy(), expected, atol=1e-4)
+
+
+def test_a_folder_is_expanded_to_its_images_sorted_and_the_text_names_the_checkpoint(trained_run, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    src = next(fixture_root_images(trained_run))
+    for name in ("b.jpg", "a.png", "sub/c.jpg"):
+        Image.open(src).convert("L").save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    assert expand_inputs([str(folder)]) == [str(folder / n) for n in ("a.png", "b.jpg", "sub/c.jpg")]
+    ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
+    assert main(["predict", str(folder), "--checkpoint", ckpt]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"checkpoint: {ckpt} (seed_cnn, 224 px)" and len(out) == 4
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(empty), "--checkpoint", ckpt]) == 1  # nothing inside: said, not a traceback
+    assert "a folder with no image files" in capsys.readouterr().err
 
 
 def test_exif_orientation_is_applied_and_tiny_images_are_flagged(trained_run, fixture_root, tmp_path):
@@ -70,7 +91,7 @@ def test_exif_orientation_is_applied_and_tiny_images_are_flagged(trained_run, fi
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", quality=95, exif=exif)
     src.resize((8, 8)).save(tmp_path / "tiny.png")
     ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
-    a, b, tiny = predict_images([str(tmp_path / n) for n in ("upright.jpg", "turned.jpg", "tiny.png")], ckpt)
+    a, b, tiny = predict_images([str(tmp_path / n) for n in ("upright.jpg", "turned.jpg", "tiny.png")], ckpt)["results"]
     assert a["probabilities"] == pytest.approx(b["probabilities"], abs=0.02)
     assert "warning" not in a and "8x8 px" in tiny["warning"]
 
@@ -82,7 +103,7 @@ def test_predict_prints_prediction_sets_and_flags_more_than_one_class(trained_ru
     state = load_checkpoint(ckpt)
     assert set(state["conformal"]["thresholds"]) == {"0.01", "0.05"}  # the training loop stored them
     image = str(next((fixture_root / "Testing" / "glioma").glob("*.jpg")))
-    result = predict_images([image], ckpt)[0]
+    result = predict_images([image], ckpt)["results"][0]
     assert result["class"] in result["prediction_set"] and result["coverage"] == pytest.approx(0.99)
     assert result["uncertain"] == (len(result["prediction_set"]) > 1)
     # a threshold of 1 (too few calibration images for 99 %) keeps every class: review
@@ -103,7 +124,7 @@ def test_calibrate_adds_conformal_thresholds_to_an_old_checkpoint(trained_run, t
     state = load_checkpoint(f"{trained_run.run_dir}/checkpoints/best.pt")
     old = tmp_path / "old.pt"
     save_checkpoint({k: v for k, v in state.items() if k != "conformal"}, old)
-    assert "prediction_set" not in predict_images([str(next(fixture_root_images(trained_run)))], old)[0]
+    assert "prediction_set" not in predict_images([str(next(fixture_root_images(trained_run)))], old)["results"][0]
     before = old.read_bytes()
     out = tmp_path / "calibrated.pt"
     assert main(["calibrate", "--checkpoint", str(old), "--out", str(out), "--run-dir", trained_run.run_dir]) == 0

@@ -4,7 +4,7 @@ severity; families declared, seen vs held out as the augmentation says."""
 import numpy as np
 import pytest
 
-from brainlib.acquisition import TRAINED_FAMILIES
+from brainlib.augment import TRAINED_FAMILIES
 from brainlib.data import load_gray
 from brainlib.shifts import FAMILIES, SEVERITIES, SHIFTS
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainlib.acquisition import AcquisitionParams, augment_acquisition, jpeg_roundtrip, resample
+from brainlib.augment import AcquisitionParams, augment_acquisition, jpeg_roundtrip, resample
 from brainlib.data import load_gray
 
 

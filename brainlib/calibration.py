@@ -1,0 +1,154 @@
+"""Calibration: what turns a model's logits into probabilities and prediction sets one can act on.
+
+- Temperature scaling (Guo et al. 2017): one scalar T fitted on the validation logits that
+  selected the checkpoint; it changes confidences, never predictions.
+- Split conformal prediction sets with the LAC score 1 - p(true class) (Sadinle et al. 2019;
+  Angelopoulos & Bates 2021), calibrated on the same validation split. Written out here because
+  the method is three lines and its thresholds must live in a checkpoint as plain floats, which
+  checkpoint.py loads without unpickling objects; a library's fitted object could not go there.
+- Reliability: equal-width confidence bins and the expected calibration error.
+
+Nothing here is ever fitted on the test split.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .checkpoint import InferenceModel, load_for_inference, write_calibrated_copy
+from .config import Config
+from .infer import predict_logits, setup_torch
+from .loader import RunData, split_batches
+from .stats import ECE_BINS, ece
+
+CONFORMAL_ALPHAS = (0.01, 0.05)  # sets meant to hold the true class 99 % and 95 % of the time
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al. 2017): one scalar T minimising validation NLL of logits / T."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return float(log_t.detach().exp())
+
+
+def calibrate(logits: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """Class probabilities softmax(logits / T); T=None leaves the logits as they are."""
+    return (logits.float() / (temperature or 1.0)).softmax(1)
+
+
+def conformal_state(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Split-conformal thresholds (LAC score) at each of CONFORMAL_ALPHAS, from calibrated
+    validation probabilities: plain floats, stored in a checkpoint next to its temperature."""
+    p, y = probs.numpy(), labels.numpy()
+    return {"score": "lac", "n_calibration": len(y), "thresholds": {str(a): conformal_threshold(p, y, a) for a in CONFORMAL_ALPHAS}}
+
+
+def calibration_state(val_logits: torch.Tensor, val_labels: torch.Tensor) -> dict:
+    """What a checkpoint keeps from the validation logits that selected it: the temperature and,
+    on the probabilities it calibrates, the conformal thresholds."""
+    temperature = fit_temperature(val_logits, val_labels)
+    return {"temperature": temperature, "conformal": conformal_state(calibrate(val_logits, temperature), val_labels)}
+
+
+def conformal_threshold(calibration_probs: np.ndarray, calibration_labels: np.ndarray, alpha: float) -> float:
+    """The split-conformal threshold on the LAC score s = 1 - p(true class): the
+    ceil((n + 1)(1 - alpha))-th smallest calibration score. Sets {k : 1 - p_k <= threshold} then
+    hold the true class with probability >= 1 - alpha for exchangeable test images. With too few
+    calibration images for that rank the threshold is 1 (every class: the honest answer)."""
+    probs = np.asarray(calibration_probs, float)
+    labels = np.asarray(calibration_labels, int)
+    scores = np.sort(1.0 - probs[np.arange(len(labels)), labels])
+    rank = math.ceil((len(scores) + 1) * (1 - alpha))
+    return 1.0 if rank > len(scores) else float(scores[rank - 1])
+
+
+def prediction_sets(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean (n, C): class k is in image i's set when 1 - p_ik <= threshold. Never empty: the
+    most probable class is always kept (it changes coverage only upwards)."""
+    probs = np.asarray(probs, float)
+    sets = (1.0 - probs) <= threshold + 1e-12
+    sets[np.arange(len(probs)), probs.argmax(1)] = True
+    return sets
+
+
+def set_coverage(sets: np.ndarray, labels: np.ndarray) -> dict:
+    """Empirical coverage (true class in the set), mean set size and the share of sets with more
+    than one class (the images `predict` flags for review)."""
+    labels = np.asarray(labels, int)
+    if not len(labels):
+        return {"n": 0, "coverage": None, "mean_set_size": None, "share_uncertain": None}
+    size = sets.sum(1)
+    return {
+        "n": int(len(labels)),
+        "coverage": float(sets[np.arange(len(labels)), labels].mean()),
+        "mean_set_size": float(size.mean()),
+        "share_uncertain": float((size > 1).mean()),
+    }
+
+
+def calibration_of(net: InferenceModel, cfg: Config, data: RunData, device: str) -> dict:
+    """The checkpoint's temperature and conformal thresholds; what it lacks is fitted here on the
+    run's val split (the one its epoch was selected on) and never written back."""
+    if net.temperature is not None and net.conformal is not None:
+        return {"temperature": net.temperature, "conformal": net.conformal, "source": "checkpoint"}
+    val = split_batches(cfg, data, "val", device)
+    logits, labels = predict_logits(net.model, val, device), val.labels.cpu()
+    if net.temperature is None:
+        return calibration_state(logits, labels) | {"source": "validation split (fitted by evaluate)"}
+    conformal = conformal_state(calibrate(logits, net.temperature), labels)
+    return {"temperature": net.temperature, "conformal": conformal, "source": "temperature: checkpoint; conformal: validation split"}
+
+
+def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out: str | Path) -> dict:
+    """A copy of `checkpoint` at `out` with what it lacks of temperature and conformal thresholds
+    fitted on the run's val split (for checkpoints trained before best.pt stored them); returns
+    what it stored. The val split must be the one the checkpoint was selected on:
+    checkpoint.trained_config takes the seed and val fraction from the checkpoint."""
+    device = setup_torch(cfg)
+    net = load_for_inference(checkpoint, device)
+    fitted = {k: v for k, v in calibration_of(net.replace(conformal=None), net.scoring_config(cfg), data, device).items() if k != "source"}
+    write_calibrated_copy(checkpoint, fitted, out)
+    return fitted | {"out": str(out)}
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> pd.DataFrame:
+    """Equal-width confidence bins: mean confidence, accuracy and count per bin."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        sel = which == b
+        rows.append(
+            {
+                "lower": edges[b],
+                "upper": edges[b + 1],
+                "count": int(sel.sum()),
+                "confidence": float(confidence[sel].mean()) if sel.any() else np.nan,
+                "accuracy": float(correct[sel].mean()) if sel.any() else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    return float(ece(confidence, correct, n_bins)) if len(confidence) else 0.0
+
+
+def calibrated_probabilities(logits: np.ndarray, temperature: float | None) -> np.ndarray:
+    """softmax(logits / T) as a numpy array, from saved logits (test_logits.npy)."""
+    return calibrate(torch.from_numpy(np.asarray(logits, np.float32)), temperature).numpy()

@@ -1,0 +1,100 @@
+"""The front door's numbers, generated from the committed metrics files (never typed): the results
+table README.md shows between its `results-table` markers, and the robustness figure in docs/.
+
+    python -m brainlib results-table --update README.md     # or: make readme-table
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import write_text
+from .config import DEFAULT_CHECKPOINT, REPO_ROOT
+from .errors import DataError
+from .robustness import summary_of
+from .stats import interval_text
+
+START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
+# committed checkpoint -> what it is; the metrics file sits beside it (<name>.metrics.json)
+ROWS = {
+    DEFAULT_CHECKPOINT: "**default**: EfficientNet-Lite0, acquisition augmentation, 256 px",
+    "checkpoints/efficientnet_lite0.pt": "EfficientNet-Lite0, same recipe without acquisition augmentation",
+    "checkpoints/seed_cnn_robust.pt": "small CNN (273 k parameters), acquisition augmentation",
+    "checkpoints/seed_cnn.pt": "small CNN, no augmentation, one-cycle",
+}
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f} %"
+
+
+def metrics_of(checkpoint: str) -> dict:
+    path = REPO_ROOT / Path(checkpoint).with_suffix(".metrics.json")
+    if not path.exists():
+        raise DataError(f"{path} not found: the committed metrics of {checkpoint}")
+    return json.loads(path.read_text())
+
+
+def results_table() -> str:
+    """One row per committed checkpoint (markdown), from its metrics file."""
+    rows = []
+    for checkpoint, what in ROWS.items():
+        m = metrics_of(checkpoint)
+        s = summary_of(m)
+        sets = ((m.get("conformal") or {}).get("sets") or {}).get("0.01", {}).get("test") or {}
+        on = "" if not s else f" ({s.n_images:,} images)"
+        rows.append(
+            {
+                "model": f"{what} (`{Path(checkpoint).name}`)",
+                "official test [95 % CI]": f"{_pct(m['accuracy'])} {interval_text(m, 'accuracy')}",
+                f"leakage-free (n = {m['n_leakage_free']})": f"{_pct(m['accuracy_leakage_free'])} {interval_text(m, 'accuracy_leakage_free')}",
+                "25 shifts, middle severity: mean / worst": f"{_pct(s.middle_mean_accuracy)} / {_pct(s.middle_worst_accuracy)}{on}"
+                if s
+                else "",
+                "tumour recall under shift (lowest)": f"{s.middle_min_tumour_recall:.3f}" if s else "",
+                "99 % sets: coverage / size": f"{sets['coverage']:.3f} / {sets['mean_set_size']:.2f}" if sets else "",
+                "ECE calibrated": _pct(m.get("ece_calibrated")),
+            }
+        )
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+# the robustness figure: the default against the same model trained without acquisition augmentation,
+# whose severities 1 and 3 were scored apart (docs/robustness/) on the same 401-image sample as severity 2
+FIGURE_MODELS = {
+    "efficientnet_lite0_robust.pt (default, 1,311 images)": [DEFAULT_CHECKPOINT],
+    "efficientnet_lite0.pt, no acquisition augmentation (401 images)": [
+        "checkpoints/efficientnet_lite0.pt",
+        "docs/robustness/efficientnet_lite0.severities_1_3.pt",
+    ],
+}
+
+
+def robustness_figure(out: str | Path = "docs/figures/robustness_by_family.png") -> Path:
+    """Accuracy by shift family and severity, from the committed metrics files' shift tables."""
+    from .plots import robustness_by_family
+
+    tables = {}
+    for label, files in FIGURE_MODELS.items():
+        parts = [pd.DataFrame(metrics_of(f)["shifts"]["table"]) for f in files]
+        table = pd.concat(parts, ignore_index=True)
+        tables[label] = table[(table["shift"] != "clean") | ~table.duplicated("shift")]
+    robustness_by_family(tables, "EfficientNet-Lite0 under the shift suite, by family (official Testing split)", REPO_ROOT / out)
+    return Path(out)
+
+
+def replace_block(text: str, block: str) -> str:
+    if START not in text or END not in text:
+        raise DataError(f"the file has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{block}\n{END}{tail}"
+
+
+def update(path: str | Path) -> Path:
+    """Write the current table into the file's results-table block."""
+    path = Path(path)
+    return write_text(path, replace_block(path.read_text(), results_table()))

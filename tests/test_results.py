@@ -1,0 +1,58 @@
+"""The front door's numbers: README's results table is what the committed metrics files say, and the
+shift summary keeps its metrics.json form."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from brainlib import results, robustness
+from brainlib.errors import DataError, SettingsError
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_readme_results_table_matches_the_committed_metrics_files():
+    readme = (ROOT / "README.md").read_text()
+    assert results.replace_block(readme, results.results_table()) == readme, "README's table is stale: make readme-table"
+
+
+def test_the_table_carries_the_default_checkpoints_numbers():
+    metrics = json.loads((ROOT / "checkpoints" / "efficientnet_lite0_robust.metrics.json").read_text())
+    table = results.results_table()
+    first_row = table.splitlines()[2]
+    assert "efficientnet_lite0_robust.pt" in first_row and f"{100 * metrics['accuracy']:.2f} %" in first_row
+    summary = robustness.summary_of(metrics)
+    assert f"{100 * summary.middle_mean_accuracy:.2f} %" in first_row
+
+
+def test_replace_block_needs_the_markers():
+    with pytest.raises(DataError, match="results-table"):
+        results.replace_block("no markers here", "x")
+    text = f"a\n{results.START}\nold\n{results.END}\nb"
+    assert results.replace_block(text, "new") == f"a\n{results.START}\nnew\n{results.END}\nb"
+
+
+def test_shift_summary_round_trips_through_its_metrics_json_form():
+    metrics = json.loads((ROOT / "checkpoints" / "efficientnet_lite0_robust.metrics.json").read_text())
+    flat = metrics["shifts"]["summary"]
+    summary = robustness.ShiftSummary.from_dict(flat)
+    assert summary.as_dict() == flat and summary.all_severities
+    assert set(summary.middle_min_coverage) == {"0.01", "0.05"}
+    again = robustness.shift_summary(pd.DataFrame(metrics["shifts"]["table"])).as_dict()
+    assert {k: v for k, v in again.items() if isinstance(v, float)} == pytest.approx(
+        {k: v for k, v in flat.items() if isinstance(v, float)}
+    )
+    assert (again["middle_worst_shift"], again["severities"]) == (flat["middle_worst_shift"], flat["severities"])
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1,2,3", (1, 2, 3)), ("2", (2,)), ("", ()), (" 3 , 1", (3, 1))])
+def test_severities_parse(text, expected):
+    assert robustness.parse_severities(text) == expected
+
+
+@pytest.mark.parametrize("text", ["4", "two", "1,,x"])
+def test_bad_severities_are_one_line(text):
+    with pytest.raises(SettingsError, match="1, 2 and/or 3"):
+        robustness.parse_severities(text)
