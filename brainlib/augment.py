@@ -78,7 +78,9 @@ def resample(x01: torch.Tensor, side: int, mode: str) -> torch.Tensor:
     """(B, 1, S, S) float -> resampled to side x side with `mode`, then back to S with bilinear."""
     size = x01.shape[-1]
     smooth = mode in ("bilinear", "bicubic")
-    small = F.interpolate(x01, size=(side, side), mode=mode, antialias=smooth, **({"align_corners": False} if smooth else {}))
+    small = F.interpolate(
+        x01, size=(side, side), mode=mode, antialias=smooth, **({"align_corners": False} if smooth else {})
+    )
     return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
 
 
@@ -217,7 +219,16 @@ def augment_params(cfg: Config) -> AugmentParams:
     acquisition = AcquisitionParams() if cfg.acquisition_aug else None
     if not cfg.augment:
         return AugmentParams(
-            flip_p=0, rotation_deg=0, crop_scale=(1, 1), crop_ratio=(1, 1), brightness=0, contrast=0, saturation=0, acquisition=acquisition
+            flip_p=0,
+            rotation_deg=0,
+            crop_scale=(1, 1),
+            crop_ratio=(1, 1),
+            brightness=0,
+            contrast=0,
+            saturation=0,
+            acquisition=acquisition,
         )
     j = cfg.jitter
-    return AugmentParams(crop_scale=(cfg.crop_scale_min, 1.0), brightness=j, contrast=j, saturation=j, acquisition=acquisition)
+    return AugmentParams(
+        crop_scale=(cfg.crop_scale_min, 1.0), brightness=j, contrast=j, saturation=j, acquisition=acquisition
+    )

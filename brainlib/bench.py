@@ -87,7 +87,9 @@ def _time_training(
     return n / seconds
 
 
-def _time_eval(model: nn.Module, batches, max_batches: int, device: str, precision: str = "fp32", warmup: int = 1) -> float:
+def _time_eval(
+    model: nn.Module, batches, max_batches: int, device: str, precision: str = "fp32", warmup: int = 1
+) -> float:
     """Images/s of the one inference loop (infer.predict_logits) over max_batches batches after
     `warmup` untimed ones (worker start-up, cuDNN autotuning, lazy CUDA init), loading included."""
     it = _repeat(batches)
@@ -101,7 +103,9 @@ def _time_eval(model: nn.Module, batches, max_batches: int, device: str, precisi
     return n / (time.perf_counter() - start)
 
 
-def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2, out: str | Path | None = None) -> dict:
+def run_benchmark(
+    cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2, out: str | Path | None = None
+) -> dict:
     device = setup_torch(cfg)
     data = load_run_data(cfg)
     train_rows = data.manifest[data.manifest["split"] == "train"]
@@ -117,14 +121,22 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     }
 
     torch.manual_seed(cfg.seed)
-    plain_ds = ImageFileDataset(train_rows, data.data_root, reference_transforms(True, cfg.image_size, augment_params(cfg)))
+    plain_ds = ImageFileDataset(
+        train_rows, data.data_root, reference_transforms(True, cfg.image_size, augment_params(cfg))
+    )
     plain = torch.utils.data.DataLoader(
         plain_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=False
     )
-    results["plain_train_images_per_s"] = _time_training(create_model(cfg.model).to(device), plain, steps, warmup, device)
-    eval_ds = ImageFileDataset(data.manifest[data.manifest["split"] == "test"], data.data_root, reference_transforms(False, cfg.image_size))
+    results["plain_train_images_per_s"] = _time_training(
+        create_model(cfg.model).to(device), plain, steps, warmup, device
+    )
+    eval_ds = ImageFileDataset(
+        data.manifest[data.manifest["split"] == "test"], data.data_root, reference_transforms(False, cfg.image_size)
+    )
     eval_plain = torch.utils.data.DataLoader(eval_ds, batch_size=cfg.batch_size, num_workers=workers)
-    results["plain_eval_images_per_s"] = _time_eval(create_model(cfg.model).to(device), eval_plain, steps, device, warmup=warmup)
+    results["plain_eval_images_per_s"] = _time_eval(
+        create_model(cfg.model).to(device), eval_plain, steps, device, warmup=warmup
+    )
 
     model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
     batches = split_batches(cfg, data, "train", device, train=True)
@@ -133,7 +145,9 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     if cfg.compile:
         fast_model = torch.compile(model)
     elif cfg.cuda_graphs:
-        fast_model = graph_training_step(model, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), device, cfg.precision)
+        fast_model = graph_training_step(
+            model, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), device, cfg.precision
+        )
     else:
         fast_model = model
     batches.drop_last = isinstance(fast_model, GraphedTraining)  # one batch shape, as train does with graphs
@@ -141,7 +155,9 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
     _time_training(fast_model, batches, 1, 1, device, cfg.precision, fused=fused)
     results["brainlib_first_steps_s"] = time.perf_counter() - t0
     counters: dict = {}
-    results["brainlib_train_images_per_s"] = _time_training(fast_model, batches, steps, warmup, device, cfg.precision, counters, fused)
+    results["brainlib_train_images_per_s"] = _time_training(
+        fast_model, batches, steps, warmup, device, cfg.precision, counters, fused
+    )
     results |= {f"brainlib_train_{k}": v for k, v in counters.items()}
     results["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
     results["ld_preload"] = os.environ.get("LD_PRELOAD", "")  # jemalloc or tcmalloc in place of glibc's malloc
@@ -155,7 +171,9 @@ def run_benchmark(cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2
 
     print(f"{'pipeline':<10} {'train img/s':>12} {'eval img/s':>11}")
     for name in ("plain", "brainlib"):
-        print(f"{name:<10} {results[f'{name}_train_images_per_s']:>12.1f} {results[f'{name}_eval_images_per_s']:>11.1f}")
+        print(
+            f"{name:<10} {results[f'{name}_train_images_per_s']:>12.1f} {results[f'{name}_eval_images_per_s']:>11.1f}"
+        )
     print(f"speed-up: train x{results['train_speedup']:.2f}, eval x{results['eval_speedup']:.2f}")
     print(
         f"brainlib training: {counters['minor_faults_per_step']:,.0f} minor page faults and "

@@ -84,7 +84,9 @@ def build_or_load_cache(
     images = np.empty(shape, dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
         work = pool.map(lambda p: load_gray(root / p, size), manifest["path"])
-        for i, img in enumerate(tqdm(work, total=len(manifest), desc=f"cache {size}px", disable=not progress, mininterval=2)):
+        for i, img in enumerate(
+            tqdm(work, total=len(manifest), desc=f"cache {size}px", disable=not progress, mininterval=2)
+        ):
             images[i] = img
     save_npy(images, array_path)  # DDP ranks may build at once: each writes its own temp file
     meta = {"shape": list(shape), "size": size, "version": PREPROCESSING_VERSION, "sha256": _file_sha256(array_path)}

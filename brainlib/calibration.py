@@ -55,7 +55,11 @@ def conformal_state(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     """Split-conformal thresholds (LAC score) at each of CONFORMAL_ALPHAS, from calibrated
     validation probabilities: plain floats, stored in a checkpoint next to its temperature."""
     p, y = probs.numpy(), labels.numpy()
-    return {"score": "lac", "n_calibration": len(y), "thresholds": {str(a): conformal_threshold(p, y, a) for a in CONFORMAL_ALPHAS}}
+    return {
+        "score": "lac",
+        "n_calibration": len(y),
+        "thresholds": {str(a): conformal_threshold(p, y, a) for a in CONFORMAL_ALPHAS},
+    }
 
 
 def calibration_state(val_logits: torch.Tensor, val_labels: torch.Tensor) -> dict:
@@ -111,7 +115,11 @@ def calibration_of(net: InferenceModel, cfg: Config, data: RunData, device: str)
     if net.temperature is None:
         return calibration_state(logits, labels) | {"source": "validation split (fitted by evaluate)"}
     conformal = conformal_state(calibrate(logits, net.temperature), labels)
-    return {"temperature": net.temperature, "conformal": conformal, "source": "temperature: checkpoint; conformal: validation split"}
+    return {
+        "temperature": net.temperature,
+        "conformal": conformal,
+        "source": "temperature: checkpoint; conformal: validation split",
+    }
 
 
 def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out: str | Path) -> dict:
@@ -121,7 +129,11 @@ def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out
     checkpoint.trained_config takes the seed and val fraction from the checkpoint."""
     device = setup_torch(cfg)
     net = load_for_inference(checkpoint, device)
-    fitted = {k: v for k, v in calibration_of(net.replace(conformal=None), net.scoring_config(cfg), data, device).items() if k != "source"}
+    fitted = {
+        k: v
+        for k, v in calibration_of(net.replace(conformal=None), net.scoring_config(cfg), data, device).items()
+        if k != "source"
+    }
     write_calibrated_copy(checkpoint, fitted, out)
     return fitted | {"out": str(out)}
 

@@ -27,7 +27,9 @@ from .loader import RunData, rows_batches
 METHODS = {"Grad-CAM": GradCAM, "Grad-CAM++": GradCAMPlusPlus}
 
 
-def compute_cams(model: nn.Module, x: torch.Tensor, targets: list[int], method: str = "Grad-CAM", *, layer: nn.Module) -> np.ndarray:
+def compute_cams(
+    model: nn.Module, x: torch.Tensor, targets: list[int], method: str = "Grad-CAM", *, layer: nn.Module
+) -> np.ndarray:
     """(B, H, W) maps in [0, 1] for class `targets[i]` of image i, from `layer` (the model's
     registry entry names it: checkpoint.InferenceModel.cam_layer)."""
     model.eval()
@@ -75,7 +77,9 @@ def faithfulness(
     """Per image: confidence drop for the CAM's top pixels vs a random blob mask of equal area."""
     gen = torch.Generator().manual_seed(seed)
     b, _, h, w = x.shape
-    blobs = F.interpolate(torch.rand(b, 1, 7, 7, generator=gen), size=(h, w), mode="bicubic", align_corners=False).squeeze(1)
+    blobs = F.interpolate(
+        torch.rand(b, 1, 7, 7, generator=gen), size=(h, w), mode="bicubic", align_corners=False
+    ).squeeze(1)
     cam_mask = _top_fraction_mask(torch.from_numpy(cams).float(), fraction)
     rand_mask = _top_fraction_mask(blobs, fraction)
     return pd.DataFrame(
@@ -87,13 +91,17 @@ def faithfulness(
     )
 
 
-def cam_panels(net: InferenceModel, x: torch.Tensor, targets: list[int], titles: list[str]) -> tuple[list[np.ndarray], list[str]]:
+def cam_panels(
+    net: InferenceModel, x: torch.Tensor, targets: list[int], titles: list[str]
+) -> tuple[list[np.ndarray], list[str]]:
     """Per image: the input, then its map for each of METHODS (targets: the classes to explain),
     as (images, titles) for plots.image_grid."""
     maps = {m: compute_cams(net.model, x, targets, m, layer=net.cam_layer) for m in METHODS}
     images, names = [], []
     for k, title in enumerate(titles):
-        images += [((x[k, 0].numpy() * 0.5 + 0.5) * 255).astype(np.uint8)] + [overlay(x[k], maps[m][k]) for m in METHODS]
+        images += [((x[k, 0].numpy() * 0.5 + 0.5) * 255).astype(np.uint8)] + [
+            overlay(x[k], maps[m][k]) for m in METHODS
+        ]
         names += [title] + list(METHODS)
     return images, names
 
@@ -111,7 +119,9 @@ def faithfulness_study(
         wanted = torch.tensor(np.asarray(targets)[part])
         for method in METHODS:
             maps = compute_cams(net.model, x, wanted.tolist(), method, layer=net.cam_layer)
-            frames.append(faithfulness(net.model, x, wanted, maps, seed=seed + start).assign(method=method, position=part))
+            frames.append(
+                faithfulness(net.model, x, wanted, maps, seed=seed + start).assign(method=method, position=part)
+            )
     return pd.concat(frames, ignore_index=True)
 
 

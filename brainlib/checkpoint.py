@@ -77,7 +77,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     except Exception as err:  # truncated or damaged
         raise CheckpointError(f"checkpoint {path} could not be read: {type(err).__name__}: {_one_line(err)}") from None
     if not isinstance(state, dict) or set(REQUIRED_FIELDS) - set(state):
-        raise CheckpointError(f"checkpoint {path} lacks {sorted(set(REQUIRED_FIELDS) - set(state or {}))}: not a brainlib checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} lacks {sorted(set(REQUIRED_FIELDS) - set(state or {}))}: not a brainlib checkpoint"
+        )
     return state
 
 
@@ -93,11 +95,15 @@ def model_from_state(state: dict, device: str = "cpu") -> nn.Module:
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint weights do not fit model {state['model_name']!r}: {_one_line(err)}") from None
+        raise CheckpointError(
+            f"checkpoint weights do not fit model {state['model_name']!r}: {_one_line(err)}"
+        ) from None
     return model.to(device).eval()
 
 
-def training_state(cfg: Config, model: nn.Module, optimizer, scheduler, epoch: int, best_val_acc: float, history: list) -> dict:
+def training_state(
+    cfg: Config, model: nn.Module, optimizer, scheduler, epoch: int, best_val_acc: float, history: list
+) -> dict:
     """The dict last.pt holds after an epoch: weights, settings and what resume needs."""
     return {
         "model_name": cfg.model,
@@ -203,6 +209,8 @@ def export_checkpoint(src: str | Path, dst: str | Path, half: bool = False) -> P
     upcasts them to fp32), class names, config, temperature, epoch and history."""
     state = load_checkpoint(src)
     keep = {k: state[k] for k in EXPORT_FIELDS if k in state}
-    keep["model_state"] = {k: v.half() if half and v.is_floating_point() else v for k, v in state["model_state"].items()}
+    keep["model_state"] = {
+        k: v.half() if half and v.is_floating_point() else v for k, v in state["model_state"].items()
+    }
     keep["exported_from"] = str(src)
     return save_checkpoint(keep, dst)

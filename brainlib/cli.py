@@ -16,7 +16,16 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_CHECKPOINT, DEFAULT_RECIPE, LOCATION_FIELDS, RECIPES, Config, build_config, parse_bool, read_run_config
+from .config import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_RECIPE,
+    LOCATION_FIELDS,
+    RECIPES,
+    Config,
+    build_config,
+    parse_bool,
+    read_run_config,
+)
 from .errors import BrainlibError, SettingsError
 
 # Each command's modules are imported when it runs, not here: importing them all (torch, MONAI,
@@ -43,7 +52,16 @@ COMMAND_SETTINGS = {
     ),
     "evaluate": (*LOCATION_FIELDS, "device", "num_threads", "fast"),
     "calibrate": (*LOCATION_FIELDS, "device", "num_threads"),
-    "bench": (*LOCATION_FIELDS, *RUNTIME, "model", "image_size", "batch_size", "acquisition_aug", "compile", "cuda_graphs"),
+    "bench": (
+        *LOCATION_FIELDS,
+        *RUNTIME,
+        "model",
+        "image_size",
+        "batch_size",
+        "acquisition_aug",
+        "compile",
+        "cuda_graphs",
+    ),
     "plan": ("run_dir", "seed", "recipe", "model", "epochs", "batch_size", "device", "precision", "fast"),
 }
 
@@ -94,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m brainlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m brainlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -104,7 +124,10 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     command("plan", "how long `make pipeline` will take here: times a few training and scoring steps, then scales them")
-    command("prepare", f"scan the data, audit duplicates, carve validation, write the run's settings (new run: recipe {DEFAULT_RECIPE})")
+    command(
+        "prepare",
+        f"scan the data, audit duplicates, carve validation, write the run's settings (new run: recipe {DEFAULT_RECIPE})",
+    )
     p = command("train", "train the run's model on its train split, selecting the epoch on validation")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
     p = command("evaluate", "score a checkpoint on the official Testing split (writes metrics.json, predictions.csv)")
@@ -116,17 +139,26 @@ def _parser() -> argparse.ArgumentParser:
         "1,311 test images: 11 min on a 2-core CPU with AVX-512, 51 min on one without (default: '1,2,3')",
     )
     p.add_argument(
-        "--shift-sample", type=int, default=0, help="score the shifts on a stratified sample of this many test images (default: 0, all)"
+        "--shift-sample",
+        type=int,
+        default=0,
+        help="score the shifts on a stratified sample of this many test images (default: 0, all)",
     )
-    p = command("bench", "training and scoring throughput: the plain per-image pipeline vs brainlib's batches, same run")
+    p = command(
+        "bench", "training and scoring throughput: the plain per-image pipeline vs brainlib's batches, same run"
+    )
     p.add_argument("--steps", type=int, default=4, help="timed training steps per pipeline (default: 4)")
     p.add_argument("--out", default=None, help="JSON file for the results (default: none)")
     p = command("audit-labels", "label-quality audit: k-fold out-of-fold probabilities, then confident learning")
     p.add_argument("--folds", type=int, default=5, help="folds, each trains the run's recipe once (default: 5)")
     p.add_argument(
-        "--test-checkpoint", default=None, help="score Testing with this checkpoint (trained on Training only) and fold Training alone"
+        "--test-checkpoint",
+        default=None,
+        help="score Testing with this checkpoint (trained on Training only) and fold Training alone",
     )
-    p = command("calibrate", "store temperature and conformal thresholds, fitted on the val split, in a copy of a checkpoint")
+    p = command(
+        "calibrate", "store temperature and conformal thresholds, fitted on the val split, in a copy of a checkpoint"
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="the calibrated copy (may be the same path: written atomically)")
     p = command("export", "write a small inference-only copy of a checkpoint")
@@ -142,7 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
     p.add_argument("--shifts", action="store_true", help="add the shift suite's summary columns")
     p = command("results-table", "the front-door results table, from the committed metrics files (markdown)")
-    p.add_argument("--update", default=None, metavar="FILE", help="write it into FILE's results-table block (e.g. README.md)")
+    p.add_argument(
+        "--update", default=None, metavar="FILE", help="write it into FILE's results-table block (e.g. README.md)"
+    )
     command("figures", "the robustness figure in docs/figures/, from the committed metrics files")
     p = command("predict", "classify image files (or the images in folders) with a checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
@@ -168,7 +202,9 @@ def prepare(cfg: Config) -> None:
     from .data import prepare_run
 
     prepared = prepare_run(cfg)
-    print(f"manifest: {Path(cfg.run_dir) / 'manifest.csv'} ({len(prepared.manifest)} images, {len(prepared.scan.skipped)} skipped)")
+    print(
+        f"manifest: {Path(cfg.run_dir) / 'manifest.csv'} ({len(prepared.manifest)} images, {len(prepared.scan.skipped)} skipped)"
+    )
     print(json.dumps(prepared.duplicates.summary, indent=2))
     print(f"settings: {Path(cfg.run_dir) / 'config.json'} (recipe {cfg.recipe})")
 
@@ -209,7 +245,9 @@ def audit_command(args: argparse.Namespace) -> int:
         raise SettingsError(f"--folds must be at least 2, not {args.folds}")
     cfg = config_from_args(args)
     _prepare_if_new(cfg)
-    print(json.dumps(run_label_audit(cfg, load_run_data(cfg), args.folds, test_checkpoint=args.test_checkpoint), indent=2))
+    print(
+        json.dumps(run_label_audit(cfg, load_run_data(cfg), args.folds, test_checkpoint=args.test_checkpoint), indent=2)
+    )
     return 0
 
 
@@ -240,15 +278,35 @@ def evaluate_command(args: argparse.Namespace) -> int:
     severities = parse_severities(args.shift_severities)
     cfg = _scoring_config(args)
     _prepare_if_new(cfg)
-    pred, logits, extras = predict_test(cfg, load_run_data(cfg), args.checkpoint, bool(severities), severities, args.shift_sample)
+    pred, logits, extras = predict_test(
+        cfg, load_run_data(cfg), args.checkpoint, bool(severities), severities, args.shift_sample
+    )
     metrics = compute_metrics(pred, logits, extras)
     print(report_table(pred))
     if metrics["shifts"]:
         print(shift_pivot(metrics["shifts"]).to_string(float_format=lambda v: f"{100 * v:.2f}"))
         print(json.dumps(metrics["shifts"]["summary"], indent=2))
-    keys = ("accuracy", "accuracy_leakage_free", "n_leakage_free", "macro_f1", "ece", "ece_calibrated", "accuracy_tta_flip")
-    print(json.dumps({k: metrics[k] for k in keys} | {"meningioma_recall": metrics["per_class"]["meningioma"]["recall"]}, indent=2))
-    print(json.dumps({"95% intervals": metrics["intervals"], "prediction sets": (metrics["conformal"] or {}).get("sets")}, indent=2))
+    keys = (
+        "accuracy",
+        "accuracy_leakage_free",
+        "n_leakage_free",
+        "macro_f1",
+        "ece",
+        "ece_calibrated",
+        "accuracy_tta_flip",
+    )
+    print(
+        json.dumps(
+            {k: metrics[k] for k in keys} | {"meningioma_recall": metrics["per_class"]["meningioma"]["recall"]},
+            indent=2,
+        )
+    )
+    print(
+        json.dumps(
+            {"95% intervals": metrics["intervals"], "prediction sets": (metrics["conformal"] or {}).get("sets")},
+            indent=2,
+        )
+    )
     print(f"metrics: {write_metrics(metrics, cfg.run_dir)}")
     return 0
 
@@ -306,7 +364,9 @@ def predict_command(args: argparse.Namespace) -> int:
     from .infer import resolve_device
     from .predict import expand_inputs, predict_images
 
-    report = predict_images(expand_inputs(args.images), args.checkpoint, args.cam, resolve_device(args.device), args.alpha)
+    report = predict_images(
+        expand_inputs(args.images), args.checkpoint, args.cam, resolve_device(args.device), args.alpha
+    )
     results = report["results"]
     if args.json:
         print(json.dumps(report, indent=2))

@@ -100,7 +100,9 @@ def _correct_by_path(run_dir: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     pred = pd.read_csv(path)
-    return pd.DataFrame({"correct": pred["label_idx"] == pred["pred_idx"], "leakage_free": leakage_free(pred)}).set_index(pred["path"])
+    return pd.DataFrame(
+        {"correct": pred["label_idx"] == pred["pred_idx"], "leakage_free": leakage_free(pred)}
+    ).set_index(pred["path"])
 
 
 def paired_table(run_dirs: list[str | Path], seed: int = 0) -> pd.DataFrame:
@@ -110,7 +112,9 @@ def paired_table(run_dirs: list[str | Path], seed: int = 0) -> pd.DataFrame:
     scored = {Path(r): _correct_by_path(Path(r)) for r in run_dirs}
     missing = [r.name for r, correct in scored.items() if correct is None]
     if missing:
-        print(f"compare: no predictions.csv in {', '.join(missing)}: left out of the paired table (evaluate again to add them)")
+        print(
+            f"compare: no predictions.csv in {', '.join(missing)}: left out of the paired table (evaluate again to add them)"
+        )
     scored = {r: correct for r, correct in scored.items() if correct is not None}
     if len(scored) < 2:
         return pd.DataFrame()

@@ -36,23 +36,37 @@ def _setting(default, help: str):
 @dataclass
 class Config:
     # where things are
-    run_dir: str = _setting("runs/default", "run folder: settings, manifest, checkpoints, metrics, figures, TensorBoard logs")
+    run_dir: str = _setting(
+        "runs/default", "run folder: settings, manifest, checkpoints, metrics, figures, TensorBoard logs"
+    )
     data_dir: str = _setting("", "dataset folder with Training/ and Testing/ (empty: $BRAIN_DATA_DIR, then kagglehub)")
     cache_dir: str = _setting("", "decoded-image cache (empty: $BRAIN_CACHE_DIR, then runs/cache, shared by all runs)")
     # data
     seed: int = _setting(42, "seed of the validation split, initialisation, shuffling and augmentation")
-    val_fraction: float = _setting(0.10, "share of Training carved out for validation (stratified, duplicate groups kept whole)")
+    val_fraction: float = _setting(
+        0.10, "share of Training carved out for validation (stratified, duplicate groups kept whole)"
+    )
     cache_size: int = _setting(256, "side of the decoded grayscale images in the cache (px)")
     image_size: int = _setting(224, "model input side (px)")
     fast: bool = _setting(False, "a tiny sample per class: for tests and smoke runs")
     fast_per_class: int = _setting(8, "images per class and split with --fast")
-    exclude_list: str = _setting("", "CSV with a `path` column (a label audit's label_issues.csv): those Training images train nowhere")
+    exclude_list: str = _setting(
+        "", "CSV with a `path` column (a label audit's label_issues.csv): those Training images train nowhere"
+    )
     # train-time augmentation (reference: flip, rotate 15, RandomResizedCrop, ColorJitter)
-    augment: bool = _setting(True, "flip, rotation, random-resized crop and brightness/contrast jitter (false: an ablation)")
-    crop_scale_min: float = _setting(0.08, "smallest random-resized-crop area (torchvision's default; the reference does not say)")
+    augment: bool = _setting(
+        True, "flip, rotation, random-resized crop and brightness/contrast jitter (false: an ablation)"
+    )
+    crop_scale_min: float = _setting(
+        0.08, "smallest random-resized-crop area (torchvision's default; the reference does not say)"
+    )
     jitter: float = _setting(0.2, "brightness/contrast/saturation jitter strength (the reference does not say)")
-    init_checkpoint: str = _setting("", "start from these weights (a brainlib checkpoint, read as data) instead of the model's own")
-    acquisition_aug: bool = _setting(False, "train-time resolution, JPEG, intensity and noise shifts (brainlib.augment)")
+    init_checkpoint: str = _setting(
+        "", "start from these weights (a brainlib checkpoint, read as data) instead of the model's own"
+    )
+    acquisition_aug: bool = _setting(
+        False, "train-time resolution, JPEG, intensity and noise shifts (brainlib.augment)"
+    )
     # model and optimisation: the reference recipe is the dataclass's default; RECIPES names better ones
     recipe: str = _setting("reference", "named recipe these settings start from (see RECIPES in brainlib/config.py)")
     model: str = _setting("seed_cnn", "architecture, a name in brainlib.models.MODELS")
@@ -63,7 +77,9 @@ class Config:
     schedule: str = _setting("constant", "learning-rate schedule: constant | onecycle")
     label_smoothing: float = _setting(0.0, "cross-entropy label smoothing")
     device: str = _setting("auto", "auto (CUDA when available) | cpu | cuda")
-    precision: str = _setting("auto", "training precision: auto (bf16 autocast on CUDA and on CPUs with bf16 instructions) | bf16 | fp32")
+    precision: str = _setting(
+        "auto", "training precision: auto (bf16 autocast on CUDA and on CPUs with bf16 instructions) | bf16 | fp32"
+    )
     compile: bool = _setting(False, "torch.compile the training step (+25 % in fp32 on a CPU, slower than bf16 eager)")
     cuda_graphs: bool = _setting(True, "on CUDA, replay the training forward/backward from CUDA graphs")
     num_threads: int = _setting(0, "CPU threads for torch (0: torch's default)")
@@ -178,7 +194,9 @@ def run_config(run_dir: str, **overrides) -> Config:
     run_dir = str(in_repo(run_dir))
     saved = read_run_config(run_dir)
     if not saved:
-        raise DataError(f"{run_dir}/config.json not found: run notebooks/01_data.ipynb (or `make pipeline`) for this run first")
+        raise DataError(
+            f"{run_dir}/config.json not found: run notebooks/01_data.ipynb (or `make pipeline`) for this run first"
+        )
     return build_config(saved, {**overrides, "run_dir": run_dir})
 
 

@@ -25,9 +25,7 @@ from .duplicates import AuditResult, audit_duplicates
 from .errors import DataError
 
 KAGGLE_HANDLE = "masoudnickparvar/brain-tumor-mri-dataset"
-EXPECTED_LAYOUT = (
-    "<data_dir>/Training/{glioma,meningioma,notumor,pituitary}/*.jpg and <data_dir>/Testing/{glioma,meningioma,notumor,pituitary}/*.jpg"
-)
+EXPECTED_LAYOUT = "<data_dir>/Training/{glioma,meningioma,notumor,pituitary}/*.jpg and <data_dir>/Testing/{glioma,meningioma,notumor,pituitary}/*.jpg"
 # Pixel limit: an 8000x8000 (64 MP) export is unusual but legal; anything above 100 MP is refused
 # before decoding (a decompression bomb), skipped with a count like any unreadable file.
 MAX_PIXELS = 100_000_000
@@ -230,7 +228,9 @@ def scan_dataset(root: Path, fast_per_class: int = 0, progress: bool = True) -> 
     rows, thumbs, skipped = [], [], []
     # threads: PIL decodes and hashlib hashes without the GIL (23 s -> 15 s on 2 cores); map keeps the order
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = list(tqdm(pool.map(inspect_or_error, todo), total=len(todo), desc="scan", disable=not progress, mininterval=2))
+        results = list(
+            tqdm(pool.map(inspect_or_error, todo), total=len(todo), desc="scan", disable=not progress, mininterval=2)
+        )
     for (split, name, path), facts in zip(todo, results):
         if isinstance(facts, Exception):
             err = facts
@@ -262,7 +262,9 @@ def scan_dataset(root: Path, fast_per_class: int = 0, progress: bool = True) -> 
     return Scan(manifest, skipped, np.stack(thumbs) if thumbs else np.zeros((0, 16, 17), np.uint8))
 
 
-def assign_splits(manifest: pd.DataFrame, val_fraction: float, seed: int, group_column: str = "near_group") -> pd.DataFrame:
+def assign_splits(
+    manifest: pd.DataFrame, val_fraction: float, seed: int, group_column: str = "near_group"
+) -> pd.DataFrame:
     """Add `split` (train/val/test): val is a seeded, stratified share of Training only.
 
     Duplicate groups stay on one side, so a validation image never has a twin in train
@@ -314,7 +316,14 @@ def class_counts(manifest: pd.DataFrame, column: str = "split") -> pd.DataFrame:
     return table.reindex(list(CLASS_NAMES) + ["total"])
 
 
-def build_manifest(data_root: Path, val_fraction: float, seed: int, fast_per_class: int = 0, progress: bool = True, exclude_list: str = ""):
+def build_manifest(
+    data_root: Path,
+    val_fraction: float,
+    seed: int,
+    fast_per_class: int = 0,
+    progress: bool = True,
+    exclude_list: str = "",
+):
     """Scan, audit duplicates, assign splits: the manifest 01_data writes. Returns (manifest, audit, scan).
     With an exclude list, its Training images get split `excluded` (in neither train nor val) after
     the split is drawn, so train/val/test are otherwise those of the same seed without it."""
@@ -336,7 +345,9 @@ def exclude_images(manifest: pd.DataFrame, exclude_list: str | Path) -> pd.DataF
         raise DataError(f"exclude list {path} has no 'path' column")
     unknown = set(listed["path"]) - set(manifest["path"])
     if unknown:
-        raise DataError(f"exclude list {path} names {len(unknown)} images not in this dataset, e.g. {sorted(unknown)[0]}")
+        raise DataError(
+            f"exclude list {path} names {len(unknown)} images not in this dataset, e.g. {sorted(unknown)[0]}"
+        )
     out = manifest.copy()
     hit = out["path"].isin(listed["path"]) & (out["split_on_disk"] == "Training")
     out.loc[hit, "split"] = "excluded"
@@ -359,7 +370,12 @@ def prepare_run(cfg: Config, progress: bool = True) -> Prepared:
     audit.json (the duplicate audit's summary) and config.json (the run's settings, fixed here)."""
     root = resolve_data_dir(cfg.data_dir or None)
     manifest, dup, scan = build_manifest(
-        root, cfg.val_fraction, cfg.seed, cfg.fast_per_class if cfg.fast else 0, progress=progress, exclude_list=cfg.exclude_list
+        root,
+        cfg.val_fraction,
+        cfg.seed,
+        cfg.fast_per_class if cfg.fast else 0,
+        progress=progress,
+        exclude_list=cfg.exclude_list,
     )
     write_manifest(manifest, cfg.run_dir)
     write_text(Path(cfg.run_dir) / "audit.json", json.dumps(dup.summary, indent=2) + "\n")

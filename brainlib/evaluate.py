@@ -19,7 +19,13 @@ import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
 from .atomic import atomic_path, save_npy, write_text
-from .calibration import calibrated_probabilities, calibration_of, expected_calibration_error, prediction_sets, set_coverage
+from .calibration import (
+    calibrated_probabilities,
+    calibration_of,
+    expected_calibration_error,
+    prediction_sets,
+    set_coverage,
+)
 from .checkpoint import best_checkpoint, load_for_inference
 from .config import CLASS_NAMES, Config
 from .data import leakage_free
@@ -70,12 +76,18 @@ def predict_test(
         "epoch": net.state.get("epoch"),
         "temperature": calibration["temperature"],
         "conformal": calibration["conformal"] | {"source": calibration["source"]},
-        "accuracy_tta_flip": float((predict_logits(net.model, test_batches, device, tta=True).argmax(1) == y).float().mean()),
+        "accuracy_tta_flip": float(
+            (predict_logits(net.model, test_batches, device, tta=True).argmax(1) == y).float().mean()
+        ),
         "seed": cfg.seed,
     }
     if shifts:
         table = shift_table(cfg, data, net.model, device, shift_severities, shift_sample, calibration)
-        extras["shifts"] = {"summary": shift_summary(table).as_dict(), "sample": shift_sample, "table": table.to_dict("records")}
+        extras["shifts"] = {
+            "summary": shift_summary(table).as_dict(),
+            "sample": shift_sample,
+            "table": table.to_dict("records"),
+        }
     return pred, logits.numpy(), extras
 
 
@@ -89,7 +101,9 @@ def compute_metrics(pred: pd.DataFrame, logits: np.ndarray, extras: dict | None 
     y, y_hat, probs = pred["label_idx"].to_numpy(), pred["pred_idx"].to_numpy(), probabilities(pred)
     correct = y == y_hat
     labels = list(range(len(CLASS_NAMES)))
-    report = classification_report(y, y_hat, labels=labels, target_names=list(CLASS_NAMES), output_dict=True, zero_division=0)
+    report = classification_report(
+        y, y_hat, labels=labels, target_names=list(CLASS_NAMES), output_dict=True, zero_division=0
+    )
     clean = leakage_free(pred)
     exact_clean = ~pred["has_train_twin_exact"].astype(bool).to_numpy()
     roc = {}
@@ -136,7 +150,9 @@ def compute_metrics(pred: pd.DataFrame, logits: np.ndarray, extras: dict | None 
         "n_without_exact_twin": int(exact_clean.sum()),
         "accuracy_without_exact_twin": float(correct[exact_clean].mean()) if exact_clean.any() else None,
         "confusion_matrix": confusion_matrix(y, y_hat, labels=labels).tolist(),
-        "intervals": metric_intervals(y, y_hat, probs.max(1), CLASS_NAMES, leakage_free=clean, seed=extras.get("seed", 0)),
+        "intervals": metric_intervals(
+            y, y_hat, probs.max(1), CLASS_NAMES, leakage_free=clean, seed=extras.get("seed", 0)
+        ),
         "conformal": (conformal | {"sets": sets}) if conformal else None,
     }
 

@@ -79,7 +79,9 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, batches, device: str, tta: bool = False, precision: str = SCORING_PRECISION) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, batches, device: str, tta: bool = False, precision: str = SCORING_PRECISION
+) -> torch.Tensor:
     """Logits in order, as fp32 on the CPU; with tta, the mean of the image's and its mirror
     image's log-probabilities."""
     model.eval()

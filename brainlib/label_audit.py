@@ -49,7 +49,9 @@ def assign_folds(manifest: pd.DataFrame, k: int, seed: int, group_column: str = 
 
     folds = np.full(len(manifest), -1)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(manifest)), manifest["label_idx"], manifest[group_column])):
+    for fold, (_, held_out) in enumerate(
+        splitter.split(np.zeros(len(manifest)), manifest["label_idx"], manifest[group_column])
+    ):
         folds[held_out] = fold
     return folds
 
@@ -65,7 +67,9 @@ def fold_run_data(data: RunData, folds: np.ndarray, fold: int, val_fraction: flo
     return RunData(split, data.images, data.data_root)
 
 
-def _calibrated_probabilities(checkpoint: str | Path, cfg: Config, data: RunData, rows: np.ndarray, device: str) -> np.ndarray:
+def _calibrated_probabilities(
+    checkpoint: str | Path, cfg: Config, data: RunData, rows: np.ndarray, device: str
+) -> np.ndarray:
     """Temperature-scaled class probabilities of `rows` from a checkpoint, at the input size it was
     trained at, through the one inference path (fold models and the Testing checkpoint alike)."""
     net = load_for_inference(checkpoint, device)
@@ -101,9 +105,13 @@ def out_of_fold_probabilities(
             fold_cfg = cfg.replace(run_dir=str(fold_dir))
             fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
             if progress:
-                print(f"label audit: fold {fold + 1}/{k}: train on {len(fold_data.rows('train'))}, score {len(fold_data.rows('test'))}")
+                print(
+                    f"label audit: fold {fold + 1}/{k}: train on {len(fold_data.rows('train'))}, score {len(fold_data.rows('test'))}"
+                )
             train(fold_cfg, resume=True, progress=progress, data=fold_data)
-            held_out = _calibrated_probabilities(best_checkpoint(fold_dir), fold_cfg, fold_data, fold_data.rows("test"), device)
+            held_out = _calibrated_probabilities(
+                best_checkpoint(fold_dir), fold_cfg, fold_data, fold_data.rows("test"), device
+            )
             save_npy(held_out, done)
         probs[folds == fold] = np.load(done)
     if test_checkpoint:  # trained on Training alone: the caller's word
@@ -155,7 +163,9 @@ def summarize(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, susp
         "n_images": int(len(correct)),
         "folds": int(folds.max() + 1),
         "oof_accuracy": float(correct.mean()),
-        "oof_accuracy_training": float(correct[on_disk == "Training"].mean()) if (on_disk == "Training").any() else None,
+        "oof_accuracy_training": float(correct[on_disk == "Training"].mean())
+        if (on_disk == "Training").any()
+        else None,
         "oof_accuracy_testing": float(correct[on_disk == "Testing"].mean()) if (on_disk == "Testing").any() else None,
         "n_flagged": int(len(suspects)),
         "n_flagged_training": int((suspects["split_on_disk"] == "Training").sum()),
@@ -165,20 +175,31 @@ def summarize(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, susp
     }
 
 
-def audit_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, apart: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
+def audit_table(
+    manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, apart: np.ndarray | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Suspects and summary. `apart` (boolean per row) marks rows scored by another model than the
     rest: confident learning then runs on each part alone, since per-class thresholds learnt
     from one model's probabilities do not apply to another's; ranks restart in each part."""
     parts = [np.ones(len(manifest), bool)] if apart is None else [~apart, apart]
     suspects = pd.concat(
-        [suspects_table(manifest[part].reset_index(drop=True), folds[part], probs[part]) for part in parts if part.any()],
+        [
+            suspects_table(manifest[part].reset_index(drop=True), folds[part], probs[part])
+            for part in parts
+            if part.any()
+        ],
         ignore_index=True,
     )
     return suspects, summarize(manifest, folds, probs, suspects)
 
 
 def run_label_audit(
-    cfg: Config, data: RunData, k: int = DEFAULT_FOLDS, progress: bool = True, gallery: int = 24, test_checkpoint: str | Path | None = None
+    cfg: Config,
+    data: RunData,
+    k: int = DEFAULT_FOLDS,
+    progress: bool = True,
+    gallery: int = 24,
+    test_checkpoint: str | Path | None = None,
 ) -> dict:
     """The whole audit for a prepared run: out-of-fold probabilities, suspects, summary, gallery.
     Confident learning runs on Training and Testing apart when Testing has its own model (their
@@ -199,7 +220,10 @@ def run_label_audit(
     write_text(root / "label_audit.json", json.dumps(summary, indent=2) + "\n")
     top = suspects.sort_values("label_quality").head(gallery)  # both parts, worst label quality first
     positions = pd.Index(data.manifest["path"]).get_indexer(top["path"])
-    titles = [f"{r.split_on_disk} #{r.rank}\ngiven {r.given}\nsuggested {r.suggested} ({r.p_suggested:.2f})" for r in top.itertuples()]
+    titles = [
+        f"{r.split_on_disk} #{r.rank}\ngiven {r.given}\nsuggested {r.suggested} ({r.p_suggested:.2f})"
+        for r in top.itertuples()
+    ]
     if len(top):
         image_grid([data.images[p] for p in positions], titles, ncols=6, save_to=root / "suspects.png", size=2.2)
     return summary

@@ -52,7 +52,9 @@ def resize_batch(images: torch.Tensor, out_size: int) -> torch.Tensor:
     x = images.float() / 255.0
     if x.shape[-1] == out_size:
         return x
-    return F.interpolate(x, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+    return F.interpolate(x, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False).clamp_(
+        0, 1
+    )
 
 
 def to_model_input(x01: torch.Tensor) -> torch.Tensor:
@@ -115,7 +117,11 @@ class CachedBatches:
         """(inputs, labels) for the given positions; augmented (drawing from `gen`) when train=True."""
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         images = self.images[idx]
-        x = augment_batch(images, self.image_size, self.aug, gen) if self.train else resize_batch(images, self.image_size)
+        x = (
+            augment_batch(images, self.image_size, self.aug, gen)
+            if self.train
+            else resize_batch(images, self.image_size)
+        )
         return to_model_input(x), self.labels[idx]
 
 
@@ -145,14 +151,22 @@ def split_batches(cfg: Config, data: RunData, split: str, device: str = "cpu", t
 CUDA_SCORING_BATCH = 512
 
 
-def rows_batches(cfg: Config, data: RunData, rows: np.ndarray, device: str = "cpu", train: bool = False, images=None) -> CachedBatches:
+def rows_batches(
+    cfg: Config, data: RunData, rows: np.ndarray, device: str = "cpu", train: bool = False, images=None
+) -> CachedBatches:
     """Batches over the given manifest rows (positions), in order unless train=True. `images`
     replaces the cached pixels of those rows (a shifted copy, say)."""
     rows = np.asarray(rows, dtype=int)
     # scoring on CUDA in large batches: per-image results do not depend on the batch (BN in eval
     # mode), and a batch of 64 leaves an H100/H200 launch-bound
-    batch_size = cfg.batch_size if train or torch.device(device).type != "cuda" else max(cfg.batch_size, CUDA_SCORING_BATCH)
-    pixels = images if images is not None else (data.images[rows] if len(rows) else np.zeros((0, cfg.cache_size, cfg.cache_size), np.uint8))
+    batch_size = (
+        cfg.batch_size if train or torch.device(device).type != "cuda" else max(cfg.batch_size, CUDA_SCORING_BATCH)
+    )
+    pixels = (
+        images
+        if images is not None
+        else (data.images[rows] if len(rows) else np.zeros((0, cfg.cache_size, cfg.cache_size), np.uint8))
+    )
     return CachedBatches(
         pixels,
         data.manifest["label_idx"].to_numpy()[rows],

@@ -39,8 +39,16 @@ def _ci(metrics: dict, name: str) -> str:
 
 def _confusions(metrics: dict, top: int = 3) -> list[str]:
     cm = np.array(metrics["confusion_matrix"])
-    off = [(int(cm[i, j]), CLASS_NAMES[i], CLASS_NAMES[j]) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j]]
-    return [f"{true} read as {pred}: {n} of {int(cm[CLASS_NAMES.index(true)].sum())}" for n, true, pred in sorted(off, reverse=True)[:top]]
+    off = [
+        (int(cm[i, j]), CLASS_NAMES[i], CLASS_NAMES[j])
+        for i in range(len(cm))
+        for j in range(len(cm))
+        if i != j and cm[i, j]
+    ]
+    return [
+        f"{true} read as {pred}: {n} of {int(cm[CLASS_NAMES.index(true)].sum())}"
+        for n, true, pred in sorted(off, reverse=True)[:top]
+    ]
 
 
 def _reproduce_flags(cfg: dict) -> str:
@@ -62,13 +70,13 @@ def _duplicates(manifest: pd.DataFrame, n_calibration: int | None = None) -> lis
         f"{int(test['has_train_twin_exact'].sum())} test images have an exact twin in Training and "
         f"{int(test['has_train_twin_near'].sum())} an exact or near one; {int(training['near_dup'].sum()):,} Training images "
         f"sit in near-duplicate groups (within Training or with Testing); {conflicts} groups carry more than one label.",
-        f"Validation ({n_val} images) is carved from Training with duplicate groups "
-        "kept on one side; the test split is used for this report only."
+        "Validation is carved from Training (10 %, stratified, duplicate groups kept on one side); the test "
+        "split is used for this report only. "
         + (
-            f" The checkpoint's own run carved {n_calibration} from its copy of the data (other files, so slightly "
-            "different duplicate groups); its selection and calibration used those."
+            f"The checkpoint was selected and calibrated on its own run's carve of {n_calibration} images, made from "
+            f"a re-encoded copy of the data whose duplicate groups differ slightly ({n_val} on the original files)."
             if n_calibration and n_calibration != n_val
-            else ""
+            else f"The checkpoint was selected and calibrated on its {n_val} images."
         ),
     ]
 
@@ -103,7 +111,6 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
     metrics = json.loads((eval_run / "metrics.json").read_text())
     manifest = read_manifest(eval_run)
     cfg = state.get("config") or {}
-    history = pd.DataFrame(state.get("history") or [])
     shifts = summary_of(metrics)
     lines = [
         f"# Model card: `{Path(checkpoint).name}`",
@@ -117,30 +124,8 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
         "tumour or no tumour. **Not a diagnostic device**: it has not been validated on clinical data, sees one "
         "slice without the study or the patient's history, and must not inform any decision about a patient.",
         "",
-        "## Model",
-        "",
-        f"- Architecture: `{state['model_name']}`, input {cfg.get('image_size', '?')} px (grayscale replicated to 3 channels), "
-        f"trained with recipe `{recipe_and_changes(cfg)}` for {cfg.get('epochs', '?')} epochs, seed {cfg.get('seed', '?')}; "
-        f"the checkpoint is the epoch with the best validation accuracy (epoch {state.get('epoch')}, "
-        f"validation accuracy {_pct(state.get('best_val_acc'))}).",
-        *(
-            ["- Weights stored as float16 (`python -m brainlib export --half`), upcast to float32 for scoring."]
-            if any(v.dtype == torch.float16 for v in state["model_state"].values())
-            else []
-        ),
-        f"- Calibration: temperature {state.get('temperature', float('nan')):.3f} fitted on the validation logits of that epoch.",
     ]
-    conformal = state.get("conformal")
-    if conformal:
-        lines.append(
-            f"- Prediction sets: split conformal (LAC score), thresholds at α = {', '.join(conformal['thresholds'])} "
-            f"from {conformal['n_calibration']} validation images."
-        )
-    if len(history):
-        lines.append(
-            f"- Training history kept in the checkpoint: epochs 1–{len(history)} (to the selected one), train accuracy "
-            f"{_pct(history['train_acc'].iloc[-1])} at the last of them."
-        )
+    lines += _model_section(state)
     lines += [
         "",
         "## Training data",
@@ -200,10 +185,49 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
     return "\n".join(lines)
 
 
+def _model_section(state: dict) -> list[str]:
+    cfg = state.get("config") or {}
+    history = pd.DataFrame(state.get("history") or [])
+    lines = [
+        "## Model",
+        "",
+        f"- Architecture: `{state['model_name']}`, input {cfg.get('image_size', '?')} px (grayscale replicated to 3 channels), "
+        f"trained with recipe `{recipe_and_changes(cfg)}` for {cfg.get('epochs', '?')} epochs, seed {cfg.get('seed', '?')}; "
+        f"the checkpoint is the epoch with the best validation accuracy (epoch {state.get('epoch')}, "
+        f"validation accuracy {_pct(state.get('best_val_acc'))}).",
+        *(
+            ["- Weights stored as float16 (`python -m brainlib export --half`), upcast to float32 for scoring."]
+            if any(v.dtype == torch.float16 for v in state["model_state"].values())
+            else []
+        ),
+        f"- Calibration: temperature {state.get('temperature', float('nan')):.3f} fitted on the validation logits of that epoch.",
+    ]
+    conformal = state.get("conformal")
+    if conformal:
+        lines.append(
+            f"- Prediction sets: split conformal (LAC score), thresholds at α = {', '.join(conformal['thresholds'])} "
+            f"from {conformal['n_calibration']} validation images."
+        )
+    if len(history):
+        lines.append(
+            f"- Training history kept in the checkpoint: epochs 1–{len(history)} (to the selected one), train accuracy "
+            f"{_pct(history['train_acc'].iloc[-1])} at the last of them."
+        )
+    return lines
+
+
 def _shift_section(metrics: dict, s: ShiftSummary) -> list[str]:
     table = pd.DataFrame(metrics["shifts"]["table"])
     table = table[table["shift"] != "clean"].sort_values("accuracy").head(5)
-    cols = ["shift", "family", "severity", "param", "accuracy", "tumour_recall", *[c for c in table if c.startswith("coverage_")]]
+    cols = [
+        "shift",
+        "family",
+        "severity",
+        "param",
+        "accuracy",
+        "tumour_recall",
+        *[c for c in table if c.startswith("coverage_")],
+    ]
     return [
         "## Behaviour under acquisition shift",
         "",

@@ -57,7 +57,9 @@ class SeedCNN(nn.Module):
     """The reference network: three blocks of two 3x3 conv-BN-ReLU and a 2x2 max-pool
     (16, 32, 64 channels), then dropout 0.2 and one linear layer on the flattened 64x28x28."""
 
-    def __init__(self, num_classes: int = len(CLASS_NAMES), widths: tuple[int, ...] = (16, 32, 64), dropout: float = 0.2):
+    def __init__(
+        self, num_classes: int = len(CLASS_NAMES), widths: tuple[int, ...] = (16, 32, 64), dropout: float = 0.2
+    ):
         super().__init__()
         layers, cin = [], 3
         for width in widths:

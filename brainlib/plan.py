@@ -52,7 +52,9 @@ def measure_rates(cfg: Config, device: str, steps: int = 2) -> Rates:
     """Images per second of training steps (augmentation included) and of fp32 scoring, after one
     warm-up step each, on random images of the cache's size."""
     gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (cfg.batch_size, 1, cfg.cache_size, cfg.cache_size), generator=gen, dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (cfg.batch_size, 1, cfg.cache_size, cfg.cache_size), generator=gen, dtype=torch.uint8
+    )
     labels = torch.randint(0, 4, (cfg.batch_size,), generator=gen)
     model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
@@ -75,8 +77,12 @@ def measure_rates(cfg: Config, device: str, steps: int = 2) -> Rates:
 
 def measure_scoring(cfg: Config, model: nn.Module, device: str, batches: int = 2) -> float:
     """Images per second of fp32 scoring with `model`, after one warm-up batch."""
-    images = torch.randint(0, 256, (cfg.batch_size * batches, cfg.cache_size, cfg.cache_size), dtype=torch.uint8).numpy()
-    warm = CachedBatches(images[: cfg.batch_size], images[: cfg.batch_size, 0, 0], cfg.batch_size, cfg.image_size, device=device)
+    images = torch.randint(
+        0, 256, (cfg.batch_size * batches, cfg.cache_size, cfg.cache_size), dtype=torch.uint8
+    ).numpy()
+    warm = CachedBatches(
+        images[: cfg.batch_size], images[: cfg.batch_size, 0, 0], cfg.batch_size, cfg.image_size, device=device
+    )
     predict_logits(model, warm, device)
     timed = CachedBatches(images, images[:, 0, 0], cfg.batch_size, cfg.image_size, device=device)
     t0 = time.perf_counter()
@@ -131,15 +137,21 @@ def print_plan(cfg: Config) -> dict:
     times = estimate(cfg, rates)
     total = sum(v for k, v in times.items() if k[:2].isdigit())
     suite = times["shift_suite"]
-    print(f"pipeline plan: recipe {cfg.recipe} ({cfg.model}, {cfg.image_size} px, {cfg.epochs} epochs) on {machine_kind(device)}")
+    print(
+        f"pipeline plan: recipe {cfg.recipe} ({cfg.model}, {cfg.image_size} px, {cfg.epochs} epochs) on {machine_kind(device)}"
+    )
     print(
         f"  measured here: training {rates.train_images_per_s:.0f} img/s "
         f"({'bf16 autocast' if use_bf16(device, cfg.precision) else 'fp32'}), scoring {rates.score_images_per_s:.0f} img/s"
     )
     for name in ("01_data", "02_model", "03_train", "04_evaluate", "05_gradcam"):
         print(f"  {name:<12} ~{_minutes(times[name])}")
-    shifts = "all severities, all test images" if not suite["sample"] else f"middle severity, {suite['sample']} test images"
+    shifts = (
+        "all severities, all test images" if not suite["sample"] else f"middle severity, {suite['sample']} test images"
+    )
     print(f"  total        ~{_minutes(total)} (estimate; 04 scores the shift suite at {shifts})")
     if suite["sample"]:
-        print(f"  the full shift suite instead: ~{_minutes(times['full_shift_suite_s'])} more (make pipeline SHIFTS=1,2,3)")
+        print(
+            f"  the full shift suite instead: ~{_minutes(times['full_shift_suite_s'])} more (make pipeline SHIFTS=1,2,3)"
+        )
     return times

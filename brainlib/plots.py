@@ -58,7 +58,9 @@ def threshold_sweep_plot(sweep: pd.DataFrame, chosen: int, save_to=None) -> plt.
     ax.plot(sweep["threshold"], sweep["test_images_with_train_twin"], marker="o")
     ax.axvline(chosen, color="red", linestyle="--", label=f"chosen: {chosen} bits")
     ax.set(
-        xlabel="dHash Hamming threshold (of 256 bits)", ylabel="test images with a Training twin", title="Near-duplicate threshold sweep"
+        xlabel="dHash Hamming threshold (of 256 bits)",
+        ylabel="test images with a Training twin",
+        title="Near-duplicate threshold sweep",
     )
     ax.legend()
     return _finish(fig, save_to)
@@ -82,7 +84,9 @@ def confusion_matrices(cm: np.ndarray, save_to=None) -> plt.Figure:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     for ax, mat, fmt, title in [(axes[0], cm, "d", "Counts"), (axes[1], norm, ".2f", "Row-normalised (recall)")]:
-        sns.heatmap(mat, annot=True, fmt=fmt, cmap="Blues", xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES, ax=ax, cbar=False)
+        sns.heatmap(
+            mat, annot=True, fmt=fmt, cmap="Blues", xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES, ax=ax, cbar=False
+        )
         ax.set(xlabel="predicted", ylabel="true", title=title)
     return _finish(fig, save_to)
 
@@ -92,7 +96,15 @@ def reliability_diagram(bins: pd.DataFrame, ece: float, title: str = "", save_to
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     used = bins[bins["count"] > 0]
-    ax.bar(used["lower"], used["accuracy"], width=used["upper"] - used["lower"], align="edge", alpha=0.7, edgecolor="k", label="accuracy")
+    ax.bar(
+        used["lower"],
+        used["accuracy"],
+        width=used["upper"] - used["lower"],
+        align="edge",
+        alpha=0.7,
+        edgecolor="k",
+        label="accuracy",
+    )
     ax.plot(used["confidence"], used["accuracy"], "o", color="C3", ms=3)
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title} ECE = {ece * 100:.2f} %")
     ax.legend(loc="upper left")

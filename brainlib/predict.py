@@ -38,7 +38,11 @@ def expand_inputs(paths: list[str]) -> list[str]:
     stays itself when it holds none (then reported as such)."""
     out = []
     for path in map(Path, paths):
-        inside = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
+        inside = (
+            sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if path.is_dir()
+            else []
+        )
         out += inside or [str(path)]
     return out
 
@@ -117,7 +121,9 @@ def set_threshold(net: InferenceModel, alpha: float) -> float | None:
     """The checkpoint's conformal threshold at alpha; None when it stores none (then no sets)."""
     thresholds = (net.conformal or {}).get("thresholds", {})
     if net.conformal and str(alpha) not in thresholds:
-        raise SettingsError(f"alpha {alpha} is not calibrated in this checkpoint; it has {', '.join(sorted(thresholds))}")
+        raise SettingsError(
+            f"alpha {alpha} is not calibrated in this checkpoint; it has {', '.join(sorted(thresholds))}"
+        )
     return thresholds.get(str(alpha))
 
 

@@ -82,7 +82,9 @@ def robustness_figure(out: str | Path = "docs/figures/robustness_by_family.png")
         parts = [pd.DataFrame(metrics_of(f)["shifts"]["table"]) for f in files]
         table = pd.concat(parts, ignore_index=True)
         tables[label] = table[(table["shift"] != "clean") | ~table.duplicated("shift")]
-    robustness_by_family(tables, "EfficientNet-Lite0 under the shift suite, by family (official Testing split)", REPO_ROOT / out)
+    robustness_by_family(
+        tables, "EfficientNet-Lite0 under the shift suite, by family (official Testing split)", REPO_ROOT / out
+    )
     return Path(out)
 
 

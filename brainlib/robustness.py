@@ -35,7 +35,13 @@ def sample_rows(rows: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.n
 
 
 def shift_table(
-    cfg: Config, data: RunData, model, device: str, severities=SEVERITIES, sample: int = 0, calibration: dict | None = None
+    cfg: Config,
+    data: RunData,
+    model,
+    device: str,
+    severities=SEVERITIES,
+    sample: int = 0,
+    calibration: dict | None = None,
 ) -> pd.DataFrame:
     """Accuracy, tumour recall (a tumour called anything but notumor) and predicted-class counts
     on the test images, clean and under every shift of the suite at each severity; with a
@@ -66,7 +72,13 @@ def shift_table(
                 **what,
                 "n": len(rows),
                 "accuracy": float((pred == labels).mean()),
-                **dict(zip(("accuracy_low", "accuracy_high"), proportion_interval(pred == labels, seed=cfg.seed), strict=True)),
+                **dict(
+                    zip(
+                        ("accuracy_low", "accuracy_high"),
+                        proportion_interval(pred == labels, seed=cfg.seed),
+                        strict=True,
+                    )
+                ),
                 "tumour_recall": float((pred[tumour] != NOTUMOR).mean()) if tumour.any() else None,
                 **{f"pred_{name}": int(k) for name, k in zip(CLASS_NAMES, counts, strict=True)},
                 **sets,

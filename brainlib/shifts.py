@@ -51,7 +51,11 @@ class Shift:
         if self.batched:
             return self.fn(images, param, 0)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # OpenCV, NumPy and torch release the GIL
-            return np.stack(list(pool.map(lambda i: self.fn(images[i], param, i), range(len(images))))) if len(images) else images.copy()
+            return (
+                np.stack(list(pool.map(lambda i: self.fn(images[i], param, i), range(len(images)))))
+                if len(images)
+                else images.copy()
+            )
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -156,7 +160,10 @@ def _unsharp(im, amount, _seed):
 def _wavelet_denoise(im, sigma, _seed):
     from skimage.restoration import denoise_wavelet
 
-    return _u8(255 * denoise_wavelet(im / 255.0, sigma=sigma, wavelet="db2", mode="soft", method="BayesShrink", rescale_sigma=True))
+    return _u8(
+        255
+        * denoise_wavelet(im / 255.0, sigma=sigma, wavelet="db2", mode="soft", method="BayesShrink", rescale_sigma=True)
+    )
 
 
 # --- MR acquisition artifacts -----------------------------------------------------------------
@@ -244,10 +251,26 @@ def _suite() -> dict[str, Shift]:
     import cv2
 
     shifts = [
-        Shift("resample_area", "resolution", (160, 128, 96), _resample(cv2.INTER_AREA, cv2.INTER_LINEAR), "OpenCV", "px"),
-        Shift("resample_bicubic", "resolution", (160, 128, 96), _resample(cv2.INTER_CUBIC, cv2.INTER_CUBIC), "OpenCV", "px"),
+        Shift(
+            "resample_area", "resolution", (160, 128, 96), _resample(cv2.INTER_AREA, cv2.INTER_LINEAR), "OpenCV", "px"
+        ),
+        Shift(
+            "resample_bicubic",
+            "resolution",
+            (160, 128, 96),
+            _resample(cv2.INTER_CUBIC, cv2.INTER_CUBIC),
+            "OpenCV",
+            "px",
+        ),
         # 160/112/80: 128 px (an exact halving) aliases less than 160, which would break the severity order
-        Shift("resample_nearest", "resolution", (160, 112, 80), _resample(cv2.INTER_NEAREST, cv2.INTER_NEAREST), "OpenCV", "px"),
+        Shift(
+            "resample_nearest",
+            "resolution",
+            (160, 112, 80),
+            _resample(cv2.INTER_NEAREST, cv2.INTER_NEAREST),
+            "OpenCV",
+            "px",
+        ),
         Shift("resave_224_jpeg", "resolution", (90, 75, 50), _resave_224_jpeg, "OpenCV", "JPEG quality at 224 px"),
         Shift("jpeg", "compression", (50, 30, 15), _jpeg, "OpenCV (libjpeg)", "quality"),
         Shift("gamma_up", "intensity", (1.2, 1.4, 1.7), _gamma, "NumPy lookup table", "gamma"),
@@ -265,11 +288,32 @@ def _suite() -> dict[str, Shift]:
         Shift("hist_equalize", "intensity", (0.33, 0.66, 1.0), _hist_equalize, "OpenCV", "blend weight"),
         Shift("clahe", "intensity", ((1.5, 8), (2.5, 8), (4.0, 8)), _clahe, "OpenCV", "(clip limit, tiles)"),
         Shift("clahe_grid", "intensity", ((1.5, 4), (2.5, 8), (4.0, 16)), _clahe, "OpenCV", "(clip limit, tiles)"),
-        Shift("butterworth_lowpass", "frequency", (0.3, 0.2, 0.12), _butterworth_lowpass, "scikit-image", "cutoff / sampling rate"),
-        Shift("butterworth_highpass", "frequency", (0.3, 0.5, 0.7), _butterworth_highpass, "scikit-image", "weight of low band removed"),
+        Shift(
+            "butterworth_lowpass",
+            "frequency",
+            (0.3, 0.2, 0.12),
+            _butterworth_lowpass,
+            "scikit-image",
+            "cutoff / sampling rate",
+        ),
+        Shift(
+            "butterworth_highpass",
+            "frequency",
+            (0.3, 0.5, 0.7),
+            _butterworth_highpass,
+            "scikit-image",
+            "weight of low band removed",
+        ),
         Shift("gaussian_blur", "frequency", (0.7, 1.2, 2.0), _gaussian_blur, "OpenCV", "sigma px"),
         Shift("unsharp_mask", "frequency", (1.0, 2.0, 3.0), _unsharp, "scikit-image", "amount (radius 2)"),
-        Shift("wavelet_denoise", "frequency", (0.03, 0.06, 0.1), _wavelet_denoise, "scikit-image + PyWavelets", "noise sigma"),
+        Shift(
+            "wavelet_denoise",
+            "frequency",
+            (0.03, 0.06, 0.1),
+            _wavelet_denoise,
+            "scikit-image + PyWavelets",
+            "noise sigma",
+        ),
         Shift("bias_field", "artifact", (0.15, 0.3, 0.45), _torchio(_bias_field), "TorchIO", "polynomial coefficient"),
         Shift("ghosting", "artifact", (0.3, 0.5, 0.8), _torchio(_ghosting), "TorchIO", "ghost intensity"),
         Shift("motion", "artifact", ((1, 1), (2, 2), (4, 3)), _torchio(_motion), "TorchIO", "(degrees, px)"),

@@ -96,7 +96,9 @@ def metric_intervals(
     return out
 
 
-def proportion_interval(flags: np.ndarray, seed: int = 0, n_resamples: int = N_RESAMPLES, level: float = CONFIDENCE) -> list[float]:
+def proportion_interval(
+    flags: np.ndarray, seed: int = 0, n_resamples: int = N_RESAMPLES, level: float = CONFIDENCE
+) -> list[float]:
     """Bootstrap interval of the share of True in `flags` (an accuracy over images)."""
     flags = np.asarray(flags, bool)
     low, high = _bootstrap(lambda idx: flags[idx.astype(int)].mean(-1), len(flags), seed, n_resamples, level)
@@ -104,7 +106,11 @@ def proportion_interval(flags: np.ndarray, seed: int = 0, n_resamples: int = N_R
 
 
 def paired_comparison(
-    correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0, n_resamples: int = N_RESAMPLES, level: float = CONFIDENCE
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    level: float = CONFIDENCE,
 ) -> dict:
     """Two models scored on the same images: accuracy difference a - b with its paired bootstrap
     interval, and McNemar's exact test (two-sided binomial test on the images only one of them

@@ -34,7 +34,9 @@ def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoc
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2
+        )
     raise ValueError(f"unknown schedule {cfg.schedule!r}: use 'constant' or 'onecycle'")
 
 
@@ -44,7 +46,11 @@ def evaluate_batches(model: nn.Module, batches: CachedBatches, device: str) -> t
     labels = batches.labels.cpu()
     if not len(labels):
         return 0.0, 0.0, logits
-    return nn.functional.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item(), logits
+    return (
+        nn.functional.cross_entropy(logits, labels).item(),
+        (logits.argmax(1) == labels).float().mean().item(),
+        logits,
+    )
 
 
 # Steps between host syncs. The loss and accuracy sums and the finiteness guard stay on the device
@@ -54,7 +60,9 @@ def evaluate_batches(model: nn.Module, batches: CachedBatches, device: str) -> t
 SYNC_EVERY = 25
 
 
-def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch, progress=True, on_first_batch=None, precision="auto"):
+def train_one_epoch(
+    model, batches, optimizer, scheduler, loss_fn, device, epoch, progress=True, on_first_batch=None, precision="auto"
+):
     """One pass over `batches`: (mean loss, accuracy, images, seconds to the end of the first
     step). Raises NonFiniteLossError on a NaN/inf loss (nothing saved)."""
     from tqdm.auto import tqdm
@@ -72,7 +80,9 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device, epoch
             raise NonFiniteLossError(
                 f"loss became {bad_loss.item()} at epoch {epoch}, step {bad_step.item()}; stopping. The last good checkpoint is untouched."
             )
-        bar.set_postfix(loss=f"{total_loss.item() / max(n, 1):.4f}", acc=f"{correct.item() / max(n, 1):.4f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{total_loss.item() / max(n, 1):.4f}", acc=f"{correct.item() / max(n, 1):.4f}", refresh=False
+        )
 
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, mininterval=5)
     for step, (x, y) in enumerate(bar, start=1):
@@ -169,13 +179,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     train_batches.rank, train_batches.world_size = dist.rank, dist.world_size
     val_batches = split_batches(cfg, data, "val", device)
 
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
-    if cfg.init_checkpoint:  # fine-tune: weights from a checkpoint (as data), then this recipe
-        init = load_checkpoint(in_repo(cfg.init_checkpoint))
-        if init["model_name"] != cfg.model:
-            raise SettingsError(f"init_checkpoint {cfg.init_checkpoint} holds a {init['model_name']}, not the {cfg.model} this run trains")
-        model.load_state_dict(model_from_state(init).state_dict())
+    model = initial_model(cfg, device)
     # CUDA graphs replay one batch shape; the epoch's last, smaller batch is then skipped (a different
     # 14 of 5,134 images each epoch, as timm's loaders do) rather than run eagerly: a second shape means
     # a second set of kernels to choose and load (≈20 s in epoch 1 on an H200 with cuDNN autotuning)
@@ -204,7 +208,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     capture_seconds = 0.0
     if use_graphs:
         t_capture = time.perf_counter()
-        step_model = graph_training_step(model, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), device, cfg.precision)
+        step_model = graph_training_step(
+            model, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), device, cfg.precision
+        )
         capture_seconds = time.perf_counter() - t_capture
     setup_seconds = time.perf_counter() - t_setup
     writer = SummaryWriter(str(run_dir / "tb")) if dist.is_main else _NoWriter()
@@ -253,8 +259,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
 
     frame = pd.DataFrame(history)
     if len(frame) and dist.is_main:
-        with atomic_path(run_dir / "history.csv") as tmp:
-            frame.to_csv(tmp, index=False)
         summary = {
             "best_val_acc": best_acc,
             "best_epoch": int(frame.loc[frame["val_acc"].idxmax(), "epoch"]),
@@ -270,12 +274,35 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
             "setup_seconds": setup_seconds,
             "graph_capture_seconds": capture_seconds,
         }
-        write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
-        hparams = {k: v for k, v in cfg.__dict__.items() if isinstance(v, (int, float, str, bool))}
-        metrics = {"hparam/best_val_acc": best_acc, "hparam/final_val_loss": frame["val_loss"].iloc[-1]}
-        writer.add_hparams(hparams, metrics, run_name="hparams")
+        _write_run_summary(cfg, writer, frame, summary)
     writer.close()
     return frame
+
+
+def initial_model(cfg: Config, device: str) -> nn.Module:
+    """The run's model, seeded, on `device`: its own initialisation, or a checkpoint's weights (read as
+    data) for a fine-tune."""
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    if cfg.init_checkpoint:
+        init = load_checkpoint(in_repo(cfg.init_checkpoint))
+        if init["model_name"] != cfg.model:
+            raise SettingsError(
+                f"init_checkpoint {cfg.init_checkpoint} holds a {init['model_name']}, not the {cfg.model} this run trains"
+            )
+        model.load_state_dict(model_from_state(init).state_dict())
+    return model
+
+
+def _write_run_summary(cfg: Config, writer, frame: pd.DataFrame, summary: dict) -> None:
+    """history.csv, train_summary.json and the hyper-parameters in TensorBoard (rank 0, after the last epoch)."""
+    run_dir = Path(cfg.run_dir)
+    with atomic_path(run_dir / "history.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    hparams = {k: v for k, v in cfg.__dict__.items() if isinstance(v, (int, float, str, bool))}
+    metrics = {"hparam/best_val_acc": summary["best_val_acc"], "hparam/final_val_loss": frame["val_loss"].iloc[-1]}
+    writer.add_hparams(hparams, metrics, run_name="hparams")
 
 
 def _log_epoch(writer, log_path: Path, row: dict, epochs: int) -> None:

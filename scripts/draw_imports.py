@@ -67,9 +67,22 @@ def draw(graph: dict[str, set[str]], out: Path) -> None:
     for name, deps in graph.items():
         for dep in deps:
             (x0, y0), (x1, y1) = pos[name], pos[dep]
-            ax.annotate("", xy=(x1, y1 + 0.18), xytext=(x0, y0 - 0.18), arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.7})
+            ax.annotate(
+                "",
+                xy=(x1, y1 + 0.18),
+                xytext=(x0, y0 - 0.18),
+                arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.7},
+            )
     for name, (x, y) in pos.items():
-        ax.text(x, y, name, ha="center", va="center", fontsize=10, bbox={"boxstyle": "round", "fc": "#e8f0fe", "ec": "#3b6fb6"})
+        ax.text(
+            x,
+            y,
+            name,
+            ha="center",
+            va="center",
+            fontsize=10,
+            bbox={"boxstyle": "round", "fc": "#e8f0fe", "ec": "#3b6fb6"},
+        )
     ax.set_xlim(0, width)
     ax.set_ylim(0.4, max(by_floor) + 0.6)
     ax.axis("off")

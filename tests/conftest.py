@@ -27,7 +27,9 @@ def prepared_run(tmp_path, fixture_root, monkeypatch):
     from brainlib.data import build_manifest, write_manifest
 
     monkeypatch.setenv("BRAIN_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = Config(run_dir=str(tmp_path / "run"), data_dir=str(fixture_root), batch_size=8, epochs=2, num_threads=1, compile=False)
+    cfg = Config(
+        run_dir=str(tmp_path / "run"), data_dir=str(fixture_root), batch_size=8, epochs=2, num_threads=1, compile=False
+    )
     manifest, _, _ = build_manifest(fixture_root, cfg.val_fraction, cfg.seed, progress=False)
     write_manifest(manifest, cfg.run_dir)
     write_run_config(cfg)

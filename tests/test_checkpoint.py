@@ -15,7 +15,12 @@ from brainlib.models import create_model
 def _state(model_name="seed_cnn"):
     torch.manual_seed(0)
     model = create_model(model_name)
-    return {"model_name": model_name, "class_names": list(CLASS_NAMES), "model_state": model.state_dict(), "config": {"lr": 1e-3}}
+    return {
+        "model_name": model_name,
+        "class_names": list(CLASS_NAMES),
+        "model_state": model.state_dict(),
+        "config": {"lr": 1e-3},
+    }
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -52,7 +57,12 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
         checkpoint.load_checkpoint(bad)
     assert not marker.exists()
     message = str(err.value)
-    assert "\n" not in message and "evil.pt" in message and "read as data only" in message and "weights_only" not in message
+    assert (
+        "\n" not in message
+        and "evil.pt" in message
+        and "read as data only" in message
+        and "weights_only" not in message
+    )
 
 
 def test_foreign_and_broken_files_are_refused_in_one_line(tmp_path):
@@ -64,7 +74,9 @@ def test_foreign_and_broken_files_are_refused_in_one_line(tmp_path):
         checkpoint.load_checkpoint(tmp_path / "junk.pt")
     whole = (tmp_path / "other.pt").read_bytes()
     damaged = bytearray(whole)
-    damaged[len(whole) // 3 : len(whole) // 2] = bytes(len(whole) // 2 - len(whole) // 3)  # zeroed inside, directory intact
+    damaged[len(whole) // 3 : len(whole) // 2] = bytes(
+        len(whole) // 2 - len(whole) // 3
+    )  # zeroed inside, directory intact
     (tmp_path / "damaged.pt").write_bytes(bytes(damaged))
     with pytest.raises(CheckpointError, match="could not be read|not a brainlib checkpoint"):
         checkpoint.load_checkpoint(tmp_path / "damaged.pt")
@@ -87,7 +99,12 @@ def test_training_checkpoints_load_as_data(tmp_path):
     model(torch.zeros(2, 3, 224, 224)).sum().backward()
     opt.step()
     sched.step()
-    state = {**_state(), "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(), "rng_state": torch.get_rng_state()}
+    state = {
+        **_state(),
+        "optimizer_state": opt.state_dict(),
+        "scheduler_state": sched.state_dict(),
+        "rng_state": torch.get_rng_state(),
+    }
     state["history"] = [{"epoch": 1, "val_acc": 0.5}]
     checkpoint.save_checkpoint(state, tmp_path / "last.pt")
     loaded = checkpoint.load_checkpoint(tmp_path / "last.pt")
@@ -115,7 +132,9 @@ def test_export_is_small_and_predicts_what_its_source_predicts(tmp_path, half):
 
 
 def test_load_for_inference_reads_input_size_and_cam_layer(tmp_path):
-    path = checkpoint.save_checkpoint({**_state("resnet18_scratch"), "config": {"image_size": 96, "cache_size": 128}}, tmp_path / "r.pt")
+    path = checkpoint.save_checkpoint(
+        {**_state("resnet18_scratch"), "config": {"image_size": 96, "cache_size": 128}}, tmp_path / "r.pt"
+    )
     net = checkpoint.load_for_inference(path)
     assert (net.image_size, net.cache_size, net.temperature) == (96, 128, None)
     assert net.cam_layer is net.model.layer4[-1]

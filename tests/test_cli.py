@@ -40,7 +40,17 @@ def test_train_without_a_prepared_run_is_one_line(tmp_path, capsys):
 
 
 def test_evaluate_with_a_missing_checkpoint_is_one_line(tmp_path, fixture_root, capsys):
-    rc = main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--run-dir", str(tmp_path / "e"), "--data-dir", str(fixture_root)])
+    rc = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tmp_path / "nope.pt"),
+            "--run-dir",
+            str(tmp_path / "e"),
+            "--data-dir",
+            str(fixture_root),
+        ]
+    )
     assert rc == 4 and capsys.readouterr().err.strip().count("\n") == 0
 
 
@@ -82,7 +92,12 @@ def test_evaluate_help_shows_only_what_evaluate_uses(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     out = capsys.readouterr().out
-    assert "--lr" not in out and "--epochs" not in out and "--checkpoint" in out and "(default: '1,2,3')" in " ".join(out.split())
+    assert (
+        "--lr" not in out
+        and "--epochs" not in out
+        and "--checkpoint" in out
+        and "(default: '1,2,3')" in " ".join(out.split())
+    )
 
 
 def test_compare_with_nothing_evaluated_says_what_to_do(tmp_path, capsys):

@@ -32,7 +32,9 @@ def test_compare_pairs_each_run_with_the_first_on_the_same_images(trained_run, t
     from brainlib.cli import main
 
     data = load_run_data(trained_run)
-    evaluate.write_metrics(evaluate.compute_metrics(*evaluate.predict_test(trained_run, data, shifts=False)), trained_run.run_dir)
+    evaluate.write_metrics(
+        evaluate.compute_metrics(*evaluate.predict_test(trained_run, data, shifts=False)), trained_run.run_dir
+    )
     other = tmp_path / "other"
     shutil.copytree(trained_run.run_dir, other)
     pred = pd.read_csv(other / "predictions.csv")

@@ -2,7 +2,16 @@ import dataclasses
 
 import pytest
 
-from brainlib.config import DEFAULT_RECIPE, RECIPES, Config, build_config, prepare_config, read_run_config, run_config, write_run_config
+from brainlib.config import (
+    DEFAULT_RECIPE,
+    RECIPES,
+    Config,
+    build_config,
+    prepare_config,
+    read_run_config,
+    run_config,
+    write_run_config,
+)
 from brainlib.errors import DataError
 
 
@@ -22,7 +31,13 @@ def test_prepare_writes_settings_and_a_recipe_replaces_them_explicit_values_winn
     write_run_config(first)
     cfg = prepare_config(str(run), recipe="efficientnet_lite0", epochs=2)
     write_run_config(cfg)
-    assert (cfg.recipe, cfg.model, cfg.lr, cfg.schedule, cfg.epochs) == ("efficientnet_lite0", "efficientnet_lite0", 1e-3, "onecycle", 2)
+    assert (cfg.recipe, cfg.model, cfg.lr, cfg.schedule, cfg.epochs) == (
+        "efficientnet_lite0",
+        "efficientnet_lite0",
+        1e-3,
+        "onecycle",
+        2,
+    )
     assert cfg.data_dir == "/data"  # locations survive a recipe
     assert Config.from_dict(read_run_config(run)) == cfg
     # 01 opened alone passes empty parameters: the run's saved settings stay

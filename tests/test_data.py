@@ -64,7 +64,9 @@ def test_bad_files_are_skipped_and_odd_modes_load(data_copy):
     (folder / "png_named.jpg").write_bytes(_save(good, "PNG"))
     (folder / "rgba.png").write_bytes(_save(good.convert("RGBA"), "PNG"))
     (folder / "palette.png").write_bytes(_save(good.convert("P"), "PNG"))
-    (folder / "sixteen.png").write_bytes(_save(Image.fromarray(np.asarray(good.convert("L")).astype(np.uint16) * 256), "PNG"))
+    (folder / "sixteen.png").write_bytes(
+        _save(Image.fromarray(np.asarray(good.convert("L")).astype(np.uint16) * 256), "PNG")
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scan = data.scan_dataset(data_copy, progress=False)
@@ -87,7 +89,9 @@ def test_manifest_columns_and_splits(fixture_root):
     assert (manifest.loc[manifest["split_on_disk"] == "Testing", "split"] == "test").all()
     assert (manifest.loc[manifest["split"] == "val", "split_on_disk"] == "Training").all()
     # stratified: every class has val images, about 20 % of its Training rows
-    val_share = manifest[manifest["split_on_disk"] == "Training"].groupby("label")["split"].apply(lambda s: (s == "val").mean())
+    val_share = (
+        manifest[manifest["split_on_disk"] == "Training"].groupby("label")["split"].apply(lambda s: (s == "val").mean())
+    )
     assert set(val_share.index) == set(CLASS_NAMES) and val_share.between(0.1, 0.4).all()
 
 
@@ -103,7 +107,11 @@ def test_split_is_deterministic_and_seeded(fixture_root):
 
 def test_split_keeps_duplicate_groups_together():
     frame = pd.DataFrame(
-        {"split_on_disk": ["Training"] * 40, "label": ["glioma"] * 20 + ["notumor"] * 20, "near_group": [i // 4 for i in range(40)]}
+        {
+            "split_on_disk": ["Training"] * 40,
+            "label": ["glioma"] * 20 + ["notumor"] * 20,
+            "near_group": [i // 4 for i in range(40)],
+        }
     )
     for seed in range(5):
         split = data.assign_splits(frame, 0.25, seed)
@@ -202,9 +210,9 @@ def test_prepare_applies_the_exclude_list_and_keeps_it_in_the_settings(fixture_r
     from brainlib.data import read_manifest
 
     listed = tmp_path / "suspects.csv"
-    pd.DataFrame({"path": ["Training/glioma/" + sorted(p.name for p in (fixture_root / "Training" / "glioma").glob("*.jpg"))[0]]}).to_csv(
-        listed, index=False
-    )
+    pd.DataFrame(
+        {"path": ["Training/glioma/" + sorted(p.name for p in (fixture_root / "Training" / "glioma").glob("*.jpg"))[0]]}
+    ).to_csv(listed, index=False)
     run = tmp_path / "ablation"
     args = ["prepare", "--run-dir", str(run), "--data-dir", str(fixture_root), "--exclude-list", str(listed)]
     assert main(args) == 0

@@ -22,7 +22,9 @@ def test_torchrun_two_processes_trains_and_checkpoint_predicts(prepared_run, fix
         "--lr", "1e-3", "--compile", "false", "--num-threads", "1",
     ]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, "\n".join(line for line in done.stderr.splitlines() if "rank1" in line or "Error" in line)[-4000:]
+    assert done.returncode == 0, "\n".join(
+        line for line in done.stderr.splitlines() if "rank1" in line or "Error" in line
+    )[-4000:]
     assert done.stdout.count("Epoch 3/3") == 1  # only rank 0 logs
     history = pd.read_csv(run / "history.csv")
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
@@ -30,7 +32,12 @@ def test_torchrun_two_processes_trains_and_checkpoint_predicts(prepared_run, fix
     image = next((fixture_root / "Testing" / "pituitary").glob("*.jpg"))
     assert main(["predict", str(image), "--checkpoint", str(run / "checkpoints" / "best.pt")]) == 0
     out = capsys.readouterr().out.splitlines()[1]
-    assert out.startswith(f"{image}: ") and out.split(": ")[1].split()[0] in ("glioma", "meningioma", "notumor", "pituitary")
+    assert out.startswith(f"{image}: ") and out.split(": ")[1].split()[0] in (
+        "glioma",
+        "meningioma",
+        "notumor",
+        "pituitary",
+    )
 
 
 def test_two_nodes_meet_over_a_c10d_rendezvous_and_only_the_first_writes(prepared_run, fixture_root, tmp_path):
@@ -46,7 +53,12 @@ def test_two_nodes_meet_over_a_c10d_rendezvous_and_only_the_first_writes(prepare
         shutil.copy(first / name, second / name)
     procs = []
     for node, run in enumerate((first, second)):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "BRAIN_DATA_DIR": str(fixture_root), "BRAIN_CACHE_DIR": str(tmp_path / f"cache{node}")}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "BRAIN_DATA_DIR": str(fixture_root),
+            "BRAIN_CACHE_DIR": str(tmp_path / f"cache{node}"),
+        }
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
             f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=fixture", "-m", "brainlib", "train", "--run-dir", str(run),
@@ -55,7 +67,11 @@ def test_two_nodes_meet_over_a_c10d_rendezvous_and_only_the_first_writes(prepare
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(err[-2000:] for _, err in outs)
-    summaries = [json.loads((run / "train_summary.json").read_text()) for run in (first, second) if (run / "train_summary.json").exists()]
+    summaries = [
+        json.loads((run / "train_summary.json").read_text())
+        for run in (first, second)
+        if (run / "train_summary.json").exists()
+    ]
     assert len(summaries) == 1 and summaries[0]["processes"] == 2  # global rank 0 alone writes
     # the rendezvous, not the order of launch, says which node holds rank 0
     assert sorted((run / "checkpoints" / "best.pt").exists() for run in (first, second)) == [False, True]

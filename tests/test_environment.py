@@ -27,7 +27,9 @@ def test_committed_notebooks_have_no_outputs():
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(nb.read_text())["cells"]
         assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), f"{nb.name} has outputs"
-        assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), f"{nb.name} lacks a parameters cell"
+        assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), (
+            f"{nb.name} lacks a parameters cell"
+        )
 
 
 def test_papermill_sees_every_parameter_the_makefile_passes():
@@ -52,7 +54,9 @@ def test_papermill_sees_every_parameter_the_makefile_passes():
         wanted = prepare if path.name.startswith("01") else run | (evaluate if path.name.startswith("04") else set())
         assert wanted <= names, f"{path.name}: papermill cannot parse {sorted(wanted - names)}"
         if not path.name.startswith("01"):
-            assert not names & {"seed", "fast", "epochs", "recipe", "model", "batch_size"}, f"{path.name} takes run settings"
+            assert not names & {"seed", "fast", "epochs", "recipe", "model", "batch_size"}, (
+                f"{path.name} takes run settings"
+            )
 
 
 def test_make_runs_everything_with_the_malloc_thresholds():

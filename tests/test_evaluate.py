@@ -67,7 +67,22 @@ def test_evaluate_cli_prepares_a_fresh_run_folder(trained_run, fixture_root, tmp
     ckpt = tmp_path / "model.pt"
     shutil.copy(f"{trained_run.run_dir}/checkpoints/best.pt", ckpt)
     run = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--run-dir", str(run), "--data-dir", str(fixture_root), "--num-threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--run-dir",
+                str(run),
+                "--data-dir",
+                str(fixture_root),
+                "--num-threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert json.loads((run / "metrics.json").read_text())["n_test"] == 13
     assert "meningioma" in capsys.readouterr().out
 
@@ -78,7 +93,22 @@ def test_evaluate_cli_scores_a_checkpoint_at_its_own_input_size_and_split(prepar
     own, _, _ = evaluate.predict_test(cfg, load_run_data(cfg), shifts=False)
     run = tmp_path / "eval"
     ckpt = f"{cfg.run_dir}/checkpoints/best.pt"
-    assert main(["evaluate", "--checkpoint", ckpt, "--run-dir", str(run), "--data-dir", str(fixture_root), "--num-threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                ckpt,
+                "--run-dir",
+                str(run),
+                "--data-dir",
+                str(fixture_root),
+                "--num-threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((run / "config.json").read_text())
     assert (saved["image_size"], saved["seed"], saved["run_dir"]) == (64, 7, str(run))
     fresh = pd.read_csv(run / "predictions.csv")

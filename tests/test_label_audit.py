@@ -48,8 +48,15 @@ def test_confident_learning_finds_planted_label_flips():
     suspects, summary = label_audit.audit_table(manifest, np.arange(n) % 5, probs)
     assert set(suspects["path"]) == {f"img{i}.jpg" for i in planted}
     by_path = suspects.set_index("path")
-    assert by_path.loc["img5.jpg", "suggested"] == CLASS_NAMES[truth[5]] and by_path.loc["img5.jpg", "given"] == CLASS_NAMES[given[5]]
-    assert summary["n_flagged_testing"] == 1 and summary["n_flagged_training"] == 2 and summary["n_flagged_in_duplicate_groups"] == 1
+    assert (
+        by_path.loc["img5.jpg", "suggested"] == CLASS_NAMES[truth[5]]
+        and by_path.loc["img5.jpg", "given"] == CLASS_NAMES[given[5]]
+    )
+    assert (
+        summary["n_flagged_testing"] == 1
+        and summary["n_flagged_training"] == 2
+        and summary["n_flagged_in_duplicate_groups"] == 1
+    )
     assert summary["oof_accuracy"] == (probs.argmax(1) == given).mean()
     assert sum(summary["given_to_suggested"].values()) == 3
 
@@ -85,7 +92,17 @@ def test_testing_can_be_scored_by_a_checkpoint_trained_on_training_alone(trained
     """Training in folds, Testing by the run's own best.pt (it saw Training only); confident
     learning runs on each part alone."""
     best = f"{trained_run.run_dir}/checkpoints/best.pt"
-    args = ["audit-labels", "--run-dir", trained_run.run_dir, "--folds", "3", "--epochs", "1", "--test-checkpoint", best]
+    args = [
+        "audit-labels",
+        "--run-dir",
+        trained_run.run_dir,
+        "--folds",
+        "3",
+        "--epochs",
+        "1",
+        "--test-checkpoint",
+        best,
+    ]
     assert main(args) == 0
     root = trained_run.run_dir + "/label_audit"
     manifest = load_run_data(trained_run).manifest

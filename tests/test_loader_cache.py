@@ -38,7 +38,9 @@ def test_augmentation_is_seeded_and_per_image():
 def test_identity_augmentation_equals_plain_resize_and_flip_mirrors():
     img = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (2, 1, 32, 32), dtype=np.uint8))
     gen = torch.Generator().manual_seed(0)
-    none = augment.AugmentParams(flip_p=0.0, rotation_deg=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), brightness=0, contrast=0)
+    none = augment.AugmentParams(
+        flip_p=0.0, rotation_deg=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), brightness=0, contrast=0
+    )
     out = augment.augment_batch(img, 32, none, gen)
     assert torch.allclose(out, img.float() / 255, atol=1e-5)
     flipped = augment.augment_batch(img, 32, augment.AugmentParams(**{**none.__dict__, "flip_p": 1.0}), gen)
@@ -47,7 +49,9 @@ def test_identity_augmentation_equals_plain_resize_and_flip_mirrors():
 
 def _manifest(root):
     files = sorted(root.rglob("*.jpg"))[:6]
-    return pd.DataFrame({"path": [p.relative_to(root).as_posix() for p in files], "file_sha256": [str(i) for i in range(len(files))]})
+    return pd.DataFrame(
+        {"path": [p.relative_to(root).as_posix() for p in files], "file_sha256": [str(i) for i in range(len(files))]}
+    )
 
 
 def test_cache_is_reused_and_keyed_by_content_and_size(fixture_root, tmp_path):
@@ -97,4 +101,6 @@ def test_augment_false_trains_on_plain_resized_images():
     aug = augment_params(Config(augment=False))
     x, _ = next(iter(loader.CachedBatches(images, np.zeros(4), 4, 32, train=True, aug=aug, seed=0)))
     order = loader.CachedBatches(images, np.zeros(4), 4, 32, train=True, seed=0)._indices()
-    assert torch.allclose(x[:, :1], loader.normalize(torch.from_numpy(images[order.numpy()]).float()[:, None] / 255), atol=1e-5)
+    assert torch.allclose(
+        x[:, :1], loader.normalize(torch.from_numpy(images[order.numpy()]).float()[:, None] / 255), atol=1e-5
+    )

@@ -43,7 +43,9 @@ def test_efficientnet_lite0_loads_the_wheels_imagenet_weights():
     w = pretrained.state_dict()["_conv_stem.weight"]
     assert not torch.equal(w, scratch.state_dict()["_conv_stem.weight"])
     torch.manual_seed(0)
-    assert torch.equal(w, create_model("efficientnet_lite0").state_dict()["_conv_stem.weight"])  # same file, same weights
+    assert torch.equal(
+        w, create_model("efficientnet_lite0").state_dict()["_conv_stem.weight"]
+    )  # same file, same weights
 
 
 def test_efficientnet_bn_statistics_follow_the_data():

@@ -18,10 +18,22 @@ from brainlib.shifts import SEVERITIES, SHIFTS
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("0*.ipynb"))
 PROMISED = {
-    "01_data": ["config.json", "manifest.csv", "audit.json", "figures/class_counts.png", "figures/near_threshold_sweep.png"],
+    "01_data": [
+        "config.json",
+        "manifest.csv",
+        "audit.json",
+        "figures/class_counts.png",
+        "figures/near_threshold_sweep.png",
+    ],
     "02_model": ["tb"],
     "03_train": ["checkpoints/best.pt", "checkpoints/last.pt", "history.csv", "train_summary.json", "train_log.txt"],
-    "04_evaluate": ["metrics.json", "predictions.csv", "test_logits.npy", "figures/confusion_matrix.png", "figures/shifts.png"],
+    "04_evaluate": [
+        "metrics.json",
+        "predictions.csv",
+        "test_logits.npy",
+        "figures/confusion_matrix.png",
+        "figures/shifts.png",
+    ],
     "05_gradcam": ["cam_faithfulness.json", "figures/gradcam_correct.png"],
 }
 
@@ -37,8 +49,12 @@ def run_dir(tmp_path_factory) -> Path:
     fixture = Path(__file__).parent / "fixtures" / "data"
     os.environ.setdefault("BRAIN_CACHE_DIR", str(run.parent / "cache"))
     for nb in NOTEBOOKS:
-        params = {"run_dir": str(run)} | ({"data_dir": str(fixture), "fast": True, "epochs": 1} if nb.stem == "01_data" else {})
-        papermill.execute_notebook(str(nb), str(run.parent / nb.name), parameters=params, kernel_name="brainlib", cwd=str(nb.parents[1]))
+        params = {"run_dir": str(run)} | (
+            {"data_dir": str(fixture), "fast": True, "epochs": 1} if nb.stem == "01_data" else {}
+        )
+        papermill.execute_notebook(
+            str(nb), str(run.parent / nb.name), parameters=params, kernel_name="brainlib", cwd=str(nb.parents[1])
+        )
     return run
 
 

@@ -13,13 +13,18 @@ def test_estimate_scales_measured_rates_and_samples_the_suite_only_where_it_is_s
     assert fast["shift_suite"] == {"severities": SEVERITIES, "sample": 0}
     assert fast["03_train"] == pytest.approx(cfg.epochs * (5134 / 1000 + 578 / 2000))
     slow = plan.estimate(cfg, plan.Rates(train_images_per_s=10, score_images_per_s=50))
-    assert slow["full_shift_suite_s"] == pytest.approx(76 * 1311 / 50) and slow["full_shift_suite_s"] > plan.FULL_SUITE_BUDGET_S
+    assert (
+        slow["full_shift_suite_s"] == pytest.approx(76 * 1311 / 50)
+        and slow["full_shift_suite_s"] > plan.FULL_SUITE_BUDGET_S
+    )
     assert slow["shift_suite"] == plan.SAMPLED_SUITE
     assert slow["04_evaluate"] < slow["full_shift_suite_s"]  # the sample is what makes 04 affordable
 
 
 def test_measured_rates_are_positive_on_a_tiny_model(tmp_path):
-    cfg = build_config({}, {"recipe": "reference", "batch_size": 2, "image_size": 224, "cache_size": 224, "device": "cpu"})
+    cfg = build_config(
+        {}, {"recipe": "reference", "batch_size": 2, "image_size": 224, "cache_size": 224, "device": "cpu"}
+    )
     rates = plan.measure_rates(cfg, "cpu", steps=1)
     assert rates.train_images_per_s > 0 and rates.score_images_per_s > 0
     assert plan.auto_shift_suite(cfg, n_test=4) == (SEVERITIES, 0)  # four images: the full suite is cheap
@@ -27,7 +32,12 @@ def test_measured_rates_are_positive_on_a_tiny_model(tmp_path):
 
 @pytest.mark.parametrize(
     ("flags", "onednn", "expected"),
-    [("fpu avx512f avx512bw", True, False), ("avx512f avx512_bf16", True, True), ("amx_bf16 amx_tile", True, True), ("avx2", False, False)],
+    [
+        ("fpu avx512f avx512bw", True, False),
+        ("avx512f avx512_bf16", True, True),
+        ("amx_bf16 amx_tile", True, True),
+        ("avx2", False, False),
+    ],
     ids=["avx512 emulates bf16", "avx512_bf16", "amx", "no onednn bf16"],
 )
 def test_bf16_autocast_on_a_cpu_only_with_bf16_instructions(monkeypatch, flags, onednn, expected):

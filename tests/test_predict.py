@@ -113,7 +113,9 @@ def test_predict_prints_prediction_sets_and_flags_more_than_one_class(trained_ru
     line = capsys.readouterr().out
     assert "99% set: {glioma, meningioma, notumor, pituitary}  uncertain: review" in line
     assert main(["predict", image, "--checkpoint", str(wide), "--alpha", "0.05"]) == 0
-    assert "95% set: {" in (out := capsys.readouterr().out) and "uncertain" not in out  # threshold 0: the top class only
+    assert (
+        "95% set: {" in (out := capsys.readouterr().out) and "uncertain" not in out
+    )  # threshold 0: the top class only
     assert main(["predict", image, "--checkpoint", str(wide), "--alpha", "0.1"]) == 2
     assert capsys.readouterr().err.strip() == "error: alpha 0.1 is not calibrated in this checkpoint; it has 0.01, 0.05"
 
@@ -131,7 +133,9 @@ def test_calibrate_adds_conformal_thresholds_to_an_old_checkpoint(trained_run, t
     assert old.read_bytes() == before
     new = load_checkpoint(out)
     assert new["temperature"] == state["temperature"]  # kept, not refitted
-    assert new["conformal"]["thresholds"] == pytest.approx(state["conformal"]["thresholds"])  # same val split, same weights
+    assert new["conformal"]["thresholds"] == pytest.approx(
+        state["conformal"]["thresholds"]
+    )  # same val split, same weights
 
 
 def fixture_root_images(cfg):

@@ -7,7 +7,9 @@ import pytest
 
 from brainlib import data
 
-REAL = Path(os.environ.get("BRAIN_REAL_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/brain-tumor-mri-dataset")
+REAL = Path(
+    os.environ.get("BRAIN_REAL_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/brain-tumor-mri-dataset"
+)
 pytestmark = pytest.mark.skipif(not (REAL / "Training").is_dir(), reason=f"real dataset not at {REAL}")
 
 EXPECTED = {

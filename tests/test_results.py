@@ -15,7 +15,9 @@ ROOT = Path(__file__).parents[1]
 
 def test_readme_results_table_matches_the_committed_metrics_files():
     readme = (ROOT / "README.md").read_text()
-    assert results.replace_block(readme, results.results_table()) == readme, "README's table is stale: make readme-table"
+    assert results.replace_block(readme, results.results_table()) == readme, (
+        "README's table is stale: make readme-table"
+    )
 
 
 def test_the_table_carries_the_default_checkpoints_numbers():

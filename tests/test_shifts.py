@@ -44,5 +44,7 @@ def test_gibbs_ringing_matches_monais_definition(images):
     from monai.transforms import GibbsNoise
 
     ours = SHIFTS["gibbs_ringing"](images, 2)
-    theirs = np.asarray(GibbsNoise(alpha=SHIFTS["gibbs_ringing"].params[1])(torch.from_numpy(images.astype(np.float32))))
+    theirs = np.asarray(
+        GibbsNoise(alpha=SHIFTS["gibbs_ringing"].params[1])(torch.from_numpy(images.astype(np.float32)))
+    )
     assert np.abs(np.clip(np.rint(theirs), 0, 255) - ours).max() <= 1

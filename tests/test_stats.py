@@ -23,7 +23,9 @@ def test_accuracy_interval_matches_the_binomial_width_and_is_seeded():
     assert first["recall_a"] == pytest.approx([low, high])  # one class: recall is accuracy
     assert first["ece"][0] < 0.02  # confidence 0.9, accuracy 0.9
     shuffled = np.random.default_rng(0).permutation(y_hat)  # the same count in another order
-    assert stats.metric_intervals(y, shuffled, conf, CLASSES, seed=3)["accuracy"] == pytest.approx([low, high], abs=0.003)
+    assert stats.metric_intervals(y, shuffled, conf, CLASSES, seed=3)["accuracy"] == pytest.approx(
+        [low, high], abs=0.003
+    )
 
 
 def test_a_perfect_class_has_a_degenerate_interval_and_the_leakage_free_subset_is_resampled_alone():

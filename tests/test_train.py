@@ -58,7 +58,9 @@ def test_the_guard_names_the_first_non_finite_step_though_it_syncs_only_every_fe
         return out * float("inf") if sum(calls) >= 3 else out
 
     monkeypatch.setattr(SeedCNN, "forward", from_third_step)
-    monkeypatch.setattr(train_mod, "SYNC_EVERY", 2)  # a sync after step 2 (clean), the next one after step 4 or at the end
+    monkeypatch.setattr(
+        train_mod, "SYNC_EVERY", 2
+    )  # a sync after step 2 (clean), the next one after step 4 or at the end
     with pytest.raises(train_mod.NonFiniteLossError, match=r"loss became (nan|inf) at epoch 1, step 3;"):
         train_mod.train(prepared_run.replace(epochs=1, batch_size=4), progress=False)
     assert not (Path(prepared_run.run_dir) / "checkpoints" / "last.pt").exists()
@@ -70,7 +72,9 @@ def test_best_checkpoint_carries_a_validation_temperature_and_config_json_is_unt
     train_mod.train(prepared_run.replace(epochs=1, lr=3e-4), progress=False)  # an override for this call only
     assert open(config_json).read() == before
     state = load_checkpoint(f"{prepared_run.run_dir}/checkpoints/best.pt")
-    assert 0 < state["temperature"] < float("inf") and state["config"]["lr"] == 3e-4  # chance-level after 1 epoch: T is large
+    assert (
+        0 < state["temperature"] < float("inf") and state["config"]["lr"] == 3e-4
+    )  # chance-level after 1 epoch: T is large
 
 
 def test_init_checkpoint_starts_a_fine_tune_from_its_weights(prepared_run, tmp_path):
@@ -78,7 +82,9 @@ def test_init_checkpoint_starts_a_fine_tune_from_its_weights(prepared_run, tmp_p
 
     train_mod.train(prepared_run.replace(epochs=1), progress=False)
     source = f"{prepared_run.run_dir}/checkpoints/best.pt"
-    tuned = prepared_run.replace(run_dir=str(tmp_path / "ft"), epochs=1, lr=1e-12, weight_decay=0.0, init_checkpoint=source)
+    tuned = prepared_run.replace(
+        run_dir=str(tmp_path / "ft"), epochs=1, lr=1e-12, weight_decay=0.0, init_checkpoint=source
+    )
     (tmp_path / "ft").mkdir()
     (tmp_path / "ft" / "manifest.csv").write_text((tmp_path / "run" / "manifest.csv").read_text())
     train_mod.train(tuned, progress=False)
