@@ -63,6 +63,8 @@ $(STAMP): requirements.txt pyproject.toml
 		k['env'] = {**k.get('env', {}), 'GLIBC_TUNABLES': '$(GLIBC_MALLOC)'}; json.dump(k, open(p, 'w'), indent=1)"
 	touch $(STAMP)
 
+# papermill relays printed lines, not progress widgets: long loops print a line a minute instead
+pipeline: export BRAIN_PROGRESS = lines
 pipeline: $(STAMP)
 	@mkdir -p $(RUN_DIR)/notebooks
 	@set -e; run() { echo "== $$1 -> $(RUN_DIR)/notebooks/$$(basename $$1)"; \

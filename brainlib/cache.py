@@ -23,6 +23,7 @@ import pandas as pd
 from .atomic import save_npy, write_text
 from .config import in_repo
 from .data import load_gray
+from .progress import progress as progress_bar
 
 PREPROCESSING_VERSION = 2  # bump when load_gray changes (2: EXIF orientation applied)
 
@@ -70,8 +71,6 @@ def build_or_load_cache(
     manifest: pd.DataFrame, data_root: str | Path, size: int, cache_dir: str | Path | None = None, progress: bool = True
 ) -> np.ndarray:
     """N x size x size uint8 array, row-aligned with `manifest` (memory-mapped when loaded)."""
-    from tqdm.auto import tqdm
-
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     array_path, meta_path = _paths(cache_dir, manifest, size)
@@ -85,7 +84,7 @@ def build_or_load_cache(
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
         work = pool.map(lambda p: load_gray(root / p, size), manifest["path"])
         for i, img in enumerate(
-            tqdm(work, total=len(manifest), desc=f"cache {size}px", disable=not progress, mininterval=2)
+            progress_bar(work, f"cache {size}px", total=len(manifest), disable=not progress, mininterval=2)
         ):
             images[i] = img
     save_npy(images, array_path)  # DDP ranks may build at once: each writes its own temp file

@@ -21,9 +21,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import ood
 from .checkpoint import InferenceModel, load_for_inference, write_calibrated_copy
-from .config import Config
-from .infer import predict_logits, setup_torch
+from .config import CLASS_NAMES, Config
+from .infer import predict_logits, predict_logits_and_features, setup_torch
 from .loader import RunData, split_batches
 from .stats import ECE_BINS, ece
 
@@ -122,11 +123,23 @@ def calibration_of(net: InferenceModel, cfg: Config, data: RunData, device: str)
     }
 
 
+def fit_ood(net: InferenceModel, cfg: Config, data: RunData, device: str, kind: str = ood.DEFAULT_SCORE) -> dict:
+    """The out-of-distribution detector of a checkpoint: statistics of its Training features (the
+    train split, not augmented), threshold at the validation images' 99th percentile (brainlib.ood)."""
+    cfg = net.scoring_config(cfg)
+    train = split_batches(cfg, data, "train", device)
+    logits, features = predict_logits_and_features(net.model, train, device, net.cam_layer)
+    stats = ood.fit(features, train.labels.cpu(), len(CLASS_NAMES))
+    val = split_batches(cfg, data, "val", device)
+    val_logits, val_features = predict_logits_and_features(net.model, val, device, net.cam_layer)
+    return ood.with_threshold(stats, kind, ood.score(stats, val_features, val_logits, kind))
+
+
 def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out: str | Path) -> dict:
-    """A copy of `checkpoint` at `out` with what it lacks of temperature and conformal thresholds
-    fitted on the run's val split (for checkpoints trained before best.pt stored them); returns
-    what it stored. The val split must be the one the checkpoint was selected on:
-    checkpoint.trained_config takes the seed and val fraction from the checkpoint."""
+    """A copy of `checkpoint` at `out` with what it lacks of temperature, conformal thresholds and
+    OOD detector fitted on the run's splits (for checkpoints trained before best.pt stored them);
+    returns what it stored (the OOD statistics summarised). The val split must be the one the
+    checkpoint was selected on: checkpoint.trained_config takes the seed and val fraction from it."""
     device = setup_torch(cfg)
     net = load_for_inference(checkpoint, device)
     fitted = {
@@ -134,8 +147,13 @@ def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out
         for k, v in calibration_of(net.replace(conformal=None), net.scoring_config(cfg), data, device).items()
         if k != "source"
     }
+    if net.ood is None:
+        fitted["ood"] = fit_ood(net, cfg, data, device)
     write_calibrated_copy(checkpoint, fitted, out)
-    return fitted | {"out": str(out)}
+    summary = {k: v for k, v in fitted.items() if k != "ood"}
+    if "ood" in fitted:
+        summary["ood"] = {k: v for k, v in fitted["ood"].items() if not isinstance(v, torch.Tensor)}
+    return summary | {"out": str(out)}
 
 
 def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> pd.DataFrame:

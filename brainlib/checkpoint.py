@@ -8,7 +8,8 @@ pickle that would run something on load is refused with a one-line CheckpointErr
 
 Fields: model_name, class_names, model_state, config (the run's settings), epoch, best_val_acc,
 history; the training state optimizer_state, scheduler_state, rng_state (last.pt only); the
-calibration temperature and conformal (best.pt and exports); exported_from (exports).
+calibration temperature and conformal (best.pt and exports); ood, the out-of-distribution detector's
+statistics and threshold (brainlib.ood; best.pt after training, and exports); exported_from (exports).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from .models import create_model, model_entry
 
 REQUIRED_FIELDS = ("model_name", "class_names", "model_state")
 # what an inference-only copy keeps: no optimizer, scheduler or RNG state
-EXPORT_FIELDS = ("model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature", "conformal")
+EXPORT_FIELDS = (
+    "model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature", "conformal", "ood"
+)  # fmt: skip
 
 
 BEST, LAST = "best.pt", "last.pt"
@@ -149,10 +152,15 @@ def resume_training(ckpt_dir: str | Path, model: nn.Module, optimizer, scheduler
     return Resume(state["epoch"] + 1, state["best_val_acc"], state["history"])
 
 
+CALIBRATION_FIELDS = ("temperature", "conformal", "ood")
+
+
 def write_calibrated_copy(src: str | Path, calibration: dict, out: str | Path) -> Path:
-    """A copy of checkpoint `src` at `out` with the given temperature and conformal thresholds
-    (calibration.calibrate_checkpoint fits them); `out` may be `src` (written atomically)."""
-    return save_checkpoint(load_checkpoint(src) | {k: calibration[k] for k in ("temperature", "conformal")}, out)
+    """A copy of checkpoint `src` at `out` with the given temperature, conformal thresholds and/or OOD
+    statistics (brainlib.calibration fits them); `out` may be `src` (written atomically)."""
+    return save_checkpoint(
+        load_checkpoint(src) | {k: calibration[k] for k in CALIBRATION_FIELDS if k in calibration}, out
+    )
 
 
 def trained_config(checkpoint: str | Path, cfg: Config) -> Config:
@@ -173,6 +181,7 @@ class InferenceModel:
     cache_size: int  # the side images are decoded to before resizing
     temperature: float | None  # fitted on the run's validation split; None: not calibrated
     conformal: dict | None  # split-conformal thresholds per alpha (calibration.conformal_state); None: no sets
+    ood: dict | None  # the out-of-distribution detector (brainlib.ood); None: every input is answered
     state: dict  # the rest (config, epoch, history)
 
     def replace(self, **changes) -> InferenceModel:
@@ -200,6 +209,7 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
         cache_size=int(trained.get("cache_size", 256)),
         temperature=None if temperature is None else float(temperature),
         conformal=state.get("conformal"),
+        ood=state.get("ood"),
         state=state,
     )
 

@@ -185,6 +185,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
     p.add_argument(
+        "--allow-ood", action="store_true", help="show the class of inputs judged out of distribution too, marked"
+    )
+    p.add_argument(
+        "--axis",
+        type=int,
+        default=2,
+        help="NIfTI: slice along this axis of the canonical (RAS) volume: 2 axial, 1 coronal, 0 sagittal (default: 2)",
+    )
+    p.add_argument("--slice", type=int, default=None, help="NIfTI: score only this slice index (default: every slice)")
+    p.add_argument(
         "--alpha",
         type=float,
         default=0.01,
@@ -360,12 +370,20 @@ def figures_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    """Exit 0 when every image was classified, 1 when any failed (the others still print)."""
+    """Exit 0 when every input was classified, 1 when any could not be read or was judged out of
+    distribution without --allow-ood (the others still print)."""
     from .infer import resolve_device
     from .predict import expand_inputs, predict_images
 
     report = predict_images(
-        expand_inputs(args.images), args.checkpoint, args.cam, resolve_device(args.device), args.alpha
+        expand_inputs(args.images),
+        args.checkpoint,
+        args.cam,
+        resolve_device(args.device),
+        args.alpha,
+        args.allow_ood,
+        args.axis,
+        args.slice,
     )
     results = report["results"]
     if args.json:
@@ -373,19 +391,33 @@ def predict_command(args: argparse.Namespace) -> int:
     else:
         print(f"checkpoint: {report['checkpoint']} ({report['model']}, {report['image_size']} px)")
     for r in results:
+        where = r["path"] + (f" [{r['slice']}]" if "slice" in r else "")
         if "error" in r:
-            print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
+            print(f"error: {where}: {r['error']}", file=sys.stderr)
         elif not args.json:
-            probs = "  ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
-            chosen = ""
-            if "prediction_set" in r:
-                chosen = f"  {100 * r['coverage']:g}% set: {{{', '.join(r['prediction_set'])}}}" + (
-                    "  uncertain: review" if r["uncertain"] else ""
-                )
-            print(f"{r['path']}: {r['class']}  ({probs}){chosen}" + (f"  cam: {r['cam']}" if "cam" in r else ""))
+            print(f"{where}: {_predict_line(r)}")
         if "warning" in r:
-            print(f"warning: {r['path']}: {r['warning']}", file=sys.stderr)
-    return 1 if any("error" in r for r in results) else 0
+            print(f"warning: {where}: {r['warning']}", file=sys.stderr)
+    if not args.json:
+        for v in report["volumes"]:
+            classes = ", ".join(f"{c} {n}" for c, n in v["classes"].items()) or "none"
+            print(
+                f"volume {v['path']}: {v['slices']} slices; classes: {classes}; out of distribution: {v['out_of_distribution']}"
+            )
+    declined = any(r.get("out_of_distribution") for r in results) and not args.allow_ood
+    return 1 if declined or any("error" in r for r in results) else 0
+
+
+def _predict_line(r: dict) -> str:
+    if r["class"] is None:
+        return f"no class: {r['reason']}"
+    probs = "  ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
+    chosen = ""
+    if "prediction_set" in r:
+        chosen = f"  {100 * r['coverage']:g}% set: {{{', '.join(r['prediction_set'])}}}"
+        chosen += "  uncertain: review" if r["uncertain"] else ""
+    marked = "  [out of distribution: shown because of --allow-ood]" if r.get("out_of_distribution") else ""
+    return f"{r['class']}  ({probs}){chosen}{marked}" + (f"  cam: {r['cam']}" if "cam" in r else "")
 
 
 COMMANDS = {

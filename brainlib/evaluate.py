@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
+from . import ood
 from .atomic import atomic_path, save_npy, write_text
 from .calibration import (
     calibrated_probabilities,
@@ -29,7 +30,7 @@ from .calibration import (
 from .checkpoint import best_checkpoint, load_for_inference
 from .config import CLASS_NAMES, Config
 from .data import leakage_free
-from .infer import predict_logits, setup_torch
+from .infer import predict_logits, predict_logits_and_features, setup_torch
 from .loader import RunData, split_batches
 from .robustness import shift_summary, shift_table, summary_of
 from .shifts import SEVERITIES
@@ -55,7 +56,11 @@ def predict_test(
     net = load_for_inference(checkpoint, device)
     cfg = net.scoring_config(cfg)
     test_batches = split_batches(cfg, data, "test", device)
-    logits = predict_logits(net.model, test_batches, device)
+    if net.ood:
+        logits, features = predict_logits_and_features(net.model, test_batches, device, net.cam_layer)
+        ood_scores = ood.score(net.ood, features, logits)
+    else:
+        logits, ood_scores = predict_logits(net.model, test_batches, device), None
     test = data.manifest[data.manifest["split"] == "test"].reset_index(drop=True)
     probs = logits.softmax(1).numpy()
     pred = test[["path", "label", "label_idx", "has_train_twin_exact", "has_train_twin_near"]].copy()
@@ -64,6 +69,9 @@ def predict_test(
     pred["confidence"] = probs.max(1)
     for i, name in enumerate(CLASS_NAMES):
         pred[f"p_{name}"] = probs[:, i]
+    if ood_scores is not None:
+        pred["ood_score"] = ood_scores
+        pred["out_of_distribution"] = ood.flagged(net.ood, ood_scores)
     run_dir = Path(cfg.run_dir)
     with atomic_path(run_dir / "predictions.csv") as tmp:
         pred.to_csv(tmp, index=False)
@@ -80,15 +88,31 @@ def predict_test(
             (predict_logits(net.model, test_batches, device, tta=True).argmax(1) == y).float().mean()
         ),
         "seed": cfg.seed,
+        "ood": ood_summary(net.ood, ood_scores),
     }
     if shifts:
-        table = shift_table(cfg, data, net.model, device, shift_severities, shift_sample, calibration)
+        table = shift_table(cfg, data, net, device, shift_severities, shift_sample, calibration)
         extras["shifts"] = {
             "summary": shift_summary(table).as_dict(),
             "sample": shift_sample,
             "table": table.to_dict("records"),
         }
     return pred, logits.numpy(), extras
+
+
+def ood_summary(stats: dict | None, test_scores: np.ndarray | None) -> dict | None:
+    """The detector's settings and its false alarms on the official test split (all of them are
+    brain MRIs, so every flag is a false alarm)."""
+    if stats is None:
+        return None
+    return {
+        "score": stats["score"],
+        "threshold": stats["threshold"],
+        "validation_false_alarm_rate": stats["false_alarm_rate"],
+        "test_false_alarm_rate": float(ood.flagged(stats, test_scores).mean()),
+        "n_fit": stats["n_fit"],
+        "n_threshold": stats["n_threshold"],
+    }
 
 
 def probabilities(pred: pd.DataFrame) -> np.ndarray:
@@ -154,6 +178,7 @@ def compute_metrics(pred: pd.DataFrame, logits: np.ndarray, extras: dict | None 
             y, y_hat, probs.max(1), CLASS_NAMES, leakage_free=clean, seed=extras.get("seed", 0)
         ),
         "conformal": (conformal | {"sets": sets}) if conformal else None,
+        "ood": extras.get("ood"),
     }
 
 

@@ -97,3 +97,18 @@ def predict_logits(
                 logits = (logits.log_softmax(1) + model(torch.flip(x, dims=[-1])).float().log_softmax(1)) / 2
         out.append(logits[:n].cpu())
     return torch.cat(out) if out else torch.zeros(0, len(CLASS_NAMES))
+
+
+def predict_logits_and_features(
+    model: nn.Module, batches, device: str, layer: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and, per image, the spatial mean of `layer`'s output (the registry's CAM layer: the last
+    convolutional block), both fp32 on the CPU, from the same forward passes as predict_logits."""
+    pooled = []
+    hook = layer.register_forward_hook(lambda _m, _i, out: pooled.append(out.float().mean((2, 3)).cpu()))
+    try:
+        logits = predict_logits(model, batches, device)
+    finally:
+        hook.remove()
+    features = torch.cat(pooled) if pooled else torch.zeros(0, 0)
+    return logits, features[: len(logits)]  # CUDA pads the last batch at its end

@@ -18,14 +18,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import ood
 from .calibration import calibrate, prediction_sets
 from .cam import compute_cams, overlay
 from .checkpoint import InferenceModel, default_checkpoint, load_for_inference
 from .config import CLASS_NAMES, REPO_ROOT
 from .data import IMAGE_ERRORS, read_gray
-from .errors import SettingsError
-from .infer import predict_logits
+from .errors import DataError, SettingsError
+from .infer import predict_logits, predict_logits_and_features
 from .loader import CachedBatches
+from .medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, dicom_series, is_medical, read_dicom, read_nifti, resized
 
 # below this fraction of the model's input side, an image holds too little detail to trust
 SMALL_IMAGE_FRACTION = 0.5
@@ -34,30 +36,52 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
-    """Files as given; a folder becomes the image files inside it (recursively, sorted by path), or
-    stays itself when it holds none (then reported as such)."""
+    """Files as given; a folder becomes the image, DICOM and NIfTI files inside it (recursively; images
+    and volumes sorted by path, a DICOM series in InstanceNumber order), or stays itself when it holds
+    none (then reported as such)."""
     out = []
     for path in map(Path, paths):
-        inside = (
-            sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if path.is_dir()
-            else []
-        )
+        inside = []
+        if path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.is_file())
+            inside = [
+                str(f) for f in files if f.suffix.lower() in IMAGE_SUFFIXES or str(f).lower().endswith(NIFTI_SUFFIXES)
+            ]
+            inside += [str(f) for f in dicom_series(path)]
         out += inside or [str(path)]
     return out
 
 
-def _decode_all(paths: list[str], size: int) -> tuple[list[dict], list[np.ndarray]]:
+def _read_slices(path: str, axis: int, index: int | None) -> list[tuple[str, np.ndarray]]:
+    if not Path(path).exists():
+        raise FileNotFoundError(path)
+    if str(path).lower().endswith(DICOM_SUFFIXES):
+        return read_dicom(path)
+    return read_nifti(path, axis, index)
+
+
+def _decode_all(
+    paths: list[str], size: int, axis: int = 2, index: int | None = None
+) -> tuple[list[dict], list[np.ndarray]]:
+    """One entry per image, or per slice of a DICOM or NIfTI file, with its image at `size`."""
     entries, images = [], []
     for path in paths:
         entry: dict = {"path": str(path)}
         try:
+            if is_medical(path):
+                for label, image in _read_slices(path, axis, index):
+                    h, w = image.shape
+                    entries.append({"path": str(path), **({"slice": label} if label else {}), "size": (w, h)})
+                    images.append(resized(image, size))
+                continue
             gray, entry["size"] = read_gray(path, size)
             images.append(gray)
         except FileNotFoundError:
             entry["error"] = "file not found"
         except IsADirectoryError:
             entry["error"] = "a folder with no image files"
+        except DataError as err:
+            entry["error"] = str(err)
         except IMAGE_ERRORS as err:
             entry["error"] = f"not a readable image ({type(err).__name__}: {err})"
         entries.append(entry)
@@ -70,9 +94,14 @@ def predict_images(
     cam_dir: str | Path | None = None,
     device: str = "cpu",
     alpha: float = DEFAULT_ALPHA,
+    allow_ood: bool = False,
+    axis: int = 2,
+    index: int | None = None,
 ) -> dict:
-    """{checkpoint, model, image_size, temperature, results}: one result per path, {path, class,
-    probabilities, [prediction_set, coverage, uncertain], [warning], [cam]} or {path, error}."""
+    """{checkpoint, model, image_size, temperature, results, volumes}: one result per image or slice,
+    {path, [slice], class, probabilities, out_of_distribution, ood_score, [prediction_set, coverage,
+    uncertain], [warning], [cam]} or {path, error}. An input the checkpoint's OOD detector flags gets
+    class None and a reason, unless allow_ood (then its class, marked)."""
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     net = load_for_inference(checkpoint, device)
     threshold = set_threshold(net, alpha)
@@ -81,32 +110,75 @@ def predict_images(
         "model": net.model_name,
         "image_size": net.image_size,
         "temperature": net.temperature,
+        "ood_threshold": (net.ood or {}).get("threshold"),
         "results": [],
     }
-    entries, images = _decode_all(paths, net.cache_size)
+    entries, images = _decode_all(paths, net.cache_size, axis, index)
     report["results"] = entries
     ok = [e for e in entries if "error" not in e]
-    if not ok:
-        return report
-    batches = CachedBatches(np.stack(images), np.zeros(len(images), int), 32, net.image_size, device=device)
-    probs = calibrate(predict_logits(net.model, batches, device), net.temperature).numpy()
-    for k, entry in enumerate(ok):
-        w, h = entry.pop("size")
-        entry["class"] = CLASS_NAMES[int(probs[k].argmax())]
-        entry["probabilities"] = {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, probs[k], strict=True)}
-        if threshold is not None:
-            chosen = prediction_sets(probs[k : k + 1], threshold)[0]
-            entry["prediction_set"] = [name for name, inside in zip(CLASS_NAMES, chosen, strict=True) if inside]
-            entry["coverage"] = 1 - alpha
-            entry["uncertain"] = len(entry["prediction_set"]) > 1
-        if min(w, h) < SMALL_IMAGE_FRACTION * net.image_size:
-            entry["warning"] = (
-                f"image is {w}x{h} px, far below the {net.image_size} px the model was trained at: treat the result with care"
-            )
-        if cam_dir:
-            x, _ = batches.batch([k])
-            entry["cam"] = str(_write_cam(net, x, int(probs[k].argmax()), Path(cam_dir), Path(entry["path"]).stem))
+    if ok:
+        batches = CachedBatches(np.stack(images), np.zeros(len(images), int), 32, net.image_size, device=device)
+        if net.ood:
+            logits, features = predict_logits_and_features(net.model, batches, device, net.cam_layer)
+            scores = ood.score(net.ood, features, logits)
+        else:
+            logits, scores = predict_logits(net.model, batches, device), None
+        probs = calibrate(logits, net.temperature).numpy()
+        for k, entry in enumerate(ok):
+            _describe(entry, net, probs[k], None if scores is None else float(scores[k]), threshold, alpha, allow_ood)
+            if cam_dir and entry["class"] is not None:
+                x, _ = batches.batch([k])
+                stem = Path(entry["path"]).name.split(".")[0] + (
+                    "_" + entry["slice"].replace(" ", "") if "slice" in entry else ""
+                )
+                entry["cam"] = str(_write_cam(net, x, int(probs[k].argmax()), Path(cam_dir), stem))
+    report["volumes"] = _volumes(entries)
     return report
+
+
+def _describe(
+    entry: dict, net: InferenceModel, probs: np.ndarray, score: float | None, threshold, alpha, allow_ood
+) -> None:
+    w, h = entry.pop("size")
+    outside = score is not None and score > net.ood["threshold"]
+    entry["out_of_distribution"] = outside if score is not None else None
+    entry["ood_score"] = None if score is None else round(score, 3)
+    if outside:
+        entry["reason"] = (
+            f"out of distribution: OOD score {score:.1f} above the threshold {net.ood['threshold']:.1f} (the "
+            "model knows brain MRI slices like its training images; this input is unlike them)"
+        )
+    if outside and not allow_ood:
+        entry["class"] = None
+        return
+    entry["class"] = CLASS_NAMES[int(probs.argmax())]
+    entry["probabilities"] = {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, probs, strict=True)}
+    if threshold is not None:
+        chosen = prediction_sets(probs[None], threshold)[0]
+        entry["prediction_set"] = [name for name, inside in zip(CLASS_NAMES, chosen, strict=True) if inside]
+        entry["coverage"] = 1 - alpha
+        entry["uncertain"] = len(entry["prediction_set"]) > 1
+    if min(w, h) < SMALL_IMAGE_FRACTION * net.image_size:
+        entry["warning"] = (
+            f"image is {w}x{h} px, far below the {net.image_size} px the model was trained at: treat the result with care"
+        )
+
+
+def _volumes(entries: list[dict]) -> list[dict]:
+    """Per file with several slices (a NIfTI volume, a multi-frame DICOM): slices, classes, OOD flags."""
+    out = []
+    for path in dict.fromkeys(e["path"] for e in entries if "slice" in e):
+        rows = [e for e in entries if e["path"] == path and "error" not in e]
+        classes = [e["class"] for e in rows if e.get("class")]
+        out.append(
+            {
+                "path": path,
+                "slices": len(rows),
+                "classes": {c: classes.count(c) for c in CLASS_NAMES if c in classes},
+                "out_of_distribution": sum(bool(e.get("out_of_distribution")) for e in rows),
+            }
+        )
+    return out
 
 
 def _shown(path: Path) -> str:

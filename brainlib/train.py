@@ -1,7 +1,7 @@
 """The one training loop: epochs over cached batches, validation on the val split, atomic
 checkpoints (last and best, the best one with its temperature and conformal thresholds fitted on
-that epoch's validation logits), TensorBoard logging, exact resume, DistributedDataParallel under
-torchrun."""
+that epoch's validation logits, and after the last epoch its out-of-distribution detector),
+TensorBoard logging, exact resume, DistributedDataParallel under torchrun."""
 
 from __future__ import annotations
 
@@ -16,14 +16,24 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path, write_text
-from .calibration import calibration_state
-from .checkpoint import load_checkpoint, model_from_state, resume_training, save_epoch, training_state
+from .calibration import calibration_state, fit_ood
+from .checkpoint import (
+    best_checkpoint,
+    load_checkpoint,
+    load_for_inference,
+    model_from_state,
+    resume_training,
+    save_epoch,
+    training_state,
+    write_calibrated_copy,
+)
 from .config import Config, in_repo
 from .cuda_graphs import GraphedTraining, graph_training_step
 from .errors import SettingsError
 from .infer import autocast, predict_logits, setup_torch, use_bf16
 from .loader import CachedBatches, RunData, load_run_data, split_batches
 from .models import create_model
+from .progress import progress as progress_bar
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,8 +75,6 @@ def train_one_epoch(
 ):
     """One pass over `batches`: (mean loss, accuracy, images, seconds to the end of the first
     step). Raises NonFiniteLossError on a NaN/inf loss (nothing saved)."""
-    from tqdm.auto import tqdm
-
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -80,11 +88,11 @@ def train_one_epoch(
             raise NonFiniteLossError(
                 f"loss became {bad_loss.item()} at epoch {epoch}, step {bad_step.item()}; stopping. The last good checkpoint is untouched."
             )
-        bar.set_postfix(
-            loss=f"{total_loss.item() / max(n, 1):.4f}", acc=f"{correct.item() / max(n, 1):.4f}", refresh=False
-        )
+        if hasattr(bar, "set_postfix"):  # a tqdm bar; plain progress lines carry no postfix
+            loss, acc = total_loss.item() / max(n, 1), correct.item() / max(n, 1)
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", refresh=False)
 
-    bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, mininterval=5)
+    bar = progress_bar(batches, f"epoch {epoch}", disable=not progress, leave=False, mininterval=5)
     for step, (x, y) in enumerate(bar, start=1):
         if step == 1 and on_first_batch is not None:
             on_first_batch(x)
@@ -276,6 +284,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         }
         _write_run_summary(cfg, writer, frame, summary)
     writer.close()
+    best = best_checkpoint(run_dir)
+    net = load_for_inference(best, device) if dist.is_main and best.exists() else None
+    if net is not None and net.ood is None:
+        # once, after the last epoch: one pass over train and val (minutes on a CPU, seconds on a GPU)
+        write_calibrated_copy(best, {"ood": fit_ood(net, cfg, data, device)}, best)
     return frame
 
 

@@ -30,7 +30,7 @@ def test_torchrun_two_processes_trains_and_checkpoint_predicts(prepared_run, fix
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     assert json.loads((run / "train_summary.json").read_text())["processes"] == 2
     image = next((fixture_root / "Testing" / "pituitary").glob("*.jpg"))
-    assert main(["predict", str(image), "--checkpoint", str(run / "checkpoints" / "best.pt")]) == 0
+    assert main(["predict", str(image), "--checkpoint", str(run / "checkpoints" / "best.pt"), "--allow-ood"]) == 0
     out = capsys.readouterr().out.splitlines()[1]
     assert out.startswith(f"{image}: ") and out.split(": ")[1].split()[0] in (
         "glioma",

@@ -45,3 +45,13 @@ def test_bf16_autocast_on_a_cpu_only_with_bf16_instructions(monkeypatch, flags, 
     monkeypatch.setattr(infer.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
     assert infer.cpu_has_native_bf16() is expected
     assert infer.use_bf16("cpu", "auto") is expected and infer.use_bf16("cuda", "auto") is True
+
+
+def test_plain_progress_lines_under_make_pipeline(monkeypatch, capsys):
+    from brainlib.progress import progress
+
+    monkeypatch.setenv("BRAIN_PROGRESS", "lines")
+    assert list(progress(range(3), "shift suite", every_s=0)) == [0, 1, 2]
+    assert capsys.readouterr().out.splitlines() == [f"shift suite: {k}/3 in 0 s" for k in (1, 2, 3)]
+    monkeypatch.delenv("BRAIN_PROGRESS")
+    assert hasattr(progress(range(3), "bar", disable=True), "set_postfix")  # a tqdm bar otherwise

@@ -29,7 +29,8 @@ def test_predict_cli_handles_every_mode_and_reports_bad_files(trained_run, fixtu
         make(tmp_path / name)
     args = [str(tmp_path / n) for n in files] + [str(tmp_path / "missing.jpg")]
     ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
-    rc = main(["predict", *args, "--checkpoint", ckpt, "--json", "--cam", str(tmp_path / "cams")])
+    # a fixture-trained model flags much as out of distribution: these tests are about everything else
+    rc = main(["predict", *args, "--checkpoint", ckpt, "--json", "--cam", str(tmp_path / "cams"), "--allow-ood"])
     out = capsys.readouterr()
     assert rc == 1  # some inputs were bad ...
     report = json.loads(out.out)
@@ -55,7 +56,7 @@ def test_predict_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path, fixture_root
 def test_predict_and_evaluate_agree_image_by_image(trained_run, fixture_root):
     pred, logits, _ = evaluate.predict_test(trained_run, load_run_data(trained_run), shifts=False)
     ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
-    report = predict_images([str(fixture_root / p) for p in pred["path"]], ckpt)
+    report = predict_images([str(fixture_root / p) for p in pred["path"]], ckpt, allow_ood=True)
     results = report["results"]
     probs = pd.DataFrame([r["probabilities"] for r in results])
     assert report["temperature"] is not None
@@ -73,12 +74,14 @@ def test_a_folder_is_expanded_to_its_images_sorted_and_the_text_names_the_checkp
     (folder / "notes.txt").write_text("not an image")
     assert expand_inputs([str(folder)]) == [str(folder / n) for n in ("a.png", "b.jpg", "sub/c.jpg")]
     ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
-    assert main(["predict", str(folder), "--checkpoint", ckpt]) == 0
+    assert main(["predict", str(folder), "--checkpoint", ckpt, "--allow-ood"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"checkpoint: {ckpt} (seed_cnn, 224 px)" and len(out) == 4
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["predict", str(empty), "--checkpoint", ckpt]) == 1  # nothing inside: said, not a traceback
+    assert (
+        main(["predict", str(empty), "--checkpoint", ckpt, "--allow-ood"]) == 1
+    )  # nothing inside: said, not a traceback
     assert "a folder with no image files" in capsys.readouterr().err
 
 
@@ -91,7 +94,9 @@ def test_exif_orientation_is_applied_and_tiny_images_are_flagged(trained_run, fi
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", quality=95, exif=exif)
     src.resize((8, 8)).save(tmp_path / "tiny.png")
     ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
-    a, b, tiny = predict_images([str(tmp_path / n) for n in ("upright.jpg", "turned.jpg", "tiny.png")], ckpt)["results"]
+    a, b, tiny = predict_images(
+        [str(tmp_path / n) for n in ("upright.jpg", "turned.jpg", "tiny.png")], ckpt, allow_ood=True
+    )["results"]
     assert a["probabilities"] == pytest.approx(b["probabilities"], abs=0.02)
     assert "warning" not in a and "8x8 px" in tiny["warning"]
 
@@ -103,16 +108,16 @@ def test_predict_prints_prediction_sets_and_flags_more_than_one_class(trained_ru
     state = load_checkpoint(ckpt)
     assert set(state["conformal"]["thresholds"]) == {"0.01", "0.05"}  # the training loop stored them
     image = str(next((fixture_root / "Testing" / "glioma").glob("*.jpg")))
-    result = predict_images([image], ckpt)["results"][0]
+    result = predict_images([image], ckpt, allow_ood=True)["results"][0]
     assert result["class"] in result["prediction_set"] and result["coverage"] == pytest.approx(0.99)
     assert result["uncertain"] == (len(result["prediction_set"]) > 1)
     # a threshold of 1 (too few calibration images for 99 %) keeps every class: review
     wide = tmp_path / "wide.pt"
     save_checkpoint(state | {"conformal": {**state["conformal"], "thresholds": {"0.01": 1.0, "0.05": 0.0}}}, wide)
-    assert main(["predict", image, "--checkpoint", str(wide)]) == 0
+    assert main(["predict", image, "--checkpoint", str(wide), "--allow-ood"]) == 0
     line = capsys.readouterr().out
     assert "99% set: {glioma, meningioma, notumor, pituitary}  uncertain: review" in line
-    assert main(["predict", image, "--checkpoint", str(wide), "--alpha", "0.05"]) == 0
+    assert main(["predict", image, "--checkpoint", str(wide), "--alpha", "0.05", "--allow-ood"]) == 0
     assert (
         "95% set: {" in (out := capsys.readouterr().out) and "uncertain" not in out
     )  # threshold 0: the top class only
@@ -126,7 +131,10 @@ def test_calibrate_adds_conformal_thresholds_to_an_old_checkpoint(trained_run, t
     state = load_checkpoint(f"{trained_run.run_dir}/checkpoints/best.pt")
     old = tmp_path / "old.pt"
     save_checkpoint({k: v for k, v in state.items() if k != "conformal"}, old)
-    assert "prediction_set" not in predict_images([str(next(fixture_root_images(trained_run)))], old)["results"][0]
+    assert (
+        "prediction_set"
+        not in predict_images([str(next(fixture_root_images(trained_run)))], old, allow_ood=True)["results"][0]
+    )
     before = old.read_bytes()
     out = tmp_path / "calibrated.pt"
     assert main(["calibrate", "--checkpoint", str(old), "--out", str(out), "--run-dir", trained_run.run_dir]) == 0
