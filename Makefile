@@ -109,9 +109,10 @@ audit-labels: $(STAMP)
 # The committed default checkpoint's model card, from its evaluation run (make evaluate CHECKPOINT=...) and,
 # when present, a label audit: make model-card [AUDIT_RUN=runs/label-audit]
 AUDIT_RUN ?= docs/label_audit
+OOD_REPORT ?= docs/ood/report.json
 model-card: $(STAMP)
 	$(PY) -m brainlib model-card --checkpoint $(DEFAULT_CHECKPOINT) --eval-run runs/eval-$(basename $(notdir $(DEFAULT_CHECKPOINT))) \
-		$(if $(AUDIT_RUN),--audit-run $(AUDIT_RUN)) --out docs/MODEL_CARD.md
+		$(if $(AUDIT_RUN),--audit-run $(AUDIT_RUN)) $(if $(OOD_REPORT),--ood-report $(OOD_REPORT)) --out docs/MODEL_CARD.md
 
 # The front door's numbers and figures, regenerated from committed files (no training, no data needed)
 readme-table: $(STAMP)

@@ -142,11 +142,9 @@ def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out
     checkpoint was selected on: checkpoint.trained_config takes the seed and val fraction from it."""
     device = setup_torch(cfg)
     net = load_for_inference(checkpoint, device)
-    fitted = {
-        k: v
-        for k, v in calibration_of(net.replace(conformal=None), net.scoring_config(cfg), data, device).items()
-        if k != "source"
-    }
+    fitted = {}
+    if net.temperature is None or net.conformal is None:  # what it has is kept
+        fitted = {k: v for k, v in calibration_of(net, net.scoring_config(cfg), data, device).items() if k != "source"}
     if net.ood is None:
         fitted["ood"] = fit_ood(net, cfg, data, device)
     write_calibrated_copy(checkpoint, fitted, out)

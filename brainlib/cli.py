@@ -52,6 +52,7 @@ COMMAND_SETTINGS = {
     ),
     "evaluate": (*LOCATION_FIELDS, "device", "num_threads", "fast"),
     "calibrate": (*LOCATION_FIELDS, "device", "num_threads"),
+    "ood-report": (*LOCATION_FIELDS, "device", "num_threads"),
     "bench": (
         *LOCATION_FIELDS,
         *RUNTIME,
@@ -161,6 +162,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="the calibrated copy (may be the same path: written atomically)")
+    p = command(
+        "ood-report", "measure the out-of-distribution scores: test split, shifted test images, the non-MRI suite"
+    )
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default: {DEFAULT_CHECKPOINT}")
+    p.add_argument(
+        "--shift-sample",
+        type=int,
+        default=400,
+        help="test images scored under each shift, middle severity (default: 400)",
+    )
     p = command("export", "write a small inference-only copy of a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("out")
@@ -168,7 +179,14 @@ def _parser() -> argparse.ArgumentParser:
     p = command("model-card", "write the model card of a checkpoint from its evaluation run's files")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default: {DEFAULT_CHECKPOINT}")
     p.add_argument("--eval-run", required=True, help="run folder where `evaluate` scored this checkpoint")
-    p.add_argument("--audit-run", default=None, help="run folder holding a label audit (label_audit/)")
+    p.add_argument(
+        "--audit-run",
+        default=None,
+        help="run folder holding a label audit (label_audit/), or the folder of label_audit.json",
+    )
+    p.add_argument(
+        "--ood-report", default=None, help="an ood-report's report.json (default: <eval-run>/ood/report.json)"
+    )
     p.add_argument("--out", default="docs/MODEL_CARD.md", help="default: docs/MODEL_CARD.md")
     p = command("compare", "one table row per evaluated run folder (markdown); paired tests against the first")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
@@ -321,6 +339,22 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def ood_report_command(args: argparse.Namespace) -> int:
+    from .checkpoint import load_for_inference
+    from .infer import setup_torch
+    from .loader import load_run_data
+    from .ood_suite import measure, write_report
+
+    cfg = _scoring_config(args)
+    _prepare_if_new(cfg)
+    device = setup_torch(cfg)
+    result = measure(load_for_inference(args.checkpoint, device), cfg, load_run_data(cfg), device, args.shift_sample)
+    print(result["summary"].round(4).to_markdown(index=False))
+    print(f"chosen on the tuning families: {result['chosen']}")
+    print(f"report: {write_report(result, Path(cfg.run_dir) / 'ood')}")
+    return 0
+
+
 def export_command(args: argparse.Namespace) -> int:
     from .checkpoint import export_checkpoint
 
@@ -331,7 +365,7 @@ def export_command(args: argparse.Namespace) -> int:
 def model_card_command(args: argparse.Namespace) -> int:
     from .model_card import build_model_card, write_model_card
 
-    print(write_model_card(build_model_card(args.checkpoint, args.eval_run, args.audit_run), args.out))
+    print(write_model_card(build_model_card(args.checkpoint, args.eval_run, args.audit_run, args.ood_report), args.out))
     return 0
 
 
@@ -429,6 +463,7 @@ COMMANDS = {
     "audit-labels": audit_command,
     "calibrate": calibrate_command,
     "export": export_command,
+    "ood-report": ood_report_command,
     "model-card": model_card_command,
     "compare": compare_command,
     "results-table": results_table_command,

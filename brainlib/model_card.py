@@ -103,7 +103,12 @@ def _audit_file(audit_run: str | Path | None) -> Path | None:
     return None
 
 
-def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: str | Path | None = None) -> str:
+def build_model_card(
+    checkpoint: str | Path,
+    eval_run: str | Path,
+    audit_run: str | Path | None = None,
+    ood_report: str | Path | None = None,
+) -> str:
     state = load_checkpoint(checkpoint)
     eval_run = Path(eval_run)
     if not (eval_run / "metrics.json").exists():
@@ -160,6 +165,7 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
         ]
     if shifts:
         lines += _shift_section(metrics, shifts)
+    lines += _ood_section(state, metrics, Path(ood_report) if ood_report else eval_run / "ood" / "report.json")
     lines += _label_section(_audit_file(audit_run))
     lines += [
         "## Known failure modes",
@@ -176,8 +182,14 @@ def build_model_card(checkpoint: str | Path, eval_run: str | Path, audit_run: st
         f"python -m brainlib prepare --run-dir runs/repro {_reproduce_flags(cfg)}",
         "make pipeline RUN=repro RECIPE=",
         f"python -m brainlib evaluate --checkpoint {checkpoint} --run-dir {eval_run}{_shift_flags(metrics)}",
+        *(
+            [f"python -m brainlib ood-report --checkpoint {checkpoint} --run-dir {eval_run}"]
+            if state.get("ood")
+            else []
+        ),
         f"python -m brainlib model-card --checkpoint {checkpoint} --eval-run {eval_run}"
         + (f" --audit-run {audit_run}" if audit_run else "")
+        + (f" --ood-report {ood_report}" if ood_report else "")
         + " --out docs/MODEL_CARD.md",
         "```",
         "",
@@ -243,6 +255,41 @@ def _shift_section(metrics: dict, s: ShiftSummary) -> list[str]:
         table[cols].round(4).to_markdown(index=False),
         "",
     ]
+
+
+def _ood_section(state: dict, metrics: dict, report: Path) -> list[str]:
+    """The detector from the checkpoint; its false alarms and detections from metrics.json (evaluate)
+    and, when present, an OOD report (`python -m brainlib ood-report` writes <run>/ood/report.json)."""
+    lines = ["## Inputs it should not answer", ""]
+    stats = state.get("ood")
+    if not stats:
+        return lines + ["This checkpoint has no out-of-distribution detector: it answers every input with a class.", ""]
+    lines.append(
+        f"An out-of-distribution detector (`{stats['score']}` score on the last convolutional block's pooled features, "
+        f"fitted on {stats['n_fit']:,} Training images; threshold {stats['threshold']:.1f}, so that "
+        f"{100 * stats['false_alarm_rate']:.0f} % of the {stats['n_threshold']} validation images are above it) makes "
+        "`predict` decline inputs unlike the training images."
+    )
+    if metrics.get("ood"):
+        lines.append(f"False alarms on the official test split: {_pct(metrics['ood']['test_false_alarm_rate'])}.")
+    if report.exists():
+        rows = pd.DataFrame(json.loads(report.read_text())["summary"])
+        rows = rows[rows["score"] == stats["score"]]
+        clean = rows[rows["family"] == "test_clean"]
+        shifted = rows[rows["family"].str.startswith("shift:")]
+        worst = shifted.loc[shifted["flagged"].idxmax()]
+        lines.append(
+            f"Measured by `python -m brainlib ood-report` (`{report}`): false alarms on the clean test split "
+            f"{_pct(float(clean['flagged'].iloc[0]))}; on {int(worst['n'])} test images under each shift at the middle "
+            f"severity {_pct(shifted['flagged'].mean())} on average, at most {_pct(worst['flagged'])} "
+            f"({worst['family'].removeprefix('shift:')}). Non-MRI images (the score was chosen on the tuning families):"
+        )
+        outside = rows[~rows["group"].eq("in_distribution")]
+        lines += [
+            "",
+            outside[["family", "group", "n", "flagged", "auroc_vs_clean_test"]].round(4).to_markdown(index=False),
+        ]
+    return lines + [""]
 
 
 def _label_section(audit_file: Path | None) -> list[str]:

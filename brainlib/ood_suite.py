@@ -16,14 +16,17 @@ The threshold is never fitted on any of them: it is the validation images' 99th 
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from . import ood
+from .atomic import atomic_path, write_text
 from .checkpoint import InferenceModel
 from .config import Config
 from .data import to_gray
@@ -231,10 +234,34 @@ def measure(net: InferenceModel, cfg: Config, data: RunData, device: str, shift_
     return {"scores": scores, "summary": summary, "thresholds": thresholds, "chosen": str(tuning.idxmax())}
 
 
-def flagged_images(images: list[OodImage], net: InferenceModel, cfg: Config, device: str) -> list[bool]:
-    """Whether the checkpoint's detector flags each image (for figures and checks)."""
-    stats = net.ood
+def suite_scores(net: InferenceModel, device: str) -> pd.DataFrame:
+    """The checkpoint's own OOD score (and flag) for every image of the suite: family, name, score, flagged."""
+    images = ood_suite()
     arr = np.stack([resized(im.image, net.cache_size) for im in images])
     batches = CachedBatches(arr, np.zeros(len(arr), int), 64, net.image_size, device=device)
     logits, features = predict_logits_and_features(net.model, batches, device, net.cam_layer)
-    return list(ood.flagged(stats, ood.score(stats, features, logits)))
+    scores = ood.score(net.ood, features, logits)
+    return pd.DataFrame(
+        {
+            "family": [im.family for im in images],
+            "held_out": [im.family in HELD_OUT for im in images],
+            "name": [im.name for im in images],
+            "score": scores,
+            "flagged": ood.flagged(net.ood, scores),
+        }
+    )
+
+
+def write_report(result: dict, out_dir: str | Path) -> Path:
+    """scores.csv, summary.csv and report.json (thresholds, the chosen score, the summary) in out_dir."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "scores.csv") as tmp:
+        result["scores"].to_csv(tmp, index=False)
+    with atomic_path(out_dir / "summary.csv") as tmp:
+        result["summary"].to_csv(tmp, index=False)
+    report = {
+        "thresholds": result["thresholds"],
+        "chosen": result["chosen"],
+        "summary": result["summary"].to_dict("records"),
+    }
+    return write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")

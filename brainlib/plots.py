@@ -139,3 +139,27 @@ def robustness_by_family(tables: dict[str, pd.DataFrame], title: str = "", save_
         Path(save_to).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(save_to, dpi=110, bbox_inches="tight")
     return fig
+
+
+def ood_scores(test_scores, suite: pd.DataFrame, threshold: float, save_to=None) -> plt.Figure:
+    """Histograms of the OOD score: the test split's brain MRIs against the non-MRI suite (tuning and
+    held-out families), with the threshold; log-scaled, since non-MRI scores run orders of magnitude higher."""
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    values = [
+        np.asarray(test_scores, float),
+        suite.loc[~suite["held_out"], "score"].to_numpy(),
+        suite.loc[suite["held_out"], "score"].to_numpy(),
+    ]
+    low = max(min(v.min() for v in values if len(v)), 1e-3)
+    bins = np.logspace(np.log10(low), np.log10(max(v.max() for v in values if len(v))), 40)
+    for v, label in zip(values, ["test split (brain MRI)", "non-MRI, tuning families", "non-MRI, held-out families"]):
+        ax.hist(np.clip(v, low, None), bins=bins, alpha=0.6, label=f"{label} (n={len(v)})", density=True)
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.0f} (1 % of validation above)")
+    ax.set(
+        xscale="log",
+        xlabel="OOD score (higher: less like Training)",
+        ylabel="density",
+        title="Out-of-distribution score",
+    )
+    ax.legend(fontsize=8)
+    return _finish(fig, save_to)
