@@ -250,27 +250,12 @@ def _gaussian_noise(sigma):
 def _suite() -> dict[str, Shift]:
     import cv2
 
+    # fmt: off
     shifts = [
-        Shift(
-            "resample_area", "resolution", (160, 128, 96), _resample(cv2.INTER_AREA, cv2.INTER_LINEAR), "OpenCV", "px"
-        ),
-        Shift(
-            "resample_bicubic",
-            "resolution",
-            (160, 128, 96),
-            _resample(cv2.INTER_CUBIC, cv2.INTER_CUBIC),
-            "OpenCV",
-            "px",
-        ),
+        Shift("resample_area", "resolution", (160, 128, 96), _resample(cv2.INTER_AREA, cv2.INTER_LINEAR), "OpenCV", "px"),
+        Shift("resample_bicubic", "resolution", (160, 128, 96), _resample(cv2.INTER_CUBIC, cv2.INTER_CUBIC), "OpenCV", "px"),
         # 160/112/80: 128 px (an exact halving) aliases less than 160, which would break the severity order
-        Shift(
-            "resample_nearest",
-            "resolution",
-            (160, 112, 80),
-            _resample(cv2.INTER_NEAREST, cv2.INTER_NEAREST),
-            "OpenCV",
-            "px",
-        ),
+        Shift("resample_nearest", "resolution", (160, 112, 80), _resample(cv2.INTER_NEAREST, cv2.INTER_NEAREST), "OpenCV", "px"),
         Shift("resave_224_jpeg", "resolution", (90, 75, 50), _resave_224_jpeg, "OpenCV", "JPEG quality at 224 px"),
         Shift("jpeg", "compression", (50, 30, 15), _jpeg, "OpenCV (libjpeg)", "quality"),
         Shift("gamma_up", "intensity", (1.2, 1.4, 1.7), _gamma, "NumPy lookup table", "gamma"),
@@ -288,32 +273,11 @@ def _suite() -> dict[str, Shift]:
         Shift("hist_equalize", "intensity", (0.33, 0.66, 1.0), _hist_equalize, "OpenCV", "blend weight"),
         Shift("clahe", "intensity", ((1.5, 8), (2.5, 8), (4.0, 8)), _clahe, "OpenCV", "(clip limit, tiles)"),
         Shift("clahe_grid", "intensity", ((1.5, 4), (2.5, 8), (4.0, 16)), _clahe, "OpenCV", "(clip limit, tiles)"),
-        Shift(
-            "butterworth_lowpass",
-            "frequency",
-            (0.3, 0.2, 0.12),
-            _butterworth_lowpass,
-            "scikit-image",
-            "cutoff / sampling rate",
-        ),
-        Shift(
-            "butterworth_highpass",
-            "frequency",
-            (0.3, 0.5, 0.7),
-            _butterworth_highpass,
-            "scikit-image",
-            "weight of low band removed",
-        ),
+        Shift("butterworth_lowpass", "frequency", (0.3, 0.2, 0.12), _butterworth_lowpass, "scikit-image", "cutoff / sampling rate"),
+        Shift("butterworth_highpass", "frequency", (0.3, 0.5, 0.7), _butterworth_highpass, "scikit-image", "weight of low band removed"),
         Shift("gaussian_blur", "frequency", (0.7, 1.2, 2.0), _gaussian_blur, "OpenCV", "sigma px"),
         Shift("unsharp_mask", "frequency", (1.0, 2.0, 3.0), _unsharp, "scikit-image", "amount (radius 2)"),
-        Shift(
-            "wavelet_denoise",
-            "frequency",
-            (0.03, 0.06, 0.1),
-            _wavelet_denoise,
-            "scikit-image + PyWavelets",
-            "noise sigma",
-        ),
+        Shift("wavelet_denoise", "frequency", (0.03, 0.06, 0.1), _wavelet_denoise, "scikit-image + PyWavelets", "noise sigma"),
         Shift("bias_field", "artifact", (0.15, 0.3, 0.45), _torchio(_bias_field), "TorchIO", "polynomial coefficient"),
         Shift("ghosting", "artifact", (0.3, 0.5, 0.8), _torchio(_ghosting), "TorchIO", "ghost intensity"),
         Shift("motion", "artifact", ((1, 1), (2, 2), (4, 3)), _torchio(_motion), "TorchIO", "(degrees, px)"),
@@ -330,6 +294,7 @@ def _suite() -> dict[str, Shift]:
         Shift("gaussian_noise", "noise", (0.02, 0.04, 0.07), _monai(_gaussian_noise), "MONAI", "sigma / full scale"),
         Shift("rician_noise", "noise", (0.02, 0.04, 0.07), _monai(_rician), "MONAI", "sigma / full scale"),
     ]
+    # fmt: on
     return {s.name: s for s in shifts}
 
 

@@ -32,3 +32,29 @@ def test_committed_checkpoint_loads_and_predicts(path, fixture_root):
 
 def test_there_are_committed_checkpoints():
     assert {p.stem for p in CHECKPOINTS} >= {"seed_cnn", "efficientnet_lite0", "efficientnet_lite0_robust"}
+
+
+def test_the_default_checkpoint_declines_what_is_not_a_brain_mri(fixture_root, tmp_path):
+    """Its stored detector: noise, a blank square and a page of text get no class; the fixture's test
+    MRIs (downsized real ones) mostly do get one."""
+    import numpy as np
+    from PIL import Image
+
+    from brainlib.checkpoint import default_checkpoint
+    from brainlib.ood_suite import TEXT, _rendered_text
+
+    state = load_checkpoint(default_checkpoint())
+    assert (
+        state["ood"]["score"] == "mahalanobis" and state["ood"]["n_fit"] == 5134 and state["ood"]["n_threshold"] == 578
+    )
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)
+    for name, image in {
+        "noise.png": noise,
+        "black.png": np.zeros((256, 256), np.uint8),
+        "text.png": _rendered_text(TEXT[0]),
+    }.items():
+        Image.fromarray(image).save(tmp_path / name)
+    results = predict_images([str(tmp_path / n) for n in ("noise.png", "black.png", "text.png")])["results"]
+    assert all(r["out_of_distribution"] and r["class"] is None for r in results)
+    mri = predict_images([str(p) for p in sorted((fixture_root / "Testing").rglob("*.jpg"))])["results"]
+    assert sum(not r["out_of_distribution"] for r in mri) >= len(mri) // 2

@@ -67,22 +67,7 @@ def test_evaluate_cli_prepares_a_fresh_run_folder(trained_run, fixture_root, tmp
     ckpt = tmp_path / "model.pt"
     shutil.copy(f"{trained_run.run_dir}/checkpoints/best.pt", ckpt)
     run = tmp_path / "eval"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--checkpoint",
-                str(ckpt),
-                "--run-dir",
-                str(run),
-                "--data-dir",
-                str(fixture_root),
-                "--num-threads",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert _evaluate_cli(str(ckpt), run, fixture_root) == 0
     assert json.loads((run / "metrics.json").read_text())["n_test"] == 13
     assert "meningioma" in capsys.readouterr().out
 
@@ -93,22 +78,7 @@ def test_evaluate_cli_scores_a_checkpoint_at_its_own_input_size_and_split(prepar
     own, _, _ = evaluate.predict_test(cfg, load_run_data(cfg), shifts=False)
     run = tmp_path / "eval"
     ckpt = f"{cfg.run_dir}/checkpoints/best.pt"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--checkpoint",
-                ckpt,
-                "--run-dir",
-                str(run),
-                "--data-dir",
-                str(fixture_root),
-                "--num-threads",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert _evaluate_cli(ckpt, run, fixture_root) == 0
     saved = json.loads((run / "config.json").read_text())
     assert (saved["image_size"], saved["seed"], saved["run_dir"]) == (64, 7, str(run))
     fresh = pd.read_csv(run / "predictions.csv")
@@ -126,3 +96,19 @@ def test_evaluation_never_rewrites_the_checkpoint(trained_run, tmp_path):
     _, _, extras = evaluate.predict_test(trained_run, load_run_data(trained_run), old, shifts=False)
     assert extras["temperature"] > 0 and old.read_bytes() == before
     assert extras["conformal"]["source"].startswith("validation split") and extras["conformal"]["n_calibration"] > 0
+
+
+def _evaluate_cli(checkpoint, run, data) -> int:
+    return main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--run-dir",
+            str(run),
+            "--data-dir",
+            str(data),
+            "--num-threads",
+            "1",
+        ]
+    )
