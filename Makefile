@@ -47,7 +47,7 @@ EVALUATE_PARAMS := -p label_audit $(LABEL_AUDIT) -p shift_severities "$(SHIFTS)"
 CLI_FLAGS := --device $(DEVICE) --seed $(SEED) $(if $(RECIPE),--recipe $(RECIPE)) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH),--batch-size $(BATCH))
 
-.PHONY: setup pipeline test bench evaluate compare audit-labels model-card readme-table figures train-ddp lint lab tensorboard clean-venv
+.PHONY: setup pipeline test bench evaluate compare audit-labels model-card readme-table figures docs-notebooks train-ddp lint lab tensorboard clean-venv
 
 setup: $(STAMP)
 
@@ -118,8 +118,14 @@ model-card: $(STAMP)
 readme-table: $(STAMP)
 	$(PY) -m brainlib results-table --update README.md
 figures: $(STAMP)
-	$(PY) -m brainlib figures
+	$(PY) -m brainlib figures $(if $(wildcard runs/eval-$(basename $(notdir $(DEFAULT_CHECKPOINT)))/predictions.csv),--eval-run runs/eval-$(basename $(notdir $(DEFAULT_CHECKPOINT))))
 	$(PY) scripts/draw_imports.py --out docs/figures/package.png
+
+# The executed notebooks of one default run, with their outputs, for readers on GitHub:
+# make pipeline RUN=default && make docs-notebooks RUN=default
+docs-notebooks:
+	test -f $(RUN_DIR)/notebooks/05_gradcam.ipynb || { echo "run make pipeline RUN=$(RUN) first"; exit 2; }
+	mkdir -p docs/notebooks && cp $(RUN_DIR)/notebooks/0*.ipynb docs/notebooks/ && du -sh docs/notebooks
 
 # The comparison table (markdown) of every evaluated run folder: make compare [RUNS="runs/a runs/b"]
 RUNS ?= $(dir $(wildcard runs/*/metrics.json))

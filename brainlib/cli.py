@@ -195,7 +195,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--update", default=None, metavar="FILE", help="write it into FILE's results-table block (e.g. README.md)"
     )
-    command("figures", "the robustness figure in docs/figures/, from the committed metrics files")
+    p = command(
+        "figures", "the default checkpoint's figures in docs/figures/, from committed files and its evaluation folder"
+    )
+    p.add_argument(
+        "--eval-run",
+        default=None,
+        help="where `evaluate` scored the default checkpoint: adds confusion matrix, reliability, shift examples, Grad-CAM",
+    )
     p = command("predict", "classify image files (or the images in folders) with a checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--checkpoint", default=None, help=f"default: {DEFAULT_CHECKPOINT}")
@@ -397,9 +404,11 @@ def results_table_command(args: argparse.Namespace) -> int:
 
 
 def figures_command(args: argparse.Namespace) -> int:
-    from .results import robustness_figure
+    from .results import default_figures, robustness_figure
 
     print(robustness_figure())
+    for path in default_figures(args.eval_run) if args.eval_run else []:
+        print(path)
     return 0
 
 

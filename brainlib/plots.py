@@ -42,9 +42,13 @@ def size_and_mode(manifest: pd.DataFrame, save_to=None) -> plt.Figure:
     return _finish(fig, save_to)
 
 
-def image_grid(images: list[np.ndarray], titles: list[str], ncols: int, save_to=None, size: float = 1.8) -> plt.Figure:
+def image_grid(
+    images: list[np.ndarray], titles: list[str], ncols: int, save_to=None, size: float = 1.8, title: str = ""
+) -> plt.Figure:
     nrows = max(1, int(np.ceil(len(images) / ncols)))
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size), squeeze=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title in zip(axes.flat, images, titles):
@@ -78,10 +82,12 @@ def training_curves(history: pd.DataFrame, save_to=None) -> plt.Figure:
     return _finish(fig, save_to)
 
 
-def confusion_matrices(cm: np.ndarray, save_to=None) -> plt.Figure:
+def confusion_matrices(cm: np.ndarray, save_to=None, title: str = "") -> plt.Figure:
     import seaborn as sns
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    if title:
+        fig.suptitle(title, fontsize=11)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     for ax, mat, fmt, title in [(axes[0], cm, "d", "Counts"), (axes[1], norm, ".2f", "Row-normalised (recall)")]:
         sns.heatmap(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import write_text
-from .config import DEFAULT_CHECKPOINT, REPO_ROOT
+from .config import DEFAULT_CHECKPOINT, REPO_ROOT, Config
 from .errors import DataError
 from .robustness import summary_of
 from .stats import interval_text
@@ -86,6 +86,83 @@ def robustness_figure(out: str | Path = "docs/figures/robustness_by_family.png")
         tables, "EfficientNet-Lite0 under the shift suite, by family (official Testing split)", REPO_ROOT / out
     )
     return Path(out)
+
+
+def default_figures(eval_run: str | Path, out_dir: str | Path = "docs/figures") -> list[Path]:
+    """Figures of the default checkpoint, each titled with its name, from its evaluation folder
+    (predictions.csv, test_logits.npy, metrics.json, the run's data): confusion matrix, reliability
+    diagram, one test image under every shift with the prediction, Grad-CAM on right and wrong answers."""
+    import numpy as np
+
+    from .calibration import calibrated_probabilities, calibration_bins
+    from .cam import cam_panels
+    from .checkpoint import default_checkpoint, load_for_inference
+    from .config import CLASS_NAMES, read_run_config
+    from .infer import predict_logits
+    from .loader import load_run_data, rows_batches
+    from .plots import confusion_matrices, image_grid, reliability_diagram
+    from .shifts import SHIFTS
+
+    eval_run, out_dir = Path(eval_run), REPO_ROOT / out_dir
+    name = Path(DEFAULT_CHECKPOINT).name
+    metrics = json.loads((eval_run / "metrics.json").read_text())
+    pred = pd.read_csv(eval_run / "predictions.csv")
+    logits = np.load(eval_run / "test_logits.npy")
+    written = [
+        out_dir / f
+        for f in (
+            "default_confusion_matrix.png",
+            "default_reliability.png",
+            "default_shift_examples.png",
+            "default_gradcam.png",
+        )
+    ]
+    confusion_matrices(np.array(metrics["confusion_matrix"]), written[0], f"{name}: official Testing split")
+    correct = (pred["label_idx"] == pred["pred_idx"]).to_numpy()
+    bins = calibration_bins(calibrated_probabilities(logits, metrics["temperature"]).max(1), correct)
+    reliability_diagram(bins, metrics["ece_calibrated"], f"{name}, T={metrics['temperature']:.2f}", written[1])
+    net = load_for_inference(default_checkpoint())
+    cfg = net.scoring_config(Config.from_dict(read_run_config(eval_run)).replace(run_dir=str(eval_run)))
+    data = load_run_data(cfg)
+    test_rows = data.rows("test")
+    row = test_rows[int(np.flatnonzero(pred["label"].to_numpy() == "glioma")[0])]
+    clean = np.asarray(data.images[[row]])
+    shifted = [clean] + [shift(clean, 2) for shift in SHIFTS.values()]
+    stack = np.concatenate(shifted)
+    probs = calibrated_probabilities(
+        predict_logits(net.model, rows_batches(cfg, data, np.repeat(row, len(stack)), images=stack), "cpu").numpy(),
+        net.temperature,
+    )
+    titles = [
+        f"{label}\n{CLASS_NAMES[int(p.argmax())]} {p.max():.2f}"
+        for label, p in zip(["clean (glioma)"] + [s.name for s in SHIFTS.values()], probs, strict=True)
+    ]
+    image_grid(
+        list(stack),
+        titles,
+        ncols=6,
+        save_to=written[2],
+        size=1.9,
+        title=f"{name}: one glioma test image under every shift (severity 2)",
+    )
+    right = pred[correct].groupby("label").head(1)
+    wrong = pred[~correct].sort_values("confidence", ascending=False).head(2)
+    picked = pd.concat([right, wrong])
+    x, _ = rows_batches(cfg, data, test_rows[picked.index]).batch(range(len(picked)))
+    labels = [
+        f"true {t}\npred {p} ({c:.2f})"
+        for t, p, c in zip(picked["label"], picked["pred"], picked["confidence"], strict=True)
+    ]
+    images, names = cam_panels(net, x, picked["pred_idx"].tolist(), labels)
+    image_grid(
+        images,
+        names,
+        ncols=6,
+        save_to=written[3],
+        size=1.9,
+        title=f"{name}: Grad-CAM, four right answers and the two most confident errors",
+    )
+    return [p.relative_to(REPO_ROOT) for p in written]
 
 
 def replace_block(text: str, block: str) -> str:
