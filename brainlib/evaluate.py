@@ -145,6 +145,10 @@ def compute_metrics(pred: pd.DataFrame, logits: np.ndarray, extras: dict | None 
                 "threshold": threshold,
                 "test": set_coverage(chosen, y),
                 "leakage_free": set_coverage(chosen[clean], y[clean]),
+                # marginal coverage can hide an under-covered class
+                "per_class": {
+                    name: set_coverage(chosen[y == i], y[y == i])["coverage"] for i, name in enumerate(CLASS_NAMES)
+                },
             }
     return {
         "model": extras.get("model"),

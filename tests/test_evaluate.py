@@ -53,6 +53,11 @@ def test_evaluate_writes_stable_metrics_and_calibrates(trained_run, tmp_path):
     assert saved["conformal"]["source"] == "checkpoint" and set(sets) == {"0.01", "0.05"}
     assert sets["0.01"]["test"]["n"] == 13 and sets["0.01"]["leakage_free"]["n"] == 12
     assert sets["0.01"]["test"]["mean_set_size"] >= sets["0.05"]["test"]["mean_set_size"] >= 1
+    per_class = sets["0.01"]["per_class"]
+    assert set(per_class) == set(CLASS_NAMES) and all(0 <= c <= 1 for c in per_class.values())
+    counts = pred["label_idx"].value_counts()  # marginal coverage is the class-weighted mean of these
+    weighted = sum(per_class[name] * counts.get(i, 0) for i, name in enumerate(CLASS_NAMES)) / counts.sum()
+    assert weighted == pytest.approx(sets["0.01"]["test"]["coverage"])
     assert shift_rows["coverage_0.01"].between(0, 1).all() and (shift_rows["set_size_0.01"] >= 1).all()
 
 
