@@ -40,3 +40,14 @@ def test_benchmark_with_no_whole_batch_is_a_clear_error(prepared_run):
 
     with pytest.raises(DataError, match="no whole batch"):
         run_benchmark(prepared_run.replace(batch_size=10_000), steps=1, warmup=1, workers=0)
+
+
+def test_a_busy_machine_is_said_before_the_timings(monkeypatch, prepared_run, capsys):
+    from brainlib import bench
+
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    assert bench.machine_load() == {"load_average_1min": 3.0, "cores": 2, "busy": True}
+    results = bench.run_benchmark(prepared_run.replace(batch_size=4), steps=1, warmup=1, workers=0)
+    assert results["machine"]["load"]["busy"] and "another job is running" in capsys.readouterr().err
+    assert results["recipe"] == prepared_run.recipe and results["acquisition_aug"] is prepared_run.acquisition_aug
