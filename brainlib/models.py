@@ -114,6 +114,24 @@ def efficientnet_lite0(num_classes: int = len(CLASS_NAMES), pretrained: bool = T
     return model
 
 
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """For scoring only (eval mode): every BatchNorm2d that directly follows a Conv2d in the same parent
+    (registration order, which is the forward order in every registered model; tests/test_models.py
+    checks the outputs) is folded into that convolution's weights and bias and replaced by an Identity,
+    which keeps its name, so a hook on it (the CAM layer) sees the same values. On a 2-core CPU BatchNorm
+    was 23 % of an EfficientNet-Lite0 scoring pass."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    assert not model.training, "fold BatchNorm only into a model in eval mode"
+    for parent in model.modules():
+        children = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features:
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(parent, bn_name, nn.Identity())
+    return model
+
+
 def layer_table(model: nn.Module, example: torch.Tensor):
     """Per-leaf-layer output shape and parameter count for one forward pass (a light torchinfo)."""
     import pandas as pd

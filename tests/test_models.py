@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from brainlib import models
 from brainlib.config import CLASS_NAMES
 from brainlib.models import MODELS, SeedCNN, count_parameters, create_model, model_entry
 
@@ -52,3 +53,27 @@ def test_efficientnet_bn_statistics_follow_the_data():
     """The TF port's momentum 0.01 left eval-mode BN on ImageNet statistics after a short fine-tune."""
     bns = [m for m in create_model("efficientnet_lite0").modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(m.momentum == pytest.approx(0.1) for m in bns)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_folding_batchnorm_keeps_outputs_and_the_cam_layers_values(name):
+    import copy
+
+    torch.manual_seed(0)
+    model = models.create_model(name).eval()
+    for module in model.modules():  # statistics far from the identity, so that folding matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    folded = models.fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    seen = {}
+    entry = models.model_entry(name)
+    for tag, net in (("plain", model), ("folded", folded)):
+        entry.cam_layer(net).register_forward_hook(lambda _m, _i, out, tag=tag: seen.__setitem__(tag, out))
+    x = torch.randn(2, 3, entry.input_size, entry.input_size)
+    with torch.no_grad():
+        assert torch.allclose(model(x), folded(x), atol=1e-4)
+    assert torch.allclose(seen["plain"], seen["folded"], atol=1e-4)
