@@ -123,15 +123,25 @@ def calibration_of(net: InferenceModel, cfg: Config, data: RunData, device: str)
     }
 
 
-def fit_ood(net: InferenceModel, cfg: Config, data: RunData, device: str, kind: str = ood.DEFAULT_SCORE) -> dict:
-    """The out-of-distribution detector of a checkpoint: statistics of its Training features (the
-    train split, not augmented), threshold at the validation images' 99th percentile (brainlib.ood)."""
+def ood_statistics(
+    net: InferenceModel, cfg: Config, data: RunData, device: str
+) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(statistics of the checkpoint's Training features: the train split, not augmented; the
+    validation features; the validation logits), for brainlib.ood's scores and thresholds."""
     cfg = net.scoring_config(cfg)
     train = split_batches(cfg, data, "train", device)
-    logits, features = predict_logits_and_features(net.model, train, device, net.cam_layer)
+    _, features = predict_logits_and_features(net.model, train, device, net.cam_layer)
     stats = ood.fit(features, train.labels.cpu(), len(CLASS_NAMES))
-    val = split_batches(cfg, data, "val", device)
-    val_logits, val_features = predict_logits_and_features(net.model, val, device, net.cam_layer)
+    val_logits, val_features = predict_logits_and_features(
+        net.model, split_batches(cfg, data, "val", device), device, net.cam_layer
+    )
+    return stats, val_features, val_logits
+
+
+def fit_ood(net: InferenceModel, cfg: Config, data: RunData, device: str, kind: str = ood.DEFAULT_SCORE) -> dict:
+    """The out-of-distribution detector of a checkpoint: statistics of its Training features,
+    threshold at the validation images' 99th percentile (brainlib.ood)."""
+    stats, val_features, val_logits = ood_statistics(net, cfg, data, device)
     return ood.with_threshold(stats, kind, ood.score(stats, val_features, val_logits, kind))
 
 

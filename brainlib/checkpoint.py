@@ -199,10 +199,9 @@ class InferenceModel:
 
 def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
     state = load_checkpoint(path)
+    model = model_from_state(state, device)  # refuses unknown models
     # BatchNorm folded into the convolutions: the same outputs (to float rounding), fewer passes over memory
-    model = fold_batchnorm(model_from_state(state, device)).to(
-        memory_format=torch.channels_last
-    )  # refuses unknown models
+    model = fold_batchnorm(model).to(memory_format=torch.channels_last)
     trained = state.get("config") or {}
     temperature = state.get("temperature")
     return InferenceModel(

@@ -30,7 +30,7 @@ from .calibration import (
 from .checkpoint import best_checkpoint, load_for_inference
 from .config import CLASS_NAMES, Config
 from .data import leakage_free
-from .infer import predict_logits, predict_logits_and_features, setup_torch
+from .infer import predict_logits, setup_torch
 from .loader import RunData, split_batches
 from .robustness import shift_summary, shift_table, summary_of
 from .shifts import SEVERITIES
@@ -56,11 +56,7 @@ def predict_test(
     net = load_for_inference(checkpoint, device)
     cfg = net.scoring_config(cfg)
     test_batches = split_batches(cfg, data, "test", device)
-    if net.ood:
-        logits, features = predict_logits_and_features(net.model, test_batches, device, net.cam_layer)
-        ood_scores = ood.score(net.ood, features, logits)
-    else:
-        logits, ood_scores = predict_logits(net.model, test_batches, device), None
+    logits, ood_scores = ood.logits_and_scores(net, test_batches, device)
     test = data.manifest[data.manifest["split"] == "test"].reset_index(drop=True)
     probs = logits.softmax(1).numpy()
     pred = test[["path", "label", "label_idx", "has_train_twin_exact", "has_train_twin_near"]].copy()

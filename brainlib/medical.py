@@ -51,8 +51,8 @@ def to_uint8(values: np.ndarray, low: float | None = None, high: float | None = 
 
 
 def _decoder_hint(ds) -> str:
-    name = str(getattr(ds.file_meta, "TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    uid_name = getattr(getattr(ds.file_meta, "TransferSyntaxUID", None), "name", name)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    uid_name = getattr(syntax, "name", str(syntax or ""))
     for key, packages in DECODERS.items():
         if key.lower() in uid_name.lower():
             return f"its pixel data are compressed as {uid_name}: pip install {packages} to read it"

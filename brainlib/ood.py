@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .infer import predict_logits, predict_logits_and_features
+
 SCORES = ("mahalanobis", "relative_mahalanobis", "energy")
 DEFAULT_SCORE = "mahalanobis"
 FALSE_ALARM_RATE = 0.01
@@ -109,3 +111,12 @@ def detection_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
     y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
     return float(roc_auc_score(y, np.r_[in_scores, out_scores]))
+
+
+def logits_and_scores(net, batches, device: str) -> tuple[torch.Tensor, np.ndarray | None]:
+    """A checkpoint's logits over `batches` and, when it has a detector (`net.ood`, an
+    InferenceModel's), each image's OOD score from the same forward passes; None without one."""
+    if not net.ood:
+        return predict_logits(net.model, batches, device), None
+    logits, features = predict_logits_and_features(net.model, batches, device, net.cam_layer)
+    return logits, score(net.ood, features, logits)

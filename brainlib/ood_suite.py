@@ -27,11 +27,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import ood
 from .atomic import atomic_path, write_text
+from .calibration import ood_statistics
 from .checkpoint import InferenceModel
 from .config import Config
 from .data import to_gray
 from .infer import predict_logits_and_features
-from .loader import CachedBatches, RunData, rows_batches, split_batches
+from .loader import CachedBatches, RunData, rows_batches
 from .medical import read_dicom, resized
 from .robustness import sample_rows
 from .shifts import SHIFTS
@@ -169,9 +170,13 @@ def ood_suite() -> list[OodImage]:
     return _synthetic() + _photographs() + _documents() + _microscopy() + _other_medical()
 
 
-def _scores(net: InferenceModel, stats: dict, images: np.ndarray, device: str) -> dict[str, np.ndarray]:
+def _logits_and_features(net: InferenceModel, images: np.ndarray, device: str):
     batches = CachedBatches(images, np.zeros(len(images), int), 64, net.image_size, device=device)
-    logits, features = predict_logits_and_features(net.model, batches, device, net.cam_layer)
+    return predict_logits_and_features(net.model, batches, device, net.cam_layer)
+
+
+def _scores(net: InferenceModel, stats: dict, images: np.ndarray, device: str) -> dict[str, np.ndarray]:
+    logits, features = _logits_and_features(net, images, device)
     return {kind: ood.score(stats, features, logits, kind) for kind in ood.SCORES}
 
 
@@ -181,11 +186,7 @@ def measure(net: InferenceModel, cfg: Config, data: RunData, device: str, shift_
     Returns {"scores": long table of per-image scores, "summary": per (score, family) rates and AUROC,
     "thresholds": {score: threshold}, "chosen": the score with the best mean AUROC on the tuning families}."""
     cfg = net.scoring_config(cfg)
-    train = split_batches(cfg, data, "train", device)
-    logits, features = predict_logits_and_features(net.model, train, device, net.cam_layer)
-    stats = ood.fit(features, train.labels.cpu(), 4)
-    val = split_batches(cfg, data, "val", device)
-    val_logits, val_features = predict_logits_and_features(net.model, val, device, net.cam_layer)
+    stats, val_features, val_logits = ood_statistics(net, cfg, data, device)
     thresholds = {k: ood.threshold_for(ood.score(stats, val_features, val_logits, k)) for k in ood.SCORES}
     frames = []
 
@@ -210,8 +211,9 @@ def measure(net: InferenceModel, cfg: Config, data: RunData, device: str, shift_
             data.manifest["path"].to_numpy()[rows],
             _scores(net, stats, shift(clean, 2), device),
         )
+    suite = ood_suite()  # decodes every image and DICOM file: once
     for family in TUNING + HELD_OUT:
-        members = [im for im in ood_suite() if im.family == family]
+        members = [im for im in suite if im.family == family]
         images = np.stack([resized(im.image, cfg.cache_size) for im in members])
         add(
             "tuning" if family in TUNING else "held_out",
@@ -237,9 +239,7 @@ def measure(net: InferenceModel, cfg: Config, data: RunData, device: str, shift_
 def suite_scores(net: InferenceModel, device: str) -> pd.DataFrame:
     """The checkpoint's own OOD score (and flag) for every image of the suite: family, name, score, flagged."""
     images = ood_suite()
-    arr = np.stack([resized(im.image, net.cache_size) for im in images])
-    batches = CachedBatches(arr, np.zeros(len(arr), int), 64, net.image_size, device=device)
-    logits, features = predict_logits_and_features(net.model, batches, device, net.cam_layer)
+    logits, features = _logits_and_features(net, np.stack([resized(im.image, net.cache_size) for im in images]), device)
     scores = ood.score(net.ood, features, logits)
     return pd.DataFrame(
         {

@@ -25,7 +25,6 @@ from .checkpoint import InferenceModel, default_checkpoint, load_for_inference
 from .config import CLASS_NAMES, REPO_ROOT
 from .data import IMAGE_ERRORS, read_gray
 from .errors import DataError, SettingsError
-from .infer import predict_logits, predict_logits_and_features
 from .loader import CachedBatches
 from .medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, dicom_series, is_medical, read_dicom, read_nifti, resized
 
@@ -118,11 +117,7 @@ def predict_images(
     ok = [e for e in entries if "error" not in e]
     if ok:
         batches = CachedBatches(np.stack(images), np.zeros(len(images), int), 32, net.image_size, device=device)
-        if net.ood:
-            logits, features = predict_logits_and_features(net.model, batches, device, net.cam_layer)
-            scores = ood.score(net.ood, features, logits)
-        else:
-            logits, scores = predict_logits(net.model, batches, device), None
+        logits, scores = ood.logits_and_scores(net, batches, device)
         probs = calibrate(logits, net.temperature).numpy()
         for k, entry in enumerate(ok):
             _describe(entry, net, probs[k], None if scores is None else float(scores[k]), threshold, alpha, allow_ood)

@@ -9,12 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .atomic import write_text
-from .config import DEFAULT_CHECKPOINT, REPO_ROOT, Config
+from .calibration import calibrated_probabilities, calibration_bins
+from .cam import cam_panels
+from .checkpoint import default_checkpoint, load_for_inference
+from .config import CLASS_NAMES, DEFAULT_CHECKPOINT, REPO_ROOT, Config, read_run_config
 from .errors import DataError
+from .infer import predict_logits
+from .loader import load_run_data, rows_batches
+from .plots import confusion_matrices, image_grid, reliability_diagram, robustness_by_family
 from .robustness import summary_of
+from .shifts import SHIFTS
 from .stats import interval_text
 
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
@@ -75,8 +83,6 @@ FIGURE_MODELS = {
 
 def robustness_figure(out: str | Path = "docs/figures/robustness_by_family.png") -> Path:
     """Accuracy by shift family and severity, from the committed metrics files' shift tables."""
-    from .plots import robustness_by_family
-
     tables = {}
     for label, files in FIGURE_MODELS.items():
         parts = [pd.DataFrame(metrics_of(f)["shifts"]["table"]) for f in files]
@@ -92,17 +98,6 @@ def default_figures(eval_run: str | Path, out_dir: str | Path = "docs/figures") 
     """Figures of the default checkpoint, each titled with its name, from its evaluation folder
     (predictions.csv, test_logits.npy, metrics.json, the run's data): confusion matrix, reliability
     diagram, one test image under every shift with the prediction, Grad-CAM on right and wrong answers."""
-    import numpy as np
-
-    from .calibration import calibrated_probabilities, calibration_bins
-    from .cam import cam_panels
-    from .checkpoint import default_checkpoint, load_for_inference
-    from .config import CLASS_NAMES, read_run_config
-    from .infer import predict_logits
-    from .loader import load_run_data, rows_batches
-    from .plots import confusion_matrices, image_grid, reliability_diagram
-    from .shifts import SHIFTS
-
     eval_run, out_dir = Path(eval_run), REPO_ROOT / out_dir
     name = Path(DEFAULT_CHECKPOINT).name
     metrics = json.loads((eval_run / "metrics.json").read_text())

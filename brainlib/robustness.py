@@ -14,7 +14,6 @@ from .calibration import calibrate, prediction_sets, set_coverage
 from .checkpoint import InferenceModel
 from .config import CLASS_NAMES, Config
 from .errors import SettingsError
-from .infer import predict_logits, predict_logits_and_features
 from .loader import RunData, rows_batches
 from .progress import progress
 from .shifts import SEVERITIES, SHIFTS
@@ -63,12 +62,8 @@ def shift_table(
 
     def score(images: np.ndarray, **what) -> None:
         batches = rows_batches(cfg, data, rows, device, images=images)
-        extra = {}
-        if net.ood:
-            logits, features = predict_logits_and_features(net.model, batches, device, net.cam_layer)
-            extra["ood_flagged"] = float(ood.flagged(net.ood, ood.score(net.ood, features, logits)).mean())
-        else:
-            logits = predict_logits(net.model, batches, device)
+        logits, ood_scores = ood.logits_and_scores(net, batches, device)
+        extra = {} if ood_scores is None else {"ood_flagged": float(ood.flagged(net.ood, ood_scores).mean())}
         pred = logits.argmax(1).numpy()
         counts = np.bincount(pred, minlength=len(CLASS_NAMES))
         sets = {}

@@ -113,3 +113,19 @@ def test_evaluate_reports_false_alarms_on_test_and_under_every_shift(trained_run
     assert summary["score"] == ood.DEFAULT_SCORE and 0 <= summary["test_false_alarm_rate"] <= 1
     assert summary["test_false_alarm_rate"] == pytest.approx(pred["out_of_distribution"].mean())
     assert all(0 <= row["ood_flagged"] <= 1 for row in metrics["shifts"]["table"])
+
+
+def test_the_ood_report_measures_every_score_on_every_family(trained_run, tmp_path):
+    from brainlib.checkpoint import load_for_inference
+    from brainlib.ood_suite import HELD_OUT, TUNING, measure, write_report
+
+    net = load_for_inference(f"{trained_run.run_dir}/checkpoints/best.pt")
+    result = measure(net, trained_run, load_run_data(trained_run), "cpu", shift_sample=0)
+    summary = result["summary"]
+    assert set(summary["score"]) == set(ood.SCORES) and result["chosen"] in ood.SCORES
+    assert set(TUNING + HELD_OUT) <= set(summary["family"]) and "test_clean" in set(summary["family"])
+    assert result["thresholds"][ood.DEFAULT_SCORE] == pytest.approx(
+        net.ood["threshold"], rel=1e-4
+    )  # the same fit as training's
+    write_report(result, tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["chosen"] == result["chosen"]
