@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .augment import AugmentParams, augment_batch, augment_params
+from .augment import AugmentParams, PreparedBatch, apply_batch, augment_params, prepare_batch
 from .cache import build_or_load_cache
 from .config import Config
 from .data import open_image, read_manifest, resolve_data_dir, to_rgb
@@ -84,7 +85,8 @@ class CachedBatches:
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.images = torch.from_numpy(np.array(images, dtype=np.uint8)).unsqueeze(1).to(device)
+        self.host_images = torch.from_numpy(np.array(images, dtype=np.uint8)).unsqueeze(1)
+        self.images = self.host_images.to(device)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device)
         self.batch_size, self.image_size, self.train, self.aug, self.seed = batch_size, image_size, train, aug, seed
         self.epoch, self.rank, self.world_size = 0, rank, world_size
@@ -109,20 +111,49 @@ class CachedBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 64 + self.rank + 1)  # augmentation
-        order = to_device(self._indices(), self.images.device)  # once per epoch, not once per batch
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield self.batch(order[start : start + self.batch_size], gen)
+        order_host = self._indices()
+        order = to_device(order_host, self.images.device)  # once per epoch, not once per batch
+        starts = range(0, len(self) * self.batch_size, self.batch_size)
+        if not self.train:
+            for start in starts:
+                yield self._scoring_batch(order[start : start + self.batch_size])
+            return
+
+        def prepare(start: int) -> PreparedBatch:
+            return prepare_batch(
+                self.host_images, order_host[start : start + self.batch_size], self.aug, gen, pin=on_gpu
+            )
+
+        on_gpu = self.images.device.type == "cuda"
+        if not on_gpu:  # on a CPU the same cores would prepare and train: no thread
+            for start in starts:
+                yield self._training_batch(order[start : start + self.batch_size], prepare(start))
+            return
+        # on a GPU a host thread draws the next batch and runs its JPEG round trips while this one
+        # trains; draws stay in batch order (one producer), so a seed gives the same batches
+        with ThreadPoolExecutor(1, thread_name_prefix="augment") as pool:
+            ahead = pool.submit(prepare, starts[0]) if starts else None
+            for k, start in enumerate(starts):
+                prepared = ahead.result()
+                if k + 1 < len(starts):
+                    ahead = pool.submit(prepare, starts[k + 1])
+                yield self._training_batch(order[start : start + self.batch_size], prepared)
+
+    def _scoring_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_model_input(resize_batch(self.images[idx], self.image_size)), self.labels[idx]
+
+    def _training_batch(self, idx: torch.Tensor, prepared: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        x = apply_batch(self.images[idx], prepared, self.image_size, self.aug)
+        return to_model_input(x), self.labels[idx]
 
     def batch(self, indices, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, labels) for the given positions; augmented (drawing from `gen`) when train=True."""
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
-        images = self.images[idx]
-        x = (
-            augment_batch(images, self.image_size, self.aug, gen)
-            if self.train
-            else resize_batch(images, self.image_size)
-        )
-        return to_model_input(x), self.labels[idx]
+        host_idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = host_idx.to(self.images.device)
+        if not self.train:
+            return self._scoring_batch(idx)
+        prepared = prepare_batch(self.host_images, host_idx, self.aug, gen, pin=self.images.device.type == "cuda")
+        return self._training_batch(idx, prepared)
 
 
 @dataclass

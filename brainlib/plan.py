@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import augment_batch, augment_params
+from .augment import augment_params
 from .config import Config
 from .infer import autocast, cpu_has_native_bf16, predict_logits, resolve_device, use_bf16
-from .loader import CachedBatches, to_model_input
+from .loader import CachedBatches
 from .models import create_model
 from .shifts import SEVERITIES, SHIFTS
 
@@ -50,24 +50,25 @@ def _sync(device: str) -> None:
 
 
 def measure_rates(cfg: Config, device: str, steps: int = 2) -> Rates:
-    """Images per second of training steps (augmentation included) and of fp32 scoring, after one
-    warm-up step each, on random images of the cache's size."""
+    """Images per second of training steps (augmentation included, through the training loader) and
+    of fp32 scoring, after one warm-up step each, on random images of the cache's size."""
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(
-        0, 256, (cfg.batch_size, 1, cfg.cache_size, cfg.cache_size), generator=gen, dtype=torch.uint8
+        0, 256, ((steps + 1) * cfg.batch_size, cfg.cache_size, cfg.cache_size), generator=gen, dtype=torch.uint8
+    ).numpy()
+    labels = np.zeros(len(images), int)
+    batches = CachedBatches(
+        images, labels, cfg.batch_size, cfg.image_size, train=True, aug=augment_params(cfg), device=device
     )
-    labels = torch.randint(0, 4, (cfg.batch_size,), generator=gen)
     model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    aug = augment_params(cfg)
     model.train()
-    for step in range(steps + 1):
+    for step, (x, y) in enumerate(batches):
         if step == 1:
             _sync(device)
             t0 = time.perf_counter()
-        x = to_model_input(augment_batch(images.to(device), cfg.image_size, aug, gen))
         with autocast(device, cfg.precision):
-            loss = nn.functional.cross_entropy(model(x).float(), labels.to(device))
+            loss = nn.functional.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

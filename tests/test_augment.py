@@ -1,11 +1,23 @@
-"""Train-time acquisition augmentation: deterministic, in range, and it really changes images."""
+"""Train-time augmentation: deterministic, in range, it really changes images, and the batched
+implementation is the per-image one it replaced, without waiting on the device."""
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from brainlib.augment import AcquisitionParams, augment_acquisition, jpeg_roundtrip, resample
+from brainlib.augment import (
+    AcquisitionParams,
+    AugmentParams,
+    apply_batch,
+    augment_acquisition,
+    augment_batch,
+    jpeg_roundtrip,
+    prepare_batch,
+    resample,
+)
 from brainlib.data import load_gray
+from brainlib.loader import CachedBatches, to_model_input
 
 
 @pytest.fixture
@@ -40,3 +52,102 @@ def test_resample_and_jpeg_lose_detail_as_they_should(batch):
     low, high = jpeg_roundtrip(batch, 10), jpeg_roundtrip(batch, 90)
     assert low.dtype == torch.uint8 and low.shape == batch.shape
     assert (low.float() - batch.float()).abs().mean() > (high.float() - batch.float()).abs().mean()
+
+
+# --- the batched augmentation against the per-image one it replaced (tests/augment_reference.py) ---
+
+EVERY_TRANSFORM = AcquisitionParams(
+    p_resolution=1, p_jpeg=1, p_gamma=1, p_window=1, p_clahe=1, p_equalize=1, p_noise=1, resolution_px=(16, 56)
+)
+
+
+@pytest.fixture
+def images(fixture_root):
+    files = sorted(fixture_root.rglob("*.jpg"))[:24]
+    return torch.from_numpy(np.stack([load_gray(f, 64) for f in files]))[:, None]
+
+
+@pytest.mark.parametrize("acquisition", [AcquisitionParams(), EVERY_TRANSFORM], ids=["default", "every-transform"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_augmentation_draws_and_outputs_what_the_per_image_one_did(images, acquisition, seed):
+    import augment_reference as reference
+
+    aug = AugmentParams(acquisition=acquisition)
+    old_gen, new_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    old = reference.augment_batch(images, 48, aug, old_gen)
+    new = augment_batch(images, 48, aug, new_gen)
+    assert torch.equal(old_gen.get_state(), new_gen.get_state())  # the same numbers drawn, no more, no fewer
+    assert (old - new).abs().max() <= 1e-5
+
+
+def test_jpeg_round_trips_are_the_same_bytes(images):
+    import augment_reference as reference
+
+    only_jpeg = AcquisitionParams(**{**EVERY_TRANSFORM.__dict__, "p_resolution": 0, "p_gamma": 0, "p_window": 0})
+    only_jpeg = AcquisitionParams(**{**only_jpeg.__dict__, "p_clahe": 0, "p_equalize": 0, "p_noise": 0})
+    old = reference.augment_acquisition(images, only_jpeg, torch.Generator().manual_seed(7))
+    prepared = prepare_batch(images, torch.arange(len(images)), AugmentParams(acquisition=only_jpeg),
+                             torch.Generator().manual_seed(7))  # fmt: skip
+    assert prepared.draw.jpeg_idx == list(range(len(images)))
+    assert torch.equal(prepared.jpeg, (old * 255).round().to(torch.uint8))
+
+
+def test_training_batches_are_the_per_image_augmentation_of_the_shuffled_rows(images):
+    import augment_reference as reference
+
+    aug = AugmentParams(acquisition=AcquisitionParams())
+    batches = CachedBatches(images[:, 0].numpy(), np.zeros(len(images)), 8, 48, train=True, aug=aug, seed=3)
+    batches.set_epoch(2)
+    gen = torch.Generator().manual_seed((3 * 1_000_003 + 2) * 64 + 1)
+    order = batches._indices()
+    for k, (x, _) in enumerate(batches):
+        expected = reference.augment_batch(images[order[8 * k : 8 * k + 8]], 48, aug, gen)
+        assert torch.equal(x, to_model_input(expected))
+
+
+SYNCING_OPS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "_unique2", "unique_dim", "equal"}
+
+
+class _OpLog(TorchDispatchMode):
+    """Every aten op called, and which of them would make a GPU wait: a scalar read, an op whose
+    output shape depends on the data, or indexing with a boolean mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.waits = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.ops.append(name)
+        bool_index = name in ("index", "index_put_", "index_put") and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] or ())
+        )
+        if name in SYNCING_OPS or bool_index:
+            self.waits.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_augmented_batch_reads_nothing_back_from_the_device(images):
+    import augment_reference as reference
+
+    aug = AugmentParams(acquisition=EVERY_TRANSFORM)
+    prepared = prepare_batch(images, torch.arange(len(images)), aug, torch.Generator().manual_seed(0))
+    with _OpLog() as log:
+        apply_batch(images, prepared, 48, aug)
+    assert len(log.ops) > 100 and log.waits == []
+    with _OpLog() as control:  # the per-image version did wait, so the log can see it
+        reference.augment_batch(images, 48, aug, torch.Generator().manual_seed(0))
+    assert "_local_scalar_dense" in control.waits and "nonzero" in control.waits
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_training_step_on_cuda_never_synchronises(images):
+    aug = AugmentParams(acquisition=EVERY_TRANSFORM)
+    batches = CachedBatches(images[:, 0].numpy(), np.zeros(len(images)), 8, 48, train=True, aug=aug, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        outputs = list(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(outputs) == 3 and outputs[0][0].is_cuda
