@@ -26,6 +26,15 @@ having seen the transform. Parameters are drawn from ranges, never the suite's e
 
 Every random number comes from a CPU generator seeded per (seed, epoch), so results do not depend
 on the device and a CPU run replays exactly.
+
+A batch is made in two halves. `prepare_batch`, on the host, draws every number the batch uses (in
+the order the earlier per-image code drew them, so a seed gives the same images), packs them into
+one tensor and runs the JPEG round trips from host copies of the rows. `apply_batch`, on the
+images' device, applies each transform to all the images that drew it, indexed by device tensors:
+one pinned copy in, nothing read back. The per-image code waited on the GPU about 50 times per batch
+of 64 (scalar reads, pageable copies, list indexing), which held EfficientNet-Lite0 training on an
+H200 at 1,100-1,440 img/s against 4,800 without this augmentation; on a GPU the loader now prepares
+the next batch in a host thread while the current one trains.
 """
 
 from __future__ import annotations

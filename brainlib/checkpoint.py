@@ -26,7 +26,7 @@ from torch import nn
 from .atomic import atomic_path
 from .config import CLASS_NAMES, DEFAULT_CHECKPOINT, LOCATION_FIELDS, REPO_ROOT, Config, build_config
 from .errors import CheckpointError
-from .models import create_model, fold_batchnorm, model_entry
+from .models import create_model, fold_for_inference, model_entry
 
 REQUIRED_FIELDS = ("model_name", "class_names", "model_state")
 # what an inference-only copy keeps: no optimizer, scheduler or RNG state
@@ -200,8 +200,9 @@ class InferenceModel:
 def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
     state = load_checkpoint(path)
     model = model_from_state(state, device)  # refuses unknown models
-    # BatchNorm folded into the convolutions: the same outputs (to float rounding), fewer passes over memory
-    model = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    # BatchNorm and padding folded into the convolutions: the same outputs (to float rounding), fewer
+    # passes over memory
+    model = fold_for_inference(model).to(memory_format=torch.channels_last)
     trained = state.get("config") or {}
     temperature = state.get("temperature")
     return InferenceModel(

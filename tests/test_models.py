@@ -56,7 +56,7 @@ def test_efficientnet_bn_statistics_follow_the_data():
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
-def test_folding_batchnorm_keeps_outputs_and_the_cam_layers_values(name):
+def test_folding_batchnorm_and_padding_keeps_outputs_and_the_cam_layers_values(name):
     import copy
 
     torch.manual_seed(0)
@@ -67,8 +67,10 @@ def test_folding_batchnorm_keeps_outputs_and_the_cam_layers_values(name):
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.2, 0.2)
-    folded = models.fold_batchnorm(copy.deepcopy(model))
+    folded = models.fold_for_inference(copy.deepcopy(model))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    pads = [m.padding for m in folded.modules() if isinstance(m, torch.nn.ZeroPad2d)]
+    assert all(p[0] != p[1] or p[2] != p[3] for p in pads)  # only asymmetric pads left
     seen = {}
     entry = models.model_entry(name)
     for tag, net in (("plain", model), ("folded", folded)):
