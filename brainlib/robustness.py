@@ -4,12 +4,18 @@ compare, the model card and notebook 04 share."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from . import ood
+from . import infer, loader, models, ood, shifts
+from .atomic import atomic_path
+from .cache import default_cache_dir
 from .calibration import calibrate, prediction_sets, set_coverage
 from .checkpoint import InferenceModel
 from .config import CLASS_NAMES, Config
@@ -33,6 +39,46 @@ def sample_rows(rows: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.n
         k = max(1, round(n * len(members) / len(rows)))
         picked.append(rng.choice(members, size=min(k, len(members)), replace=False))
     return np.sort(np.concatenate(picked))
+
+
+# what a shifted image's logits depend on besides the weights and pixels: the code that makes and
+# scores it, and the libraries behind the transforms
+_SCORING_CODE = (shifts, loader, infer, models, ood)
+_SHIFT_LIBRARIES = ("torch", "opencv-python-headless", "scikit-image", "torchio", "monai", "PyWavelets", "numpy")
+
+
+def _update(h, value) -> None:
+    if isinstance(value, torch.Tensor | np.ndarray):
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        h.update(str((array.dtype, array.shape)).encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            h.update(str(key).encode())
+            _update(h, value[key])
+    else:
+        h.update(repr(value).encode())
+
+
+def scoring_fingerprint(net: InferenceModel, clean: np.ndarray) -> str:
+    """A digest of everything a shift-suite row's logits and OOD scores depend on: the weights as
+    scored, the input size, the OOD detector, the clean pixels, the scoring and shift code and the
+    transform libraries' versions. Equal digests, equal logits; anything changed, a new digest."""
+    h = hashlib.sha256()
+    _update(h, net.model.state_dict())
+    _update(h, {"image_size": net.image_size, "ood": net.ood, "pixels": clean})
+    for module in _SCORING_CODE:
+        h.update(Path(module.__file__).read_bytes())
+    for name in _SHIFT_LIBRARIES:
+        try:
+            h.update(f"{name}=={importlib.metadata.version(name)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(f"{name} absent".encode())
+    return h.hexdigest()[:24]
+
+
+def shift_logits_dir(cfg: Config) -> Path:
+    return (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "shift-logits"
 
 
 def shift_table(
@@ -60,9 +106,32 @@ def shift_table(
     tumour = labels != NOTUMOR
     records = []
 
-    def score(images: np.ndarray, **what) -> None:
-        batches = rows_batches(cfg, data, rows, device, images=images)
+    fingerprint = scoring_fingerprint(net, clean)
+    store = shift_logits_dir(cfg)
+    reused = 0
+
+    def scores(make_images, name: str, severity: int) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Logits and OOD scores of one (shift, severity), from the store when this checkpoint
+        already scored these pixels under it: compare, the model card and a re-run then cost nothing."""
+        nonlocal reused
+        path = store / f"{fingerprint}-{name}-s{severity}.npz"
+        if path.exists():
+            try:
+                with np.load(path) as saved:
+                    logits, ood_scores = torch.from_numpy(saved["logits"]), saved.get("ood")
+                reused += 1
+                return logits, ood_scores
+            except (OSError, ValueError, KeyError):  # unreadable: scored again and overwritten below
+                pass
+        batches = rows_batches(cfg, data, rows, device, images=make_images())
         logits, ood_scores = ood.logits_and_scores(net, batches, device)
+        arrays = {"logits": logits.numpy()} | ({} if ood_scores is None else {"ood": np.asarray(ood_scores)})
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        return logits, ood_scores
+
+    def score(make_images, **what) -> None:
+        logits, ood_scores = scores(make_images, what["shift"], what["severity"])
         extra = {} if ood_scores is None else {"ood_flagged": float(ood.flagged(net.ood, ood_scores).mean())}
         pred = logits.argmax(1).numpy()
         counts = np.bincount(pred, minlength=len(CLASS_NAMES))
@@ -91,17 +160,19 @@ def shift_table(
             }
         )
 
-    score(clean, shift="clean", family="none", seen=None, severity=0, param="")
+    score(lambda: clean, shift="clean", family="none", seen=None, severity=0, param="")
     pairs = [(shift, severity) for shift in SHIFTS.values() for severity in severities]
     for shift, severity in progress(pairs, "shift suite", mininterval=10):
         score(
-            shift(clean, severity),
+            lambda: shift(clean, severity),  # noqa: B023 (called at once, inside this iteration)
             shift=shift.name,
             family=shift.family,
             seen=shift.seen_in_training,
             severity=severity,
             param=str(shift.params[severity - 1]),
         )
+    if reused:
+        print(f"shift suite: {reused} of {len(records)} rows reused from {store} (same weights, pixels and code)")
     return pd.DataFrame(records)
 
 

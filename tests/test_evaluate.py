@@ -117,3 +117,26 @@ def _evaluate_cli(checkpoint, run, data) -> int:
             "1",
         ]
     )
+
+
+def test_shift_suite_reuses_logits_of_the_same_weights_and_pixels(trained_run, monkeypatch):
+    import torch
+
+    from brainlib import robustness, shifts
+    from brainlib.checkpoint import best_checkpoint, load_for_inference
+
+    data = load_run_data(trained_run)
+    net = load_for_inference(best_checkpoint(trained_run.run_dir))
+    first = robustness.shift_table(trained_run, data, net, "cpu", severities=(2,))
+    assert len(list(robustness.shift_logits_dir(trained_run).glob("*.npz"))) == 1 + len(SHIFTS)
+
+    calls = []
+    monkeypatch.setattr(shifts.Shift, "__call__", lambda self, images, severity: calls.append(self.name) or images)
+    again = robustness.shift_table(trained_run, data, net, "cpu", severities=(2,))
+    assert calls == [] and again.equals(first)  # nothing transformed or scored again
+
+    with torch.no_grad():  # other weights: scored afresh (the stub transform returns the clean images)
+        next(net.model.parameters()).add_(0.5)
+    other = robustness.shift_table(trained_run, data, net, "cpu", severities=(2,))
+    assert len(calls) == len(SHIFTS)
+    assert (other.loc[other["shift"] != "clean", "accuracy"] == other.loc[0, "accuracy"]).all()
