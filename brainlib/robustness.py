@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def shift_table(
     severities=SEVERITIES,
     sample: int = 0,
     calibration: dict | None = None,
+    prefetch: bool | None = None,
 ) -> pd.DataFrame:
     """Accuracy, tumour recall (a tumour called anything but notumor) and predicted-class counts
     on the test images, clean and under every shift of the suite at each severity; with a
@@ -110,11 +112,14 @@ def shift_table(
     store = shift_logits_dir(cfg)
     reused = 0
 
+    def stored(name: str, severity: int) -> Path:
+        return store / f"{fingerprint}-{name}-s{severity}.npz"
+
     def scores(make_images, name: str, severity: int) -> tuple[torch.Tensor, np.ndarray | None]:
         """Logits and OOD scores of one (shift, severity), from the store when this checkpoint
         already scored these pixels under it: compare, the model card and a re-run then cost nothing."""
         nonlocal reused
-        path = store / f"{fingerprint}-{name}-s{severity}.npz"
+        path = stored(name, severity)
         if path.exists():
             try:
                 with np.load(path) as saved:
@@ -162,15 +167,27 @@ def shift_table(
 
     score(lambda: clean, shift="clean", family="none", seen=None, severity=0, param="")
     pairs = [(shift, severity) for shift in SHIFTS.values() for severity in severities]
-    for shift, severity in progress(pairs, "shift suite", mininterval=10):
+    # on a GPU the scoring takes seconds and the CPU transforms would leave it idle: a host thread
+    # transforms the next pair's images while this pair is scored
+    # (prefetch None: on CUDA only; on a CPU the thread would take cores from the scoring)
+    if prefetch is None:
+        prefetch = torch.device(device).type == "cuda"
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="shift") if prefetch else None
+    pending = {}
+    for k, (shift, severity) in enumerate(progress(pairs, "shift suite", mininterval=10)):
+        if ahead and k + 1 < len(pairs) and not stored(pairs[k + 1][0].name, pairs[k + 1][1]).exists():
+            pending[k + 1] = ahead.submit(pairs[k + 1][0], clean, pairs[k + 1][1])
+        transformed = pending.pop(k, None)
         score(
-            lambda: shift(clean, severity),  # noqa: B023 (called at once, inside this iteration)
+            transformed.result if transformed else lambda: shift(clean, severity),  # noqa: B023 (called at once)
             shift=shift.name,
             family=shift.family,
             seen=shift.seen_in_training,
             severity=severity,
             param=str(shift.params[severity - 1]),
         )
+    if ahead:
+        ahead.shutdown()
     if reused:
         print(f"shift suite: {reused} of {len(records)} rows reused from {store} (same weights, pixels and code)")
     return pd.DataFrame(records)

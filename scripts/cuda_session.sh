@@ -14,6 +14,11 @@
 #           the shift suite on the CPU; needs the kornia wheel
 #   audit   label audit with 10-epoch fold models, then the ablation (seed 42 with and without the
 #           Training suspects), paired by `compare`
+#   augment the batched augmentation on the device: no host synchronisation (CUDA sync debug mode)
+#           and its throughput against the per-image version (scripts/cuda_augment_check.py); then
+#           the default recipe efficientnet_lite0_robust at seeds 42 and 43 (its speed with the
+#           augmentation, and two seeds' spread), seed_cnn_robust and efficientnet_lite0_robust_256
+#           (20 epochs) timed; needs the kornia wheel
 #
 # Run from the project root with a compact copy of the data in .gpu/ (every image resized to 256 px
 # and re-encoded as WebP, 34 MB packed; docs/reproduce.md). `make pipeline` needs none of this.
@@ -23,7 +28,7 @@
 # FAST=1 runs every step on a few images for one epoch (a smoke test of this script on any machine).
 set -o pipefail
 export PYTHONUNBUFFERED=1
-[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|augment ..." >&2; exit 2; }
 DEADLINE_S=${DEADLINE_S:-540}
 # Only a few files may come back from a rented machine: every result goes to a staging folder,
 # packed into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
@@ -137,6 +142,19 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         done
         PREPARE_EXTRA=()
         ;;
+    augment)
+        fits augment-check 60 && {
+            $PY scripts/cuda_augment_check.py --out "$OUT/augment-check.json" >"$OUT/augment-check.log" 2>&1
+            printf 'augment-check\trc=%s\n' $? | tee -a "$OUT/steps.tsv"
+            pack
+        }
+        for run in effnet-robust-s42:efficientnet_lite0_robust:42:80 effnet-robust-s43:efficientnet_lite0_robust:43:80 \
+            seed-robust:seed_cnn_robust:42:45 effnet-robust-256-e20:efficientnet_lite0_robust_256:42:110; do
+            IFS=: read -r name recipe seed need <<<"$run"
+            NEED=$need train_and_score "$name" "$recipe" "$seed" --shift-severities ""
+        done
+        step compare-robust-seeds compare "$RUNS/effnet-robust-s42" "$RUNS/effnet-robust-s43"
+        ;;
     audit)
         train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
         fits audit 240 && step audit audit-labels --run-dir "$RUNS/label-audit" --recipe efficientnet_lite0 --seed 42 "${SMOKE[@]}" \
@@ -150,7 +168,7 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         fi
         ;;
     *)
-        echo "unknown part $PART (speed, seeds, robust or audit)" >&2
+        echo "unknown part $PART (speed, seeds, robust, audit or augment)" >&2
         exit 2
         ;;
     esac

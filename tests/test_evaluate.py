@@ -130,6 +130,9 @@ def test_shift_suite_reuses_logits_of_the_same_weights_and_pixels(trained_run, m
     first = robustness.shift_table(trained_run, data, net, "cpu", severities=(2,))
     assert len(list(robustness.shift_logits_dir(trained_run).glob("*.npz"))) == 1 + len(SHIFTS)
 
+    shutil.rmtree(robustness.shift_logits_dir(trained_run))  # transforms prepared one pair ahead: same table
+    assert robustness.shift_table(trained_run, data, net, "cpu", severities=(2,), prefetch=True).equals(first)
+
     calls = []
     monkeypatch.setattr(shifts.Shift, "__call__", lambda self, images, severity: calls.append(self.name) or images)
     again = robustness.shift_table(trained_run, data, net, "cpu", severities=(2,))
