@@ -150,6 +150,7 @@ def suspects_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray)
             "label_quality": quality[flagged],
             "in_duplicate_group": in_group[flagged],
             "fold": folds[flagged],
+            "verdict": "",  # for a reader looking at the image: label wrong, ambiguous or model wrong
         }
     )
 
@@ -221,7 +222,7 @@ def run_label_audit(
     top = suspects.sort_values("label_quality").head(gallery)  # both parts, worst label quality first
     positions = pd.Index(data.manifest["path"]).get_indexer(top["path"])
     titles = [
-        f"{r.split_on_disk} #{r.rank}\ngiven {r.given}\nsuggested {r.suggested} ({r.p_suggested:.2f})"
+        f"{Path(r.path).name} ({r.split_on_disk} #{r.rank})\ngiven {r.given}\nsuggested {r.suggested} ({r.p_suggested:.2f})"
         for r in top.itertuples()
     ]
     if len(top):
