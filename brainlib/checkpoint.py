@@ -105,15 +105,19 @@ def model_from_state(state: dict, device: str = "cpu") -> nn.Module:
 
 
 def training_state(
-    cfg: Config, model: nn.Module, optimizer, scheduler, epoch: int, best_val_acc: float, history: list
+    cfg: Config, model: nn.Module, optimizer, scheduler, epoch: int, best_val_acc: float, history: list, ema=None
 ) -> dict:
-    """The dict last.pt holds after an epoch: weights, settings and what resume needs."""
+    """The dict last.pt holds after an epoch: weights, settings and what resume needs. With a weight
+    average (brainlib.ema), `model_state` holds the averaged weights (what is scored) and the
+    trained ones go to `train_model_state`, for resuming."""
+    averaged = {} if ema is None else {"train_model_state": model.state_dict(), "ema_updates": ema.updates}
     return {
+        **averaged,
         "model_name": cfg.model,
         "class_names": list(CLASS_NAMES),
         "config": cfg.__dict__.copy(),
         "epoch": epoch,
-        "model_state": model.state_dict(),
+        "model_state": (ema.module if ema is not None else model).state_dict(),
         "optimizer_state": optimizer.state_dict(),
         "scheduler_state": scheduler.state_dict(),
         "best_val_acc": best_val_acc,
@@ -139,14 +143,20 @@ class Resume:
     history: list
 
 
-def resume_training(ckpt_dir: str | Path, model: nn.Module, optimizer, scheduler, device: str) -> Resume | None:
-    """Loads last.pt's weights, optimizer and scheduler state into the given objects; None when the
-    run has no last.pt yet."""
+def resume_training(
+    ckpt_dir: str | Path, model: nn.Module, optimizer, scheduler, device: str, ema=None
+) -> Resume | None:
+    """Loads last.pt's weights, optimizer and scheduler state (and weight average) into the given
+    objects; None when the run has no last.pt yet."""
     path = Path(ckpt_dir) / LAST
     if not path.exists():
         return None
     state = load_checkpoint(path, device)
-    model.load_state_dict(state["model_state"])
+    if (ema is not None) != ("train_model_state" in state):
+        raise CheckpointError(f"{path} was trained {'without' if ema is not None else 'with'} a weight average")
+    model.load_state_dict(state.get("train_model_state", state["model_state"]))
+    if ema is not None:
+        ema.load(state["model_state"], state["ema_updates"])
     optimizer.load_state_dict(state["optimizer_state"])
     scheduler.load_state_dict(state["scheduler_state"])
     return Resume(state["epoch"] + 1, state["best_val_acc"], state["history"])

@@ -76,6 +76,9 @@ class Config:
     weight_decay: float = _setting(1e-4, "AdamW weight decay")
     schedule: str = _setting("constant", "learning-rate schedule: constant | onecycle")
     label_smoothing: float = _setting(0.0, "cross-entropy label smoothing")
+    ema_decay: float = _setting(
+        0.0, "exponential moving average of the weights (decay per step), validated and saved in their place; 0: off"
+    )
     device: str = _setting("auto", "auto (CUDA when available) | cpu | cuda")
     precision: str = _setting(
         "auto", "training precision: auto (bf16 autocast on CUDA and on CPUs with bf16 instructions) | bf16 | fp32"
@@ -128,6 +131,7 @@ RECIPES: dict[str, dict] = {
         "image_size": 240,
         "acquisition_aug": True,
     },
+    "efficientnet_lite0_robust_ema": {**EFFNET_LITE0, "acquisition_aug": True, "ema_decay": 0.998},
     "efficientnet_lite2_robust": {
         **EFFNET_LITE0,
         "model": "efficientnet_lite2",

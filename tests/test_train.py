@@ -93,3 +93,44 @@ def test_init_checkpoint_starts_a_fine_tune_from_its_weights(prepared_run, tmp_p
     assert conv and all(torch.allclose(a[k], b[k], atol=1e-6) for k in conv)
     with pytest.raises(SettingsError, match="holds a seed_cnn"):
         train_mod.train(tuned.replace(model="resnet18_scratch"), progress=False)
+
+
+def test_weight_average_follows_the_warmed_up_decay_and_copies_integer_buffers():
+    from brainlib.ema import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightAverage(model, decay=0.9)
+    start = model[0].weight.detach().clone()
+    expected = start.clone()
+    for step in range(5):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model[1].num_batches_tracked += 1
+        d = min(0.9, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * model[0].weight.detach()
+        ema.update()
+    assert torch.allclose(ema.module[0].weight, expected, atol=1e-6)
+    assert not torch.allclose(ema.module[0].weight, model[0].weight)
+    assert int(ema.module[1].num_batches_tracked) == 5 and ema.updates == 5
+
+
+def test_a_weight_averaged_run_saves_the_average_and_resumes_exactly(prepared_run, tmp_path):
+    from brainlib.checkpoint import load_for_inference
+
+    cfg = prepared_run.replace(ema_decay=0.9)
+    train_mod.train(cfg, progress=False)
+    last = load_checkpoint(f"{cfg.run_dir}/checkpoints/last.pt")
+    assert last["ema_updates"] > 0
+    assert any(not torch.equal(last["model_state"][k], last["train_model_state"][k]) for k in last["model_state"])
+    again = cfg.replace(run_dir=str(tmp_path / "again"), epochs=1)
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "manifest.csv").write_text((tmp_path / "run" / "manifest.csv").read_text())
+    train_mod.train(again, progress=False)
+    train_mod.train(again.replace(epochs=2), resume=True, progress=False)
+    resumed = load_checkpoint(f"{again.run_dir}/checkpoints/last.pt")
+    for key in ("model_state", "train_model_state"):
+        assert all(torch.equal(last[key][k], resumed[key][k]) for k in last[key]), key
+    net = load_for_inference(f"{cfg.run_dir}/checkpoints/best.pt")  # the average is what gets scored
+    assert net.model_name == "seed_cnn"
+    with pytest.raises(Exception, match="weight average"):
+        train_mod.train(prepared_run.replace(epochs=3), resume=True, progress=False)
