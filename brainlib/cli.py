@@ -49,6 +49,7 @@ COMMAND_SETTINGS = {
         "weight_decay",
         "schedule",
         "label_smoothing",
+        "ema_decay",
     ),
     "evaluate": (*LOCATION_FIELDS, "device", "num_threads", "fast"),
     "calibrate": (*LOCATION_FIELDS, "device", "num_threads"),
