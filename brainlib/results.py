@@ -130,7 +130,7 @@ def error_gallery(eval_run: str | Path, data_root: str | Path, save_to: str | Pa
         + (f"\ntwin in Training: {r.train_twin}" if r.train_twin != "none" else "")
         for r in table.itertuples()
     ]
-    image_grid(images, titles, ncols=6, save_to=save_to, size=2.2, title=title)
+    image_grid(images, titles, ncols=6, save_to=save_to, size=3.0, title=title)
     return table
 
 
@@ -199,7 +199,7 @@ def default_figures(eval_run: str | Path, out_dir: str | Path = "docs/figures") 
     )
     errors = out_dir / "default_errors.png"
     table = error_gallery(
-        eval_run, data.data_root, errors, f"{name}: every error on the official Testing split ({len(pred)} images)"
+        eval_run, data.data_root, errors, f"{name}: every error on the official Testing split ({len(pred):,} images)"
     )
     table.to_csv(out_dir / "default_errors.csv", index=False)
     written += [errors, out_dir / "default_errors.csv"]

@@ -58,3 +58,31 @@ def test_severities_parse(text, expected):
 def test_bad_severities_are_one_line(text):
     with pytest.raises(SettingsError, match="1, 2 and/or 3"):
         robustness.parse_severities(text)
+
+
+def test_error_table_lists_every_error_with_its_twin_and_probabilities(tmp_path):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from brainlib.results import error_table
+
+    logits = np.array([[4.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 0, 2.0], [1.0, 0, 0, 0]])
+    pd.DataFrame(
+        {
+            "path": [f"Testing/x/{i}.jpg" for i in range(4)],
+            "label": ["glioma", "glioma", "notumor", "glioma"],
+            "label_idx": [0, 0, 2, 0],
+            "pred_idx": logits.argmax(1),
+            "pred": ["glioma", "meningioma", "pituitary", "glioma"],
+            "has_train_twin_exact": [False, True, False, False],
+            "has_train_twin_near": [False, True, True, False],
+        }
+    ).to_csv(tmp_path / "predictions.csv", index=False)
+    np.save(tmp_path / "test_logits.npy", logits)
+    (tmp_path / "metrics.json").write_text(json.dumps({"temperature": 1.0}))
+    table = error_table(tmp_path)
+    assert list(table["path"]) == ["Testing/x/1.jpg", "Testing/x/2.jpg"]  # most confident first
+    assert list(table["train_twin"]) == ["exact", "near"]
+    assert (table["p_pred"] > table["p_label"]).all()
