@@ -61,10 +61,7 @@ def test_bad_severities_are_one_line(text):
 
 
 def test_error_table_lists_every_error_with_its_twin_and_probabilities(tmp_path):
-    import json
-
     import numpy as np
-    import pandas as pd
 
     from brainlib.results import error_table
 
