@@ -1,7 +1,7 @@
 """The per-image acquisition and geometric augmentation as it was before batching, frozen as the
 specification the batched version (brainlib.augment) is tested against: same generator draws in the
-same order, same outputs. The per-image primitives (resample, JPEG round trip, crop boxes) are
-the package's own. Not used by the package."""
+same order, same outputs. The per-image primitives (resample, JPEG round trip) and the geometric
+draws are the package's own. Not used by the package."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from brainlib.augment import INTERPOLATIONS, AcquisitionParams, AugmentParams, crop_boxes, jpeg_roundtrip, resample
+from brainlib.augment import INTERPOLATIONS, AcquisitionParams, AugmentParams, draw_geometry, jpeg_roundtrip, resample
 
 
 def _chosen(p: float, n: int, gen: torch.Generator) -> list[int]:
@@ -60,21 +60,8 @@ def augment_acquisition(images: torch.Tensor, p: AcquisitionParams, gen: torch.G
 def augment_batch(images: torch.Tensor, out_size: int, aug: AugmentParams, gen: torch.Generator) -> torch.Tensor:
     b, _, side, _ = images.shape
     x01 = augment_acquisition(images, aug.acquisition, gen) if aug.acquisition else images.float() / 255.0
-    flip = torch.where(torch.rand(b, generator=gen) < aug.flip_p, -1.0, 1.0)
-    angle = torch.deg2rad(torch.empty(b).uniform_(-aug.rotation_deg, aug.rotation_deg, generator=gen))
-    w, h, left, top = crop_boxes(b, side, aug, gen).unbind(1)
-    sx, sy = w / side, h / side
-    cx, cy = (2 * left + w) / side - 1, (2 * top + h) / side - 1
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack(
-        [
-            torch.stack([flip * cos * sx, -flip * sin * sy, flip * (cos * cx - sin * cy)], 1),
-            torch.stack([sin * sx, cos * sy, sin * cx + cos * cy], 1),
-        ],
-        1,
-    )
-    bright = torch.empty(b).uniform_(1 - aug.brightness, 1 + aug.brightness, generator=gen)
-    contrast = torch.empty(b).uniform_(1 - aug.contrast, 1 + aug.contrast, generator=gen)
+    geometry = draw_geometry(b, side, aug, gen)  # the geometric draws did not change with batching
+    theta, bright, contrast = geometry[:, :6].view(b, 2, 3), geometry[:, 6], geometry[:, 7]
     grid = F.affine_grid(theta.to(images.device), [b, 1, out_size, out_size], align_corners=False)
     x = F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     x = (x * bright.to(images.device).view(b, 1, 1, 1)).clamp_(0, 1)
