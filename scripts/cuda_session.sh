@@ -15,7 +15,8 @@
 #   audit   label audit with 10-epoch fold models, then the ablation (seed 42 with and without the
 #           Training suspects), paired by `compare`
 #   augment the batched augmentation on the device: no host synchronisation (CUDA sync debug mode)
-#           and its throughput against the per-image version (scripts/cuda_augment_check.py); then
+#           and its throughput against the per-image version (scripts/cuda_augment_check.py); a
+#           profile of the reference's and the default's training step (scripts/cuda_profile_step.py); then
 #           the default recipe efficientnet_lite0_robust at seeds 42 and 43 (its speed with the
 #           augmentation, and two seeds' spread), seed_cnn_robust and efficientnet_lite0_robust_256
 #           (20 epochs) timed; needs the kornia wheel
@@ -159,6 +160,13 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
             printf 'augment-check\trc=%s\n' $? | tee -a "$OUT/steps.tsv"
             pack
         }
+        for recipe in reference efficientnet_lite0_robust; do # where a step's time goes (torch.profiler)
+            fits "profile-$recipe" 60 && {
+                $PY scripts/cuda_profile_step.py --recipe "$recipe" --out "$OUT/profile-$recipe.json" >"$OUT/profile-$recipe.log" 2>&1
+                printf 'profile-%s\trc=%s\n' "$recipe" $? | tee -a "$OUT/steps.tsv"
+                pack
+            }
+        done
         for run in effnet-robust-s42:efficientnet_lite0_robust:42:80 effnet-robust-s43:efficientnet_lite0_robust:43:80 \
             seed-robust:seed_cnn_robust:42:45 effnet-robust-256-e20:efficientnet_lite0_robust_256:42:110; do
             IFS=: read -r name recipe seed need <<<"$run"

@@ -1,0 +1,98 @@
+"""Where a training step's time goes: the training loop's own epoch function (brainlib.train)
+over synthetic stored images, for a recipe, with its CUDA-graph step where the device is CUDA,
+under torch.profiler. Prints the throughput with and without the profiler, the top operators by
+self device time and by self host time, and how much of the wall the device was busy.
+
+    python scripts/cuda_profile_step.py --recipe reference --batches 40 [--out prof.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from brainlib.augment import augment_params  # noqa: E402
+from brainlib.config import RECIPES, Config  # noqa: E402
+from brainlib.cuda_graphs import graph_training_step  # noqa: E402
+from brainlib.loader import CachedBatches  # noqa: E402
+from brainlib.models import create_model  # noqa: E402
+from brainlib.train import make_scheduler, train_one_epoch  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipe", default="reference")
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    cfg = Config(**RECIPES[args.recipe])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rng = np.random.default_rng(0)
+    n = cfg.batch_size * args.batches
+    images = rng.integers(0, 256, (n, cfg.cache_size, cfg.cache_size), dtype=np.uint8)
+    batches = CachedBatches(
+        images,
+        rng.integers(0, 4, n),
+        cfg.batch_size,
+        cfg.image_size,
+        train=True,
+        aug=augment_params(cfg),
+        device=device,
+    )
+    batches.drop_last = True
+    model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    step_model = graph_training_step(model, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), device, cfg.precision)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=device == "cuda" or None)
+    scheduler = make_scheduler(cfg, optimizer, len(batches))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def epoch(k: int) -> float:
+        batches.set_epoch(k)
+        t0 = time.perf_counter()
+        _, _, seen, _ = train_one_epoch(
+            step_model, batches, optimizer, scheduler, loss_fn, device, k, False, precision=cfg.precision
+        )
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return seen / (time.perf_counter() - t0)
+
+    epoch(1)  # warm-up: kernels chosen, caches filled
+    plain = epoch(2)
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else []
+    )
+    with torch.profiler.profile(activities=activities) as prof:
+        profiled = epoch(3)
+    events = prof.key_averages()
+    device_key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    by_device = sorted(events, key=lambda e: getattr(e, device_key, 0), reverse=True)[:20]
+    by_host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:20]
+    busy_us = sum(getattr(e, device_key, 0) for e in events)
+    result = {
+        "recipe": args.recipe,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "img_per_s": round(plain),
+        "img_per_s_profiled": round(profiled),
+        "device_busy_ms_per_step": round(busy_us / 1000 / len(batches), 3),
+        "wall_ms_per_step_profiled": round(1000 * cfg.batch_size / profiled, 3),
+        "top_device_ops_ms_per_step": {
+            e.key: round(getattr(e, device_key, 0) / 1000 / len(batches), 4) for e in by_device
+        },
+        "top_host_ops_ms_per_step": {e.key: round(e.self_cpu_time_total / 1000 / len(batches), 4) for e in by_host},
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
