@@ -91,6 +91,9 @@ class CachedBatches:
         self.batch_size, self.image_size, self.train, self.aug, self.seed = batch_size, image_size, train, aug, seed
         self.epoch, self.rank, self.world_size = 0, rank, world_size
         self.drop_last = False  # train: skip the epoch's last, smaller batch (CUDA graphs replay one shape)
+        # train: prepare the next batch in a host thread; None: on a GPU only (on a CPU the same cores
+        # would prepare and train)
+        self.prefetch: bool | None = None
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -125,7 +128,7 @@ class CachedBatches:
             )
 
         on_gpu = self.images.device.type == "cuda"
-        if not on_gpu:  # on a CPU the same cores would prepare and train: no thread
+        if not (on_gpu if self.prefetch is None else self.prefetch):
             for start in starts:
                 yield self._training_batch(order[start : start + self.batch_size], prepare(start))
             return

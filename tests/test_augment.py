@@ -105,6 +105,16 @@ def test_training_batches_are_the_per_image_augmentation_of_the_shuffled_rows(im
         assert torch.equal(x, to_model_input(expected))
 
 
+def test_batches_prepared_ahead_in_a_thread_are_the_same_batches(images):
+    aug = AugmentParams(acquisition=EVERY_TRANSFORM)
+    kwargs = dict(train=True, aug=aug, seed=4)
+    inline = CachedBatches(images[:, 0].numpy(), np.arange(len(images)) % 4, 8, 48, **kwargs)
+    ahead = CachedBatches(images[:, 0].numpy(), np.arange(len(images)) % 4, 8, 48, **kwargs)
+    ahead.prefetch = True  # the GPU path's producer thread, on the CPU
+    for (x, y), (x2, y2) in zip(inline, ahead, strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
 SYNCING_OPS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "_unique2", "unique_dim", "equal"}
 
 
