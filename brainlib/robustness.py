@@ -61,13 +61,14 @@ def _update(h, value) -> None:
         h.update(repr(value).encode())
 
 
-def scoring_fingerprint(net: InferenceModel, clean: np.ndarray) -> str:
+def scoring_fingerprint(net: InferenceModel, clean: np.ndarray, device: str = "cpu") -> str:
     """A digest of everything a shift-suite row's logits and OOD scores depend on: the weights as
-    scored, the input size, the OOD detector, the clean pixels, the scoring and shift code and the
-    transform libraries' versions. Equal digests, equal logits; anything changed, a new digest."""
+    scored, the input size, the OOD detector, the clean pixels, the kind of device (a GPU's kernels
+    round differently), the scoring and shift code and the transform libraries' versions. Equal
+    digests, equal logits; anything changed, a new digest."""
     h = hashlib.sha256()
     _update(h, net.model.state_dict())
-    _update(h, {"image_size": net.image_size, "ood": net.ood, "pixels": clean})
+    _update(h, {"image_size": net.image_size, "ood": net.ood, "pixels": clean, "device": torch.device(device).type})
     for module in _SCORING_CODE:
         h.update(Path(module.__file__).read_bytes())
     for name in _SHIFT_LIBRARIES:
@@ -108,7 +109,7 @@ def shift_table(
     tumour = labels != NOTUMOR
     records = []
 
-    fingerprint = scoring_fingerprint(net, clean)
+    fingerprint = scoring_fingerprint(net, clean, device)
     store = shift_logits_dir(cfg)
     reused = 0
 
