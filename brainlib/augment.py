@@ -49,7 +49,6 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from .config import Config
-from .infer import to_device
 
 TRAINED_FAMILIES: tuple[str, ...] = ("resolution", "compression", "intensity", "noise")
 INTERPOLATIONS = ("area", "bilinear", "bicubic", "nearest")
@@ -236,11 +235,19 @@ def prepare_batch(
     the batch's positions in it. `pin`: page-lock the results for an asynchronous copy to the GPU."""
     b, side = len(rows), images_u8.shape[-1]
     draw = draw_acquisition(b, aug.acquisition, gen) if aug.acquisition else None
-    geometry = draw_geometry(b, side, aug, gen)
+    return _prepared(images_u8, rows, draw, draw_geometry(b, side, aug, gen), pin)
+
+
+def _prepared(
+    images_u8: torch.Tensor, rows: torch.Tensor, draw: AcquisitionDraw | None, geometry: torch.Tensor, pin: bool
+) -> PreparedBatch:
+    """Drawn numbers -> a PreparedBatch: packed, JPEG round trips run, CLAHE modules built (here, on
+    the host, not between the device's kernels)."""
     params, layout, groups = _pack(draw, geometry)
+    side = images_u8.shape[-1]
     jpeg = jpeg_rows(images_u8, rows, draw) if draw else torch.zeros((0, 1, side, side), dtype=torch.uint8)
     for tiles, _, _ in groups["clahe"]:
-        _clahe(tiles)  # built here, on the host, not between the device's kernels
+        _clahe(tiles)
     if pin:
         params, jpeg = params.pin_memory(), jpeg.pin_memory()
     return PreparedBatch(draw, params, layout, groups, jpeg)
@@ -254,9 +261,7 @@ def _clahe(tiles: int):
     return RandomClahe(grid_size=(tiles, tiles), p=1.0)
 
 
-def _apply_acquisition(
-    images: torch.Tensor, prepared: PreparedBatch, params: torch.Tensor, p: AcquisitionParams
-) -> torch.Tensor:
+def _apply_acquisition(images: torch.Tensor, prepared: PreparedBatch, params: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 1, S, S) on the device -> float in [0, 1], every transform applied at once to the
     images that drew it. Positions and parameters are device tensors: no host synchronisation."""
     from kornia.enhance import equalize
@@ -269,16 +274,16 @@ def _apply_acquisition(
     def positions(name: str) -> torch.Tensor:
         return part(name).long()
 
-    b, _, size, _ = images.shape
     if draw.jpeg_idx:
         jpeg = prepared.jpeg.to(images.device, non_blocking=True)
         images = images.index_copy(0, positions("jpeg_idx"), jpeg)
     x = images.float() / 255.0
+    resample_idx = positions("resample_idx")
     for (side, mode), start, stop in prepared.groups["resample"]:
         # per (side, mode) group, F.interpolate itself: separable resampling matrices in one bmm came
         # within 3e-7 of it, but CLAHE and equalisation count 8-bit levels, and pixels sitting on a
         # level boundary then moved a level (up to 0.24 after equalisation in 26 of 32 images)
-        idx = positions("resample_idx")[start:stop]
+        idx = resample_idx[start:stop]
         x.index_copy_(0, idx, resample(x.index_select(0, idx), side, INTERPOLATIONS[mode]))
     if draw.window_idx:
         idx = positions("window_idx")
@@ -294,9 +299,10 @@ def _apply_acquisition(
     if draw.gamma_idx:
         idx = positions("gamma_idx")
         x.index_copy_(0, idx, x.index_select(0, idx).clamp(min=0) ** part("gamma").view(-1, 1, 1, 1))
+    clahe_idx, clahe_clip = positions("clahe_idx"), part("clahe_clip")
     for tiles, start, stop in prepared.groups["clahe"]:
         # kornia's CLAHE takes one clip limit per image through RandomClahe's parameters
-        idx, clip = positions("clahe_idx")[start:stop], part("clahe_clip")[start:stop]
+        idx, clip = clahe_idx[start:stop], clahe_clip[start:stop]
         clahe = _clahe(tiles)
         x.index_copy_(0, idx, clahe.apply_transform(x.index_select(0, idx), {"clip_limit_factor": clip}, clahe.flags))
     if draw.equalize_idx:
@@ -317,11 +323,10 @@ def augment_acquisition(images: torch.Tensor, p: AcquisitionParams, gen: torch.G
     """uint8 (B, 1, S, S) -> float (B, 1, S, S) in [0, 1]: the acquisition shifts alone (draws,
     JPEG on the host, the rest on the images' device)."""
     b = images.shape[0]
-    draw = draw_acquisition(b, p, gen)
-    params, layout, groups = _pack(draw, torch.zeros(0))
-    jpeg = jpeg_rows(images.cpu(), torch.arange(b), draw) if draw.jpeg_idx else torch.zeros(0, dtype=torch.uint8)
-    prepared = PreparedBatch(draw, params, layout, groups, jpeg)
-    return _apply_acquisition(images, prepared, to_device(params, images.device), p)
+    prepared = _prepared(
+        images.cpu(), torch.arange(b), draw_acquisition(b, p, gen), torch.zeros(0), pin=images.device.type == "cuda"
+    )
+    return _apply_acquisition(images, prepared, prepared.params.to(images.device, non_blocking=True))
 
 
 @dataclass(frozen=True)
@@ -401,11 +406,7 @@ def apply_batch(images: torch.Tensor, prepared: PreparedBatch, out_size: int, au
     back, so the host can prepare the next batch while the device works."""
     b = images.shape[0]
     params = prepared.params.to(images.device, non_blocking=True)
-    x01 = (
-        _apply_acquisition(images, prepared, params, aug.acquisition)
-        if prepared.draw is not None
-        else images.float() / 255.0
-    )
+    x01 = _apply_acquisition(images, prepared, params) if prepared.draw is not None else images.float() / 255.0
     geometry = params[prepared.layout["geometry"]].view(b, 8)
     theta, bright, contrast = geometry[:, :6].view(b, 2, 3), geometry[:, 6], geometry[:, 7]
     grid = F.affine_grid(theta, [b, 1, out_size, out_size], align_corners=False)

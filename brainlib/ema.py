@@ -27,11 +27,13 @@ class WeightAverage:
         self._pair(model)
 
     def _pair(self, model: nn.Module) -> None:
-        mine = list(self.module.state_dict(keep_vars=True).values())
-        theirs = list(model.state_dict(keep_vars=True).values())
-        floats = [k for k, t in enumerate(mine) if t.is_floating_point()]
-        self._floats = ([mine[k].data for k in floats], [theirs[k].data for k in floats])
-        self._others = [(mine[k].data, theirs[k].data) for k in range(len(mine)) if k not in set(floats)]
+        pairs = [
+            (m.data, t.data)
+            for m, t in zip(self.module.state_dict(keep_vars=True).values(), model.state_dict(keep_vars=True).values())
+        ]
+        floats = [pair for pair in pairs if pair[0].is_floating_point()]
+        self._floats = ([m for m, _ in floats], [t for _, t in floats])
+        self._others = [pair for pair in pairs if not pair[0].is_floating_point()]
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))

@@ -122,12 +122,13 @@ class CachedBatches:
                 yield self._scoring_batch(order[start : start + self.batch_size])
             return
 
+        on_gpu = self.images.device.type == "cuda"
+
         def prepare(start: int) -> PreparedBatch:
             return prepare_batch(
                 self.host_images, order_host[start : start + self.batch_size], self.aug, gen, pin=on_gpu
             )
 
-        on_gpu = self.images.device.type == "cuda"
         if not (on_gpu if self.prefetch is None else self.prefetch):
             for start in starts:
                 yield self._training_batch(order[start : start + self.batch_size], prepare(start))

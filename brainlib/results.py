@@ -17,6 +17,7 @@ from .calibration import calibrated_probabilities, calibration_bins
 from .cam import cam_panels
 from .checkpoint import default_checkpoint, load_for_inference
 from .config import CLASS_NAMES, DEFAULT_CHECKPOINT, REPO_ROOT, Config, read_run_config
+from .data import open_image
 from .errors import DataError
 from .infer import predict_logits
 from .loader import load_run_data, rows_batches
@@ -121,8 +122,6 @@ def error_gallery(eval_run: str | Path, data_root: str | Path, save_to: str | Pa
     """All test errors in one figure, each tile named by its file so a reader can find it, with the
     given label, the prediction and its probability, and the Training twin if any; the originals,
     not the 256-px cache."""
-    from .data import open_image
-
     table = error_table(eval_run)
     images = [np.asarray(open_image(Path(data_root) / p).convert("L")) for p in table["path"]]
     titles = [

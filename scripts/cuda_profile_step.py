@@ -1,7 +1,7 @@
 """Where a training step's time goes: the training loop's own epoch function (brainlib.train)
 over synthetic stored images, for a recipe, with its CUDA-graph step where the device is CUDA,
 under torch.profiler. Prints the throughput with and without the profiler, the top operators by
-self device time and by self host time, and how much of the wall the device was busy.
+their own GPU and host time, and the share of the wall clock the GPU was busy.
 
     python scripts/cuda_profile_step.py --recipe reference --batches 40 [--out prof.json]
 """
