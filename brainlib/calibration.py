@@ -24,6 +24,8 @@ from torch import nn
 from . import ood
 from .checkpoint import InferenceModel, load_for_inference, write_calibrated_copy
 from .config import CLASS_NAMES, Config
+from .data import split_digest
+from .errors import CheckpointError
 from .infer import predict_logits, predict_logits_and_features, setup_torch
 from .loader import RunData, split_batches
 from .stats import ECE_BINS, ece
@@ -130,10 +132,10 @@ def ood_statistics(
     validation features; the validation logits), for brainlib.ood's scores and thresholds."""
     cfg = net.scoring_config(cfg)
     train = split_batches(cfg, data, "train", device)
-    _, features = predict_logits_and_features(net.model, train, device, net.cam_layer)
+    _, features = predict_logits_and_features(net.model, train, device, net.cam_layers)
     stats = ood.fit(features, train.labels.cpu(), len(CLASS_NAMES))
     val_logits, val_features = predict_logits_and_features(
-        net.model, split_batches(cfg, data, "val", device), device, net.cam_layer
+        net.model, split_batches(cfg, data, "val", device), device, net.cam_layers
     )
     return stats, val_features, val_logits
 
@@ -152,6 +154,12 @@ def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out
     checkpoint was selected on: checkpoint.trained_config takes the seed and val fraction from it."""
     device = setup_torch(cfg)
     net = load_for_inference(checkpoint, device)
+    selected_on = net.state.get("val_digest")
+    if selected_on and selected_on != split_digest(data.manifest):
+        raise CheckpointError(
+            f"{checkpoint} was selected on another validation split than {cfg.run_dir}'s: calibrate it in a run "
+            f"prepared from the same copy of the data with seed {cfg.seed}"
+        )
     fitted = {}
     if net.temperature is None or net.conformal is None:  # what it has is kept
         fitted = {k: v for k, v in calibration_of(net, net.scoring_config(cfg), data, device).items() if k != "source"}

@@ -28,12 +28,13 @@ METHODS = {"Grad-CAM": GradCAM, "Grad-CAM++": GradCAMPlusPlus}
 
 
 def compute_cams(
-    model: nn.Module, x: torch.Tensor, targets: list[int], method: str = "Grad-CAM", *, layer: nn.Module
+    model: nn.Module, x: torch.Tensor, targets: list[int], method: str = "Grad-CAM", *, layers: list[nn.Module]
 ) -> np.ndarray:
-    """(B, H, W) maps in [0, 1] for class `targets[i]` of image i, from `layer` (the model's
-    registry entry names it: checkpoint.InferenceModel.cam_layer)."""
+    """(B, H, W) maps in [0, 1] for class `targets[i]` of image i, from `layers` (the model's registry
+    entry names its layer; an ensemble has one per member, whose maps pytorch-grad-cam averages:
+    checkpoint.InferenceModel.cam_model and cam_layers)."""
     model.eval()
-    with METHODS[method](model=model, target_layers=[layer]) as cam:
+    with METHODS[method](model=model, target_layers=list(layers)) as cam:
         return cam(input_tensor=x.contiguous(), targets=[ClassifierOutputTarget(int(t)) for t in targets])
 
 
@@ -96,7 +97,7 @@ def cam_panels(
 ) -> tuple[list[np.ndarray], list[str]]:
     """Per image: the input, then its map for each of METHODS (targets: the classes to explain),
     as (images, titles) for plots.image_grid."""
-    maps = {m: compute_cams(net.model, x, targets, m, layer=net.cam_layer) for m in METHODS}
+    maps = {m: compute_cams(net.cam_model, x, targets, m, layers=net.cam_layers) for m in METHODS}
     images, names = [], []
     for k, title in enumerate(titles):
         images += [((x[k, 0].numpy() * 0.5 + 0.5) * 255).astype(np.uint8)] + [
@@ -118,7 +119,7 @@ def faithfulness_study(
         x, _ = rows_batches(cfg, data, rows[part]).batch(range(len(part)))
         wanted = torch.tensor(np.asarray(targets)[part])
         for method in METHODS:
-            maps = compute_cams(net.model, x, wanted.tolist(), method, layer=net.cam_layer)
+            maps = compute_cams(net.cam_model, x, wanted.tolist(), method, layers=net.cam_layers)
             frames.append(
                 faithfulness(net.model, x, wanted, maps, seed=seed + start).assign(method=method, position=part)
             )

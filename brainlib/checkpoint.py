@@ -10,6 +10,11 @@ Fields: model_name, class_names, model_state, config (the run's settings), epoch
 history; the training state optimizer_state, scheduler_state, rng_state (last.pt only); the
 calibration temperature and conformal (best.pt and exports); ood, the out-of-distribution detector's
 statistics and threshold (brainlib.ood; best.pt after training, and exports); exported_from (exports).
+
+An ensemble (`ensemble_state`) is a checkpoint too: instead of model_state it holds `members`, each
+member's model_name, model_state and config, and `flip` (flip test-time augmentation); its own
+temperature, conformal thresholds and OOD detector are fitted for its averaged output. Every scoring
+path takes it through `load_for_inference`.
 """
 
 from __future__ import annotations
@@ -26,12 +31,16 @@ from torch import nn
 from .atomic import atomic_path
 from .config import CLASS_NAMES, DEFAULT_CHECKPOINT, LOCATION_FIELDS, REPO_ROOT, Config, build_config
 from .errors import CheckpointError
-from .models import create_model, fold_for_inference, model_entry
+from .models import Ensemble, create_model, ensemble_name, fold_for_inference, model_entry
 
-REQUIRED_FIELDS = ("model_name", "class_names", "model_state")
+REQUIRED_FIELDS = ("model_name", "class_names")
+WEIGHT_FIELDS = ("model_state", "members")  # a model's weights, or an ensemble's members
+# the settings that fix a run's validation carve (with the data copy): an ensemble's members must share them
+CARVE_FIELDS = ("seed", "val_fraction", "exclude_list", "cache_size")
 # what an inference-only copy keeps: no optimizer, scheduler or RNG state
 EXPORT_FIELDS = (
-    "model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature", "conformal", "ood"
+    "model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature", "conformal", "ood",
+    "val_digest",
 )  # fmt: skip
 
 
@@ -83,11 +92,17 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
         raise CheckpointError(
             f"checkpoint {path} lacks {sorted(set(REQUIRED_FIELDS) - set(state or {}))}: not a brainlib checkpoint"
         )
+    if not any(isinstance(state.get(k), (dict, list)) for k in WEIGHT_FIELDS):
+        raise CheckpointError(f"checkpoint {path} holds no weights (model_state or members): not a brainlib checkpoint")
     return state
 
 
 def model_from_state(state: dict, device: str = "cpu") -> nn.Module:
     """The checkpoint's model with its weights, in eval mode (fp16 exports are upcast to fp32)."""
+    if "model_state" not in state:
+        raise CheckpointError(
+            f"this checkpoint is an ensemble ({state['model_name']}): score it through load_for_inference"
+        )
     if tuple(state["class_names"]) != CLASS_NAMES:
         raise CheckpointError(f"checkpoint classes {state['class_names']} differ from this code's {list(CLASS_NAMES)}")
     try:
@@ -105,11 +120,20 @@ def model_from_state(state: dict, device: str = "cpu") -> nn.Module:
 
 
 def training_state(
-    cfg: Config, model: nn.Module, optimizer, scheduler, epoch: int, best_val_acc: float, history: list, ema=None
+    cfg: Config,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    epoch: int,
+    best_val_acc: float,
+    history: list,
+    ema=None,
+    val_digest: str | None = None,
 ) -> dict:
     """The dict last.pt holds after an epoch: weights, settings and what resume needs. With a weight
     average (brainlib.ema), `model_state` holds the averaged weights (what is scored) and the
-    trained ones go to `train_model_state`, for resuming."""
+    trained ones go to `train_model_state`, for resuming. `val_digest` (data.split_digest) names
+    the validation carve the epoch is selected on."""
     averaged = {} if ema is None else {"train_model_state": model.state_dict(), "ema_updates": ema.updates}
     return {
         **averaged,
@@ -123,6 +147,7 @@ def training_state(
         "best_val_acc": best_val_acc,
         "history": history,
         "rng_state": torch.get_rng_state(),
+        **({"val_digest": val_digest} if val_digest else {}),
     }
 
 
@@ -183,7 +208,7 @@ def trained_config(checkpoint: str | Path, cfg: Config) -> Config:
 @dataclass
 class InferenceModel:
     """The scoring spec of a checkpoint: everything a scoring path needs from it (model, input and
-    cache sizes, temperature, conformal thresholds, CAM layer)."""
+    cache sizes, temperature, conformal thresholds, CAM layers)."""
 
     model: nn.Module
     model_name: str
@@ -193,6 +218,11 @@ class InferenceModel:
     conformal: dict | None  # split-conformal thresholds per alpha (calibration.conformal_state); None: no sets
     ood: dict | None  # the out-of-distribution detector (brainlib.ood); None: every input is answered
     state: dict  # the rest (config, epoch, history)
+    # Grad-CAM and the OOD features look at these layers (one per member of an ensemble) of cam_model:
+    # the model itself, or for an ensemble the same members without the mirror view, since a layer
+    # that runs twice per forward would give the CAM two activations for one layer
+    cam_model: nn.Module
+    cam_layers: list[nn.Module]
 
     def replace(self, **changes) -> InferenceModel:
         return dataclasses.replace(self, **changes)
@@ -202,29 +232,89 @@ class InferenceModel:
         were trained at), for batching its inputs."""
         return cfg.replace(image_size=self.image_size, cache_size=self.cache_size)
 
-    @property
-    def cam_layer(self) -> nn.Module:
-        return model_entry(self.model_name).cam_layer(self.model)
+
+def _scoring_model(state: dict, device: str) -> nn.Module:
+    # BatchNorm and padding folded into the convolutions: the same outputs (to float rounding), fewer
+    # passes over memory
+    return fold_for_inference(model_from_state(state, device)).to(memory_format=torch.channels_last)
+
+
+def _trained_size(state: dict) -> int:
+    return int((state.get("config") or {}).get("image_size", model_entry(state["model_name"]).input_size))
 
 
 def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
     state = load_checkpoint(path)
-    model = model_from_state(state, device)  # refuses unknown models
-    # BatchNorm and padding folded into the convolutions: the same outputs (to float rounding), fewer
-    # passes over memory
-    model = fold_for_inference(model).to(memory_format=torch.channels_last)
-    trained = state.get("config") or {}
+    members = state.get("members")
+    if members:  # refuses unknown models, as model_from_state does
+        models = [_scoring_model(m, device) for m in members]
+        sizes = [_trained_size(m) for m in members]
+        model = Ensemble(models, sizes, flip=bool(state.get("flip"))).eval()
+        cam_model = Ensemble(models, sizes).eval() if model.flip else model
+        cam_layers = [model_entry(m["model_name"]).cam_layer(net) for m, net in zip(members, models)]
+        image_size = max(sizes)
+    else:
+        model = cam_model = _scoring_model(state, device)
+        cam_layers = [model_entry(state["model_name"]).cam_layer(model)]
+        image_size = _trained_size(state)
     temperature = state.get("temperature")
     return InferenceModel(
         model=model,
         model_name=state["model_name"],
-        image_size=int(trained.get("image_size", model_entry(state["model_name"]).input_size)),
-        cache_size=int(trained.get("cache_size", 256)),
+        image_size=image_size,
+        cache_size=int((state.get("config") or {}).get("cache_size", 256)),
         temperature=None if temperature is None else float(temperature),
         conformal=state.get("conformal"),
         ood=state.get("ood"),
         state=state,
+        cam_model=cam_model,
+        cam_layers=cam_layers,
     )
+
+
+def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
+    """One checkpoint from several (seeds or backbones) and/or flip test-time augmentation, without
+    temperature, conformal thresholds or OOD detector: those are fitted for the ensemble's output on
+    the validation carve (brainlib.calibration.calibrate_checkpoint), which is why its members must
+    have been selected on one carve: same seed, validation fraction, exclusions and cache side (and
+    the same copy of the data, which a checkpoint does not record)."""
+    if not paths:
+        raise CheckpointError("an ensemble needs at least one member checkpoint")
+    members = []
+    for path in paths:
+        state = load_checkpoint(path)
+        if "members" in state:
+            raise CheckpointError(f"{path} is an ensemble already: give its members instead")
+        model_from_state(state)  # refuses another class list, an unknown model or weights that do not fit
+        members.append(
+            {
+                k: state[k]
+                for k in ("model_name", "class_names", "model_state", "config", "epoch", "best_val_acc", "val_digest")
+                if k in state
+            }
+            | {"source": str(path)}
+        )
+    first = members[0].get("config") or {}
+    digests = {m.get("val_digest") for m in members}
+    for path, member in zip(paths[1:], members[1:]):
+        cfg = member.get("config") or {}
+        differ = [f"{k} {cfg.get(k)!r} vs {first.get(k)!r}" for k in CARVE_FIELDS if cfg.get(k) != first.get(k)]
+        if None not in digests and member["val_digest"] != members[0]["val_digest"]:
+            differ.append("the validation images differ (another copy of the data)")
+        if differ:
+            raise CheckpointError(
+                f"{path} was selected on another validation carve than {paths[0]} ({'; '.join(differ)}): "
+                "an ensemble is calibrated on one carve that every member held out"
+            )
+    return {
+        # None when a member predates the digest: then only the settings above were checked
+        "val_digest": None if None in digests else members[0]["val_digest"],
+        "model_name": ensemble_name([m["model_name"] for m in members], flip),
+        "class_names": list(CLASS_NAMES),
+        "config": first | {"image_size": max(_trained_size(m) for m in members)},
+        "members": members,
+        "flip": flip,
+    }
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, half: bool = False) -> Path:
@@ -232,8 +322,19 @@ def export_checkpoint(src: str | Path, dst: str | Path, half: bool = False) -> P
     upcasts them to fp32), class names, config, temperature, epoch and history."""
     state = load_checkpoint(src)
     keep = {k: state[k] for k in EXPORT_FIELDS if k in state}
-    keep["model_state"] = {
-        k: v.half() if half and v.is_floating_point() else v for k, v in state["model_state"].items()
-    }
+
+    def weights(model_state: dict) -> dict:
+        return {k: v.half() if half and v.is_floating_point() else v for k, v in model_state.items()}
+
+    if "members" in state:
+        keep["members"] = [m | {"model_state": weights(m["model_state"])} for m in state["members"]]
+        keep["flip"] = bool(state.get("flip"))
+    else:
+        keep["model_state"] = weights(state["model_state"])
     keep["exported_from"] = str(src)
     return save_checkpoint(keep, dst)
+
+
+def weight_states(state: dict) -> list[dict]:
+    """The model_state dicts of a checkpoint: its own, or each ensemble member's."""
+    return [m["model_state"] for m in state["members"]] if "members" in state else [state["model_state"]]

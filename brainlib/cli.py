@@ -53,6 +53,7 @@ COMMAND_SETTINGS = {
     ),
     "evaluate": (*LOCATION_FIELDS, "device", "num_threads", "fast"),
     "calibrate": (*LOCATION_FIELDS, "device", "num_threads"),
+    "ensemble": (*LOCATION_FIELDS, "device", "num_threads"),
     "ood-report": (*LOCATION_FIELDS, "device", "num_threads"),
     "bench": (
         *LOCATION_FIELDS,
@@ -163,6 +164,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="the calibrated copy (may be the same path: written atomically)")
+    p = command(
+        "ensemble",
+        "one checkpoint from several (seeds or backbones) and/or flip test-time augmentation, with its own "
+        "temperature, conformal thresholds and OOD detector fitted on the members' validation split",
+    )
+    p.add_argument(
+        "members", nargs="+", help="member checkpoints, all selected on one validation split (same seed and data)"
+    )
+    p.add_argument("--flip", action="store_true", help="each member also scores the mirror image")
+    p.add_argument("--out", required=True, help="the ensemble checkpoint")
     p = command(
         "ood-report", "measure the out-of-distribution scores: test split, shifted test images, the non-MRI suite"
     )
@@ -303,6 +314,17 @@ def calibrate_command(args: argparse.Namespace) -> int:
     cfg = _scoring_config(args)
     _prepare_if_new(cfg)
     print(json.dumps(calibrate_checkpoint(cfg, load_run_data(cfg), args.checkpoint, args.out), indent=2))
+    return 0
+
+
+def ensemble_command(args: argparse.Namespace) -> int:
+    from .ensemble import build_ensemble
+    from .loader import load_run_data
+
+    args.checkpoint = args.members[0]  # its settings: the members' validation split
+    cfg = _scoring_config(args)
+    _prepare_if_new(cfg)
+    print(json.dumps(build_ensemble(cfg, load_run_data(cfg), args.members, args.flip, args.out), indent=2))
     return 0
 
 
@@ -472,6 +494,7 @@ COMMANDS = {
     "bench": bench_command,
     "audit-labels": audit_command,
     "calibrate": calibrate_command,
+    "ensemble": ensemble_command,
     "export": export_command,
     "ood-report": ood_report_command,
     "model-card": model_card_command,

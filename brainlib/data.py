@@ -290,6 +290,14 @@ def assign_splits(
     return out
 
 
+def split_digest(manifest: pd.DataFrame, split: str = "val") -> str:
+    """Which images (path and label) form a split, as a short digest: equal for two runs selected on
+    the same validation carve, different for the same seed on another copy of the data (the compact
+    WebP copy's duplicate groups differ, and with them 70 % of the carve)."""
+    rows = manifest.loc[manifest["split"] == split, ["path", "label"]].sort_values("path")
+    return hashlib.sha256("\n".join(rows["path"] + "\t" + rows["label"]).encode()).hexdigest()[:16]
+
+
 def leakage_free(frame: pd.DataFrame) -> np.ndarray:
     """Boolean per test row: neither an exact nor a near twin in Training (01's duplicate audit):
     the images a model cannot answer from memory."""

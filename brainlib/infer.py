@@ -100,15 +100,34 @@ def predict_logits(
 
 
 def predict_logits_and_features(
-    model: nn.Module, batches, device: str, layer: nn.Module
+    model: nn.Module, batches, device: str, layers: list[nn.Module]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and, per image, the spatial mean of `layer`'s output (the registry's CAM layer: the last
-    convolutional block), both fp32 on the CPU, from the same forward passes as predict_logits."""
-    pooled = []
-    hook = layer.register_forward_hook(lambda _m, _i, out: pooled.append(out.float().mean((2, 3)).cpu()))
+    """Logits and, per image, the spatial mean of each of `layers`' outputs (the registry's CAM layer:
+    the last convolutional block; one per member of an ensemble, side by side), both fp32 on the CPU,
+    from the same forward passes as predict_logits. A layer that runs more than once per batch (an
+    ensemble's mirror view) gives the mean of its runs."""
+    pooled: list[list[torch.Tensor]] = [[] for _ in layers]
+    hooks = [
+        layer.register_forward_hook(lambda _m, _i, out, into=into: into.append(out.float().mean((2, 3)).cpu()))
+        for layer, into in zip(layers, pooled)
+    ]
+    n_batches = 0
+
+    def counted():
+        nonlocal n_batches
+        for batch in batches:
+            n_batches += 1
+            yield batch
+
     try:
-        logits = predict_logits(model, batches, device)
+        logits = predict_logits(model, counted(), device)
     finally:
-        hook.remove()
-    features = torch.cat(pooled) if pooled else torch.zeros(0, 0)
-    return logits, features[: len(logits)]  # CUDA pads the last batch at its end
+        for hook in hooks:
+            hook.remove()
+    if not n_batches:
+        return logits, torch.zeros(0, 0)
+    per_layer = []
+    for runs in pooled:
+        views = len(runs) // n_batches
+        per_layer.append(torch.cat([torch.stack(runs[i : i + views]).mean(0) for i in range(0, len(runs), views)]))
+    return logits, torch.cat(per_layer, 1)[: len(logits)]  # CUDA pads the last batch at its end

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .atomic import write_text
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, weight_states
 from .config import CLASS_NAMES, recipe_and_changes
 from .data import read_manifest
 from .errors import DataError
@@ -209,7 +209,7 @@ def _model_section(state: dict) -> list[str]:
         f"validation accuracy {_pct(state.get('best_val_acc'))}).",
         *(
             ["- Weights stored as float16 (`python -m brainlib export --half`), upcast to float32 for scoring."]
-            if any(v.dtype == torch.float16 for v in state["model_state"].values())
+            if any(v.dtype == torch.float16 for weights in weight_states(state) for v in weights.values())
             else []
         ),
         f"- Calibration: temperature {state.get('temperature', float('nan')):.3f} fitted on the validation logits of that epoch.",

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import CLASS_NAMES
@@ -135,6 +136,43 @@ def efficientnet_lite1(num_classes: int = len(CLASS_NAMES), pretrained: bool = T
 def efficientnet_lite2(num_classes: int = len(CLASS_NAMES), pretrained: bool = True) -> nn.Module:
     """EfficientNet-Lite2: 4.8 M parameters, wider and deeper (width x1.1, depth x1.2), 260 px natively."""
     return _efficientnet_lite(2, num_classes, pretrained)
+
+
+class Ensemble(nn.Module):
+    """Several trained models (seeds or backbones) as one: the mean of their log-probabilities, so
+    `softmax` of the output is the normalised geometric mean of their probabilities. With `flip`, each
+    member also scores the mirror image (flip test-time augmentation; a single member with flip is
+    that alone). Each member sees the input at the side it was trained at (`sizes`): the input is
+    resized as the loader would have resized the cached image (bilinear, antialiased; resizing and
+    the [-1, 1] normalisation commute)."""
+
+    def __init__(self, members: list[nn.Module], sizes: list[int], flip: bool = False):
+        super().__init__()
+        if len(members) != len(sizes) or not members:
+            raise ValueError("an ensemble needs one input size per member, and at least one member")
+        self.members = nn.ModuleList(members)
+        self.sizes = [int(s) for s in sizes]
+        self.flip = flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = (x, torch.flip(x, dims=[-1])) if self.flip else (x,)
+        total = 0.0
+        for member, size in zip(self.members, self.sizes):
+            for view in views:
+                if view.shape[-1] != size:
+                    view = F.interpolate(view, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                total = total + member(view).float().log_softmax(1)
+        return total / (len(self.members) * len(views))
+
+
+def ensemble_name(member_names: list[str], flip: bool) -> str:
+    """'efficientnet_lite0+efficientnet_lite2+flip': what an ensemble's metrics call its model."""
+    return "+".join([*member_names, *(["flip"] if flip else [])])
+
+
+def member_models(model_name: str) -> list[str]:
+    """The registered models in a (possibly ensemble) model name."""
+    return [name for name in model_name.split("+") if name != "flip"]
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -196,7 +196,7 @@ def set_threshold(net: InferenceModel, alpha: float) -> float | None:
 
 def _write_cam(net: InferenceModel, x: torch.Tensor, target: int, cam_dir: Path, stem: str) -> Path:
     cam_dir.mkdir(parents=True, exist_ok=True)
-    heat = overlay(x[0], compute_cams(net.model, x, [target], layer=net.cam_layer)[0])
+    heat = overlay(x[0], compute_cams(net.cam_model, x, [target], layers=net.cam_layers)[0])
     out = cam_dir / f"{stem}_gradcam.png"
     Image.fromarray(np.asarray(heat, dtype=np.uint8)).save(out)
     return out

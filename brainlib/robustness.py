@@ -68,7 +68,18 @@ def scoring_fingerprint(net: InferenceModel, clean: np.ndarray, device: str = "c
     digests, equal logits; anything changed, a new digest."""
     h = hashlib.sha256()
     _update(h, net.model.state_dict())
-    _update(h, {"image_size": net.image_size, "ood": net.ood, "pixels": clean, "device": torch.device(device).type})
+    _update(
+        h,
+        {
+            # an ensemble's name says whether it adds the mirror view, and its members' sides are not weights
+            "model": net.model_name,
+            "member_sizes": getattr(net.model, "sizes", None),
+            "image_size": net.image_size,
+            "ood": net.ood,
+            "pixels": clean,
+            "device": torch.device(device).type,
+        },
+    )
     for module in _SCORING_CODE:
         h.update(Path(module.__file__).read_bytes())
     for name in _SHIFT_LIBRARIES:

@@ -29,6 +29,7 @@ from .checkpoint import (
 )
 from .config import Config, in_repo
 from .cuda_graphs import GraphedTraining, graph_training_step
+from .data import split_digest
 from .ema import WeightAverage
 from .errors import SettingsError
 from .infer import autocast, predict_logits, setup_torch, use_bf16
@@ -199,6 +200,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     train_batches = split_batches(cfg, data, "train", device, train=True)
     train_batches.rank, train_batches.world_size = dist.rank, dist.world_size
     val_batches = split_batches(cfg, data, "val", device)
+    val_digest = split_digest(data.manifest)  # which carve selects the epoch: an ensemble checks its members share it
 
     model = initial_model(cfg, device)
     # CUDA graphs replay one batch shape; the epoch's last, smaller batch is then skipped (a different
@@ -277,7 +279,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         best_acc = max(best_acc, val_acc)
         if dist.is_main:
             _log_epoch(writer, log_path, row, cfg.epochs)
-            state = training_state(cfg, model, optimizer, scheduler, epoch, best_acc, history, ema)
+            state = training_state(cfg, model, optimizer, scheduler, epoch, best_acc, history, ema, val_digest)
             save_epoch(ckpt_dir, state, calibration_state(val_logits, val_batches.labels.cpu()) if improved else None)
         dist.barrier()
 

@@ -22,7 +22,9 @@
 #           (20 epochs) timed; needs the kornia wheel
 #   top     the default recipe at seeds 42, 43 and 44, efficientnet_lite1_robust,
 #           efficientnet_lite2_robust and efficientnet_lite0_robust_ema (the default with a weight
-#           average; selection on validation only), paired by `compare`, exported;
+#           average; selection on validation only), paired by `compare`, exported; ensembles of the
+#           seed-42 runs (default with flip TTA; Lite0+Lite1+Lite2; EMA+Lite1+Lite2), each step's log
+#           holding their validation scores;
 #           then the label audit at full strength: Training and Testing pooled in 5 group-aware folds,
 #           each fold model trained by the default recipe; needs kornia, cleanlab and termcolor wheels
 #           and the Lite weights (scripts/gpu_weights.py .gpu/stubs 0 1 2: 25 MB in float16 against
@@ -183,6 +185,16 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
                 step "$name-export" export "$RUNS/$name/checkpoints/best.pt" "$RESULTS/$name.pt" --half
         done
         step compare-top compare "$RUNS"/effnet-robust-s4? "$RUNS/lite1-robust" "$RUNS/lite2-robust" "$RUNS/ema-robust"
+        # ensembles of the seed-42 runs, which share one validation carve: each step's log holds the
+        # ensemble's and its members' validation accuracy and log-loss, the evidence to choose on
+        best() { echo "$RUNS/$1/checkpoints/best.pt"; }
+        fits ensembles 60 && mkdir -p "$RUNS/ensembles" &&
+            step ensemble-default-flip ensemble "$(best effnet-robust-s42)" --flip \
+                --out "$RUNS/ensembles/default-flip.pt" --run-dir "$RUNS/effnet-robust-s42" &&
+            step ensemble-backbones ensemble "$(best effnet-robust-s42)" "$(best lite1-robust)" "$(best lite2-robust)" \
+                --out "$RUNS/ensembles/backbones.pt" --run-dir "$RUNS/effnet-robust-s42" &&
+            step ensemble-backbones-ema ensemble "$(best ema-robust)" "$(best lite1-robust)" "$(best lite2-robust)" \
+                --out "$RUNS/ensembles/backbones-ema.pt" --run-dir "$RUNS/effnet-robust-s42"
         fits audit-full 360 && step audit-full audit-labels --run-dir "$RUNS/label-audit-full" \
             --recipe efficientnet_lite0_robust --seed 42 --folds 5 "${SMOKE[@]}"
         mkdir -p "$OUT/label-audit-full" && cp "$RUNS"/label-audit-full/label_audit/*.{csv,json,png} "$OUT/label-audit-full/" 2>/dev/null

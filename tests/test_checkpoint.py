@@ -137,4 +137,5 @@ def test_load_for_inference_reads_input_size_and_cam_layer(tmp_path):
     )
     net = checkpoint.load_for_inference(path)
     assert (net.image_size, net.cache_size, net.temperature) == (96, 128, None)
-    assert net.cam_layer is net.model.layer4[-1]
+    assert net.cam_model is net.model
+    assert len(net.cam_layers) == 1 and net.cam_layers[0] is net.model.layer4[-1]
