@@ -317,10 +317,22 @@ def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
     }
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, half: bool = False) -> Path:
+def export_checkpoint(src: str | Path, dst: str | Path, half: bool = False, trained_weights: bool = False) -> Path:
     """A small, inference-only copy: weights (fp16 with half=True, which halves the file; scoring
-    upcasts them to fp32), class names, config, temperature, epoch and history."""
+    upcasts them to fp32), class names, config, temperature, epoch and history. With trained_weights,
+    a weight-averaged run's last.pt gives its trained weights instead of the average (the same
+    training without the average: what the average is compared with), uncalibrated."""
     state = load_checkpoint(src)
+    if trained_weights:
+        if "train_model_state" not in state:
+            raise CheckpointError(
+                f"{src} holds no trained weights besides its average (a weight-averaged run's last.pt does)"
+            )
+        drop = ("temperature", "conformal", "ood")
+        state = {k: v for k, v in state.items() if k not in drop} | {
+            "model_state": state["train_model_state"],
+            "config": (state.get("config") or {}) | {"ema_decay": 0.0},
+        }
     keep = {k: state[k] for k in EXPORT_FIELDS if k in state}
 
     def weights(model_state: dict) -> dict:

@@ -188,6 +188,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--half", action="store_true", help="store weights as float16 (half the file)")
+    p.add_argument(
+        "--trained-weights",
+        action="store_true",
+        help="from a weight-averaged run's last.pt: its trained weights, not the average (uncalibrated: run calibrate)",
+    )
     p = command("model-card", "write the model card of a checkpoint from its evaluation run's files")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default: {DEFAULT_CHECKPOINT}")
     p.add_argument("--eval-run", required=True, help="run folder where `evaluate` scored this checkpoint")
@@ -388,7 +393,7 @@ def ood_report_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     from .checkpoint import export_checkpoint
 
-    print(export_checkpoint(args.checkpoint, args.out, args.half))
+    print(export_checkpoint(args.checkpoint, args.out, args.half, args.trained_weights))
     return 0
 
 

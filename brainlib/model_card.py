@@ -200,13 +200,32 @@ def build_model_card(
 def _model_section(state: dict) -> list[str]:
     cfg = state.get("config") or {}
     history = pd.DataFrame(state.get("history") or [])
+    members = state.get("members") or []
+    described = (
+        [
+            f"- Ensemble of {len(members)} (the mean of their log-probabilities"
+            f"{', each also scoring the mirror image' if state.get('flip') else ''}), validation accuracy "
+            f"{_pct(state.get('best_val_acc'))}; members: "
+            + "; ".join(
+                f"`{m['model_name']}` at {(m.get('config') or {}).get('image_size', '?')} px, recipe "
+                f"`{recipe_and_changes(m.get('config') or {})}`, seed {(m.get('config') or {}).get('seed', '?')}, "
+                f"epoch {m.get('epoch')}"
+                for m in members
+            )
+            + "."
+        ]
+        if members
+        else [
+            f"- Architecture: `{state['model_name']}`, input {cfg.get('image_size', '?')} px (grayscale replicated to 3 channels), "
+            f"trained with recipe `{recipe_and_changes(cfg)}` for {cfg.get('epochs', '?')} epochs, seed {cfg.get('seed', '?')}; "
+            f"the checkpoint is the epoch with the best validation accuracy (epoch {state.get('epoch')}, "
+            f"validation accuracy {_pct(state.get('best_val_acc'))})."
+        ]
+    )
     lines = [
         "## Model",
         "",
-        f"- Architecture: `{state['model_name']}`, input {cfg.get('image_size', '?')} px (grayscale replicated to 3 channels), "
-        f"trained with recipe `{recipe_and_changes(cfg)}` for {cfg.get('epochs', '?')} epochs, seed {cfg.get('seed', '?')}; "
-        f"the checkpoint is the epoch with the best validation accuracy (epoch {state.get('epoch')}, "
-        f"validation accuracy {_pct(state.get('best_val_acc'))}).",
+        *described,
         *(
             ["- Weights stored as float16 (`python -m brainlib export --half`), upcast to float32 for scoring."]
             if any(v.dtype == torch.float16 for weights in weight_states(state) for v in weights.values())

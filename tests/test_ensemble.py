@@ -125,6 +125,11 @@ def test_an_ensemble_is_calibrated_evaluated_explained_and_exported(trained_run,
         and metrics["n_test"] == (read_manifest(run)["split"] == "test").sum()
     )
 
+    assert main(["model-card", "--checkpoint", str(out), "--eval-run", run, "--out", str(tmp_path / "card.md")]) == 0
+    card = (tmp_path / "card.md").read_text()
+    assert "Ensemble of 2 (the mean of their log-probabilities, each also scoring the mirror image)" in card
+    capsys.readouterr()
+
     image = str(next((fixture_root / "Testing" / "glioma").glob("*.jpg")))
     rc = main(["predict", image, "--checkpoint", str(out), "--json", "--cam", str(tmp_path / "cams"), "--allow-ood"])
     report = json.loads(capsys.readouterr().out)

@@ -134,3 +134,24 @@ def test_a_weight_averaged_run_saves_the_average_and_resumes_exactly(prepared_ru
     assert net.model_name == "seed_cnn"
     with pytest.raises(Exception, match="weight average"):
         train_mod.train(prepared_run.replace(epochs=3), resume=True, progress=False)
+
+
+def test_the_average_leaves_training_alone_and_export_gives_the_trained_weights(prepared_run, tmp_path):
+    """An averaged run's trained weights are the plain run's, bit for bit on the CPU: one run gives
+    both sides of the comparison."""
+    from brainlib.checkpoint import export_checkpoint
+
+    plain = prepared_run.replace(epochs=1)
+    train_mod.train(plain, progress=False)
+    averaged = plain.replace(run_dir=str(tmp_path / "avg"), ema_decay=0.9)
+    (tmp_path / "avg").mkdir()
+    (tmp_path / "avg" / "manifest.csv").write_text((tmp_path / "run" / "manifest.csv").read_text())
+    train_mod.train(averaged, progress=False)
+    trained = export_checkpoint(
+        f"{averaged.run_dir}/checkpoints/last.pt", tmp_path / "trained.pt", trained_weights=True
+    )
+    got, want = load_checkpoint(trained), load_checkpoint(f"{plain.run_dir}/checkpoints/last.pt")
+    assert all(torch.equal(got["model_state"][k], want["model_state"][k]) for k in want["model_state"])
+    assert got["config"]["ema_decay"] == 0.0 and "temperature" not in got
+    with pytest.raises(Exception, match="no trained weights besides"):
+        export_checkpoint(f"{plain.run_dir}/checkpoints/last.pt", tmp_path / "x.pt", trained_weights=True)
