@@ -276,8 +276,8 @@ def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
     """One checkpoint from several (seeds or backbones) and/or flip test-time augmentation, without
     temperature, conformal thresholds or OOD detector: those are fitted for the ensemble's output on
     the validation carve (brainlib.calibration.calibrate_checkpoint), which is why its members must
-    have been selected on one carve: same seed, validation fraction, exclusions and cache side (and
-    the same copy of the data, which a checkpoint does not record)."""
+    have been selected on one carve: same seed, validation fraction, exclusions and cache side, and,
+    where the members record it (val_digest, written by training since it exists), the same images."""
     if not paths:
         raise CheckpointError("an ensemble needs at least one member checkpoint")
     members = []
