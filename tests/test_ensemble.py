@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainlib import checkpoint
+from brainlib import checkpoint, compare
 from brainlib.cli import main
 from brainlib.config import CLASS_NAMES
 from brainlib.data import read_manifest, split_digest
@@ -40,6 +40,8 @@ def test_the_ensemble_averages_its_members_log_probabilities_over_both_views():
         small = F.interpolate(x, size=(48, 48), mode="bilinear", antialias=True, align_corners=False)
         assert torch.allclose(Ensemble([a, b], [64, 48])(x), (lp(a, x) + lp(b, small)) / 2, atol=1e-6)
     assert member_models("efficientnet_lite0+efficientnet_lite2+flip") == ["efficientnet_lite0", "efficientnet_lite2"]
+    # the comparison table counts every member's parameters
+    assert compare._parameter_count("seed_cnn+seed_cnn+flip") == 2 * compare._parameter_count("seed_cnn")
 
 
 def test_features_of_a_layer_run_twice_per_batch_are_the_mean_of_its_runs():
