@@ -158,7 +158,7 @@ def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out
     if selected_on and selected_on != split_digest(data.manifest):
         raise CheckpointError(
             f"{checkpoint} was selected on another validation split than {cfg.run_dir}'s: calibrate it in a run "
-            f"prepared from the same copy of the data with seed {cfg.seed}"
+            f"prepared from the same copy of the data with split seed {cfg.validation_seed}"
         )
     fitted = {}
     if net.temperature is None or net.conformal is None:  # what it has is kept

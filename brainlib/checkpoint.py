@@ -36,7 +36,7 @@ from .models import Ensemble, create_model, ensemble_name, fold_for_inference, m
 REQUIRED_FIELDS = ("model_name", "class_names")
 WEIGHT_FIELDS = ("model_state", "members")  # a model's weights, or an ensemble's members
 # the settings that fix a run's validation carve (with the data copy): an ensemble's members must share them
-CARVE_FIELDS = ("seed", "val_fraction", "exclude_list", "cache_size")
+CARVE_FIELDS = ("validation seed", "val_fraction", "exclude_list", "cache_size")
 # what an inference-only copy keeps: no optimizer, scheduler or RNG state
 EXPORT_FIELDS = (
     "model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature", "conformal", "ood",
@@ -272,11 +272,19 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
     )
 
 
+def _carve(state: dict) -> dict:
+    cfg = state.get("config") or {}
+    split_seed = cfg.get("split_seed", -1)
+    return {k: cfg.get(k) for k in CARVE_FIELDS} | {
+        "validation seed": cfg.get("seed") if split_seed < 0 else split_seed
+    }
+
+
 def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
     """One checkpoint from several (seeds or backbones) and/or flip test-time augmentation, without
     temperature, conformal thresholds or OOD detector: those are fitted for the ensemble's output on
     the validation carve (brainlib.calibration.calibrate_checkpoint), which is why its members must
-    have been selected on one carve: same seed, validation fraction, exclusions and cache side, and,
+    have been selected on one carve: same split seed, validation fraction, exclusions and cache side, and,
     where the members record it (val_digest, written by training since it exists), the same images."""
     if not paths:
         raise CheckpointError("an ensemble needs at least one member checkpoint")
@@ -294,11 +302,11 @@ def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
             }
             | {"source": str(path)}
         )
-    first = members[0].get("config") or {}
+    first = _carve(members[0])
     digests = {m.get("val_digest") for m in members}
     for path, member in zip(paths[1:], members[1:]):
-        cfg = member.get("config") or {}
-        differ = [f"{k} {cfg.get(k)!r} vs {first.get(k)!r}" for k in CARVE_FIELDS if cfg.get(k) != first.get(k)]
+        carve = _carve(member)
+        differ = [f"{k} {carve[k]!r} vs {first[k]!r}" for k in CARVE_FIELDS if carve[k] != first[k]]
         if None not in digests and member["val_digest"] != members[0]["val_digest"]:
             differ.append("the validation images differ (another copy of the data)")
         if differ:
@@ -311,7 +319,7 @@ def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
         "val_digest": None if None in digests else members[0]["val_digest"],
         "model_name": ensemble_name([m["model_name"] for m in members], flip),
         "class_names": list(CLASS_NAMES),
-        "config": first | {"image_size": max(_trained_size(m) for m in members)},
+        "config": (members[0].get("config") or {}) | {"image_size": max(_trained_size(m) for m in members)},
         "members": members,
         "flip": flip,
     }

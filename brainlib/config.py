@@ -43,6 +43,11 @@ class Config:
     cache_dir: str = _setting("", "decoded-image cache (empty: $BRAIN_CACHE_DIR, then runs/cache, shared by all runs)")
     # data
     seed: int = _setting(42, "seed of the validation split, initialisation, shuffling and augmentation")
+    split_seed: int = _setting(
+        -1,
+        "seed of the validation split alone (-1: the run's seed): runs that share it are selected on the same "
+        "images, so their models can be compared there and ensembled",
+    )
     val_fraction: float = _setting(
         0.10, "share of Training carved out for validation (stratified, duplicate groups kept whole)"
     )
@@ -86,6 +91,11 @@ class Config:
     compile: bool = _setting(False, "torch.compile the training step (+25 % in fp32 on a CPU, slower than bf16 eager)")
     cuda_graphs: bool = _setting(True, "on CUDA, replay the training forward/backward from CUDA graphs")
     num_threads: int = _setting(0, "CPU threads for torch (0: torch's default)")
+
+    @property
+    def validation_seed(self) -> int:
+        """The seed the validation split is carved with."""
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     @classmethod
     def load(cls, path: str | Path) -> Config:

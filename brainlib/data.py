@@ -380,7 +380,7 @@ def prepare_run(cfg: Config, progress: bool = True) -> Prepared:
     manifest, dup, scan = build_manifest(
         root,
         cfg.val_fraction,
-        cfg.seed,
+        cfg.validation_seed,
         cfg.fast_per_class if cfg.fast else 0,
         progress=progress,
         exclude_list=cfg.exclude_list,

@@ -22,9 +22,9 @@
 #           (20 epochs) timed; needs the kornia wheel
 #   top     the default recipe at seeds 42, 43 and 44, efficientnet_lite1_robust,
 #           efficientnet_lite2_robust and efficientnet_lite0_robust_ema (the default with a weight
-#           average; selection on validation only), paired by `compare`, exported; ensembles of the
-#           seed-42 runs (default with flip TTA; Lite0+Lite1+Lite2; EMA+Lite1+Lite2), each step's log
-#           holding their validation scores;
+#           average; selection on validation only), all on one validation carve (split seed 42), paired
+#           by `compare`, exported; ensembles (the three seeds; the default with flip TTA; Lite0+Lite1+Lite2;
+#           EMA+Lite1+Lite2), each step's log holding their and their members' validation scores;
 #           then the label audit at full strength: Training and Testing pooled in 5 group-aware folds,
 #           each fold model trained by the default recipe; needs kornia, cleanlab and termcolor wheels
 #           and the Lite weights (scripts/gpu_weights.py .gpu/stubs 0 1 2: 25 MB in float16 against
@@ -182,6 +182,9 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         step compare-robust-seeds compare "$RUNS/effnet-robust-s42" "$RUNS/effnet-robust-s43"
         ;;
     top)
+        # one validation carve for every run (split seed 42): seeds and backbones are then compared on the
+        # same images and can be ensembled
+        PREPARE_EXTRA=(--split-seed 42)
         for run in effnet-robust-s42:efficientnet_lite0_robust:42:80 effnet-robust-s43:efficientnet_lite0_robust:43:80 \
             effnet-robust-s44:efficientnet_lite0_robust:44:80 lite1-robust:efficientnet_lite1_robust:42:100 \
             lite2-robust:efficientnet_lite2_robust:42:120 ema-robust:efficientnet_lite0_robust_ema:42:80; do
@@ -189,11 +192,14 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
             NEED=$need train_and_score "$name" "$recipe" "$seed" --shift-severities "" &&
                 step "$name-export" export "$RUNS/$name/checkpoints/best.pt" "$RESULTS/$name.pt" --half
         done
+        PREPARE_EXTRA=()
         step compare-top compare "$RUNS"/effnet-robust-s4? "$RUNS/lite1-robust" "$RUNS/lite2-robust" "$RUNS/ema-robust"
         # ensembles of the seed-42 runs, which share one validation carve: each step's log holds the
         # ensemble's and its members' validation accuracy and log-loss, the evidence to choose on
         best() { echo "$RUNS/$1/checkpoints/best.pt"; }
-        fits ensembles 60 && mkdir -p "$RUNS/ensembles" &&
+        fits ensembles 90 && mkdir -p "$RUNS/ensembles" &&
+            step ensemble-seeds ensemble "$(best effnet-robust-s42)" "$(best effnet-robust-s43)" "$(best effnet-robust-s44)" \
+                --out "$RUNS/ensembles/seeds.pt" --run-dir "$RUNS/effnet-robust-s42" &&
             step ensemble-default-flip ensemble "$(best effnet-robust-s42)" --flip \
                 --out "$RUNS/ensembles/default-flip.pt" --run-dir "$RUNS/effnet-robust-s42" &&
             step ensemble-backbones ensemble "$(best effnet-robust-s42)" "$(best lite1-robust)" "$(best lite2-robust)" \

@@ -160,3 +160,23 @@ def test_calibrate_refuses_a_run_whose_validation_split_did_not_select_the_check
     err = capsys.readouterr().err.strip()
     assert "selected on another validation split" in err and "\n" not in err
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_a_split_seed_fixes_the_validation_images_whatever_the_run_seed(fixture_root, tmp_path, monkeypatch):
+    """Seeds of one recipe become ensemble members (and comparable on one carve) with a shared split seed."""
+    from brainlib.config import Config
+    from brainlib.data import prepare_run
+
+    monkeypatch.setenv("BRAIN_CACHE_DIR", str(tmp_path / "cache"))
+
+    def carve(name, **settings):
+        cfg = Config(run_dir=str(tmp_path / name), data_dir=str(fixture_root), **settings)
+        return split_digest(prepare_run(cfg, progress=False).manifest)
+
+    assert carve("a", seed=43, split_seed=42) == carve("b", seed=44, split_seed=42) == carve("c", seed=42)
+    assert carve("d", seed=43) != carve("c2", seed=42)
+    members = [_member(tmp_path / f"m{s}.pt", seed=s, perturb=s) for s in (43, 44)]
+    for path in members:  # the same members, now with the split seed their runs would have recorded
+        state = checkpoint.load_checkpoint(path)
+        checkpoint.save_checkpoint(state | {"config": state["config"] | {"split_seed": 42}}, path)
+    assert checkpoint.ensemble_state(members)["model_name"] == "seed_cnn+seed_cnn"
