@@ -142,6 +142,15 @@ RECIPES: dict[str, dict] = {
         "acquisition_aug": True,
     },
     "efficientnet_lite0_robust_ema": {**EFFNET_LITE0, "acquisition_aug": True, "ema_decay": 0.998},
+    # the committed default's recipe with the average: at 224 px/10 epochs on a CPU the average lost to the
+    # plain weights on validation (98.10 against 98.44 %, docs/results.md); the longer schedule is its chance
+    "efficientnet_lite0_robust_256_ema": {
+        **EFFNET_LITE0,
+        "acquisition_aug": True,
+        "image_size": 256,
+        "epochs": 20,
+        "ema_decay": 0.998,
+    },
     "efficientnet_lite2_robust": {
         **EFFNET_LITE0,
         "model": "efficientnet_lite2",

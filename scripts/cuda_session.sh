@@ -20,11 +20,12 @@
 #           the default recipe efficientnet_lite0_robust at seeds 42 and 43 (its speed with the
 #           augmentation, and two seeds' spread), seed_cnn_robust and efficientnet_lite0_robust_256
 #           (20 epochs) timed; needs the kornia wheel
-#   top     the default recipe at seeds 42, 43 and 44, efficientnet_lite1_robust,
-#           efficientnet_lite2_robust and efficientnet_lite0_robust_ema (the default with a weight
-#           average; selection on validation only), all on one validation carve (split seed 42), paired
-#           by `compare`, exported; ensembles (the three seeds; the default with flip TTA; Lite0+Lite1+Lite2;
-#           EMA+Lite1+Lite2), each step's log holding their and their members' validation scores;
+#   top     the committed default's recipe (efficientnet_lite0_robust_256) at seeds 42, 43 and 44 and
+#           their ensemble; efficientnet_lite2_robust, efficientnet_lite1_robust and the default with a
+#           weight average (efficientnet_lite0_robust_256_ema), all on the committed default's validation
+#           carve (split seed 42), paired by `compare`, exported; ensembles (the default with flip TTA;
+#           Lite0+Lite1+Lite2; EMA+Lite1+Lite2), each step's log holding their and their members'
+#           validation scores, the evidence to choose on;
 #           then the label audit at full strength: Training and Testing pooled in 5 group-aware folds,
 #           each fold model trained by the default recipe; needs kornia, cleanlab and termcolor wheels
 #           and the Lite weights (scripts/gpu_weights.py .gpu/stubs 0 1 2: 25 MB in float16 against
@@ -182,30 +183,33 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         step compare-robust-seeds compare "$RUNS/effnet-robust-s42" "$RUNS/effnet-robust-s43"
         ;;
     top)
-        # one validation carve for every run (split seed 42): seeds and backbones are then compared on the
-        # same images and can be ensembled
+        # every run on one validation carve (split seed 42, the committed default's own): seeds and
+        # backbones are compared on the same images, with the committed default, and can be ensembled.
+        # Ordered by what matters most, since a step that would pass the deadline is skipped.
         PREPARE_EXTRA=(--split-seed 42)
-        for run in effnet-robust-s42:efficientnet_lite0_robust:42:80 effnet-robust-s43:efficientnet_lite0_robust:43:80 \
-            effnet-robust-s44:efficientnet_lite0_robust:44:80 lite1-robust:efficientnet_lite1_robust:42:100 \
-            lite2-robust:efficientnet_lite2_robust:42:120 ema-robust:efficientnet_lite0_robust_ema:42:80; do
-            IFS=: read -r name recipe seed need <<<"$run"
-            NEED=$need train_and_score "$name" "$recipe" "$seed" --shift-severities "" &&
-                step "$name-export" export "$RUNS/$name/checkpoints/best.pt" "$RESULTS/$name.pt" --half
-        done
-        PREPARE_EXTRA=()
-        step compare-top compare "$RUNS"/effnet-robust-s4? "$RUNS/lite1-robust" "$RUNS/lite2-robust" "$RUNS/ema-robust"
-        # ensembles of the seed-42 runs, which share one validation carve: each step's log holds the
-        # ensemble's and its members' validation accuracy and log-loss, the evidence to choose on
         best() { echo "$RUNS/$1/checkpoints/best.pt"; }
-        fits ensembles 90 && mkdir -p "$RUNS/ensembles" &&
-            step ensemble-seeds ensemble "$(best effnet-robust-s42)" "$(best effnet-robust-s43)" "$(best effnet-robust-s44)" \
-                --out "$RUNS/ensembles/seeds.pt" --run-dir "$RUNS/effnet-robust-s42" &&
-            step ensemble-default-flip ensemble "$(best effnet-robust-s42)" --flip \
-                --out "$RUNS/ensembles/default-flip.pt" --run-dir "$RUNS/effnet-robust-s42" &&
-            step ensemble-backbones ensemble "$(best effnet-robust-s42)" "$(best lite1-robust)" "$(best lite2-robust)" \
-                --out "$RUNS/ensembles/backbones.pt" --run-dir "$RUNS/effnet-robust-s42" &&
-            step ensemble-backbones-ema ensemble "$(best ema-robust)" "$(best lite1-robust)" "$(best lite2-robust)" \
-                --out "$RUNS/ensembles/backbones-ema.pt" --run-dir "$RUNS/effnet-robust-s42"
+        top_run() { # NAME RECIPE SEED NEED
+            NEED=$4 train_and_score "$1" "$2" "$3" --shift-severities "" &&
+                step "$1-export" export "$(best "$1")" "$RESULTS/$1.pt" --half
+        }
+        # three seeds of the committed default's recipe (256 px, 20 epochs), then their ensemble
+        for seed in 42 43 44; do top_run "default-s$seed" efficientnet_lite0_robust_256 "$seed" 100; done
+        mkdir -p "$RUNS/ensembles"
+        fits ensemble-seeds 40 && step ensemble-seeds ensemble "$(best default-s42)" "$(best default-s43)" \
+            "$(best default-s44)" --out "$RUNS/ensembles/seeds.pt" --run-dir "$RUNS/default-s42"
+        top_run lite2-robust efficientnet_lite2_robust 42 120
+        top_run lite1-robust efficientnet_lite1_robust 42 100
+        top_run ema-256 efficientnet_lite0_robust_256_ema 42 100
+        PREPARE_EXTRA=()
+        step compare-top compare "$RUNS"/default-s4? "$RUNS/lite1-robust" "$RUNS/lite2-robust" "$RUNS/ema-256"
+        # each ensemble step's log holds its and its members' validation accuracy and log-loss, to choose on
+        fits ensembles 60 &&
+            step ensemble-default-flip ensemble "$(best default-s42)" --flip \
+                --out "$RUNS/ensembles/default-flip.pt" --run-dir "$RUNS/default-s42" &&
+            step ensemble-backbones ensemble "$(best default-s42)" "$(best lite1-robust)" "$(best lite2-robust)" \
+                --out "$RUNS/ensembles/backbones.pt" --run-dir "$RUNS/default-s42" &&
+            step ensemble-backbones-ema ensemble "$(best ema-256)" "$(best lite1-robust)" "$(best lite2-robust)" \
+                --out "$RUNS/ensembles/backbones-ema.pt" --run-dir "$RUNS/default-s42"
         fits audit-full 360 && step audit-full audit-labels --run-dir "$RUNS/label-audit-full" \
             --recipe efficientnet_lite0_robust --seed 42 --folds 5 "${SMOKE[@]}"
         mkdir -p "$OUT/label-audit-full" && cp "$RUNS"/label-audit-full/label_audit/*.{csv,json,png} "$OUT/label-audit-full/" 2>/dev/null
