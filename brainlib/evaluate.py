@@ -32,6 +32,7 @@ from .config import CLASS_NAMES, Config
 from .data import leakage_free
 from .infer import predict_logits, setup_torch
 from .loader import RunData, split_batches
+from .models import Ensemble
 from .robustness import shift_summary, shift_table, summary_of
 from .shifts import SEVERITIES
 from .stats import metric_intervals
@@ -81,7 +82,9 @@ def predict_test(
         "temperature": calibration["temperature"],
         "conformal": calibration["conformal"] | {"source": calibration["source"]},
         "accuracy_tta_flip": float(
-            (predict_logits(net.model, test_batches, device, tta=True).argmax(1) == y).float().mean()
+            (predict_logits(Ensemble([net.model], [net.image_size], flip=True), test_batches, device).argmax(1) == y)
+            .float()
+            .mean()
         ),
         "seed": cfg.seed,
         "ood": ood_summary(net.ood, ood_scores),

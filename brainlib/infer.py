@@ -79,11 +79,8 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(
-    model: nn.Module, batches, device: str, tta: bool = False, precision: str = SCORING_PRECISION
-) -> torch.Tensor:
-    """Logits in order, as fp32 on the CPU; with tta, the mean of the image's and its mirror
-    image's log-probabilities."""
+def predict_logits(model: nn.Module, batches, device: str, precision: str = SCORING_PRECISION) -> torch.Tensor:
+    """Logits in order, as fp32 on the CPU (flip test-time augmentation: a models.Ensemble with flip)."""
     model.eval()
     out, full = [], 0
     for x, _ in batches:
@@ -93,8 +90,6 @@ def predict_logits(
             x = torch.cat([x, x.new_zeros((full - n, *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             logits = model(x).float()
-            if tta:
-                logits = (logits.log_softmax(1) + model(torch.flip(x, dims=[-1])).float().log_softmax(1)) / 2
         out.append(logits[:n].cpu())
     return torch.cat(out) if out else torch.zeros(0, len(CLASS_NAMES))
 
