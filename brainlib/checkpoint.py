@@ -35,8 +35,9 @@ from .models import Ensemble, create_model, ensemble_name, fold_for_inference, m
 
 REQUIRED_FIELDS = ("model_name", "class_names")
 WEIGHT_FIELDS = ("model_state", "members")  # a model's weights, or an ensemble's members
-# the settings that fix a run's validation carve (with the data copy): an ensemble's members must share them
-CARVE_FIELDS = ("validation seed", "val_fraction", "exclude_list", "cache_size")
+# the settings that fix a run's validation carve (with its seed and the data copy): an ensemble's members
+# must share them
+CARVE_FIELDS = ("val_fraction", "exclude_list", "cache_size")
 # what an inference-only copy keeps: no optimizer, scheduler or RNG state
 EXPORT_FIELDS = (
     "model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature", "conformal", "ood",
@@ -274,10 +275,7 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
 
 def _carve(state: dict) -> dict:
     cfg = state.get("config") or {}
-    split_seed = cfg.get("split_seed", -1)
-    return {k: cfg.get(k) for k in CARVE_FIELDS} | {
-        "validation seed": cfg.get("seed") if split_seed < 0 else split_seed
-    }
+    return {"validation seed": Config.from_dict(cfg).validation_seed} | {k: cfg.get(k) for k in CARVE_FIELDS}
 
 
 def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
@@ -306,7 +304,7 @@ def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
     digests = {m.get("val_digest") for m in members}
     for path, member in zip(paths[1:], members[1:]):
         carve = _carve(member)
-        differ = [f"{k} {carve[k]!r} vs {first[k]!r}" for k in CARVE_FIELDS if carve[k] != first[k]]
+        differ = [f"{k} {carve[k]!r} vs {first[k]!r}" for k in carve if carve[k] != first[k]]
         if None not in digests and member["val_digest"] != members[0]["val_digest"]:
             differ.append("the validation images differ (another copy of the data)")
         if differ:

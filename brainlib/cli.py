@@ -323,11 +323,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 
 def ensemble_command(args: argparse.Namespace) -> int:
+    from .checkpoint import trained_config
     from .ensemble import build_ensemble
     from .loader import load_run_data
 
-    args.checkpoint = args.members[0]  # its settings: the members' validation split
-    cfg = _scoring_config(args)
+    cfg = trained_config(args.members[0], config_from_args(args))  # the members' validation split
     _prepare_if_new(cfg)
     print(json.dumps(build_ensemble(cfg, load_run_data(cfg), args.members, args.flip, args.out), indent=2))
     return 0
