@@ -13,7 +13,7 @@ Training alone, such as the committed default, which never saw a Testing image. 
 the strong half of the audit: the k fine-tunes there are short and their models weak.
 
 The official labels are never changed: the suspects are a list for a person to look at, and the
-Testing suspects are reported on their own.
+Testing suspects are reported on their own; what a person concludes looking at them is brainlib.verdicts.
 
 Files under <run>/label_audit/: fold<k>/ (each fold's training run and held-out probabilities,
 so an interrupted audit resumes at the fold it was in), folds.csv, oof_probs.npy,
@@ -150,7 +150,7 @@ def suspects_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray)
             "label_quality": quality[flagged],
             "in_duplicate_group": in_group[flagged],
             "fold": folds[flagged],
-            "verdict": "",  # for a reader looking at the image: label wrong, ambiguous or model wrong
+            "verdict": "",  # a reader's, filled from their readings (brainlib.verdicts.with_verdicts)
         }
     )
 

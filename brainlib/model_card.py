@@ -26,6 +26,7 @@ from .errors import DataError
 from .evaluate import interval_table, prediction_set_table
 from .robustness import ShiftSummary, summary_of
 from .stats import interval_text
+from .verdicts import VERDICTS, accuracy_both_ways, read_verdicts
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -166,7 +167,7 @@ def build_model_card(
     if shifts:
         lines += _shift_section(metrics, shifts)
     lines += _ood_section(state, metrics, Path(ood_report) if ood_report else eval_run / "ood" / "report.json")
-    lines += _label_section(_audit_file(audit_run))
+    lines += _label_section(_audit_file(audit_run), eval_run)
     lines += [
         "## Known failure modes",
         "",
@@ -311,7 +312,7 @@ def _ood_section(state: dict, metrics: dict, report: Path) -> list[str]:
     return lines + [""]
 
 
-def _label_section(audit_file: Path | None) -> list[str]:
+def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:
     lines = ["## Label quality", ""]
     if not audit_file:
         return lines + ["No label audit was given to this card (`python -m brainlib audit-labels`).", ""]
@@ -336,6 +337,25 @@ def _label_section(audit_file: Path | None) -> list[str]:
         "out-of-fold accuracy is far below the checkpoint's, most flags are that model's own confusions. Labels were "
         f"not changed; the list is `{audit_file.parent / 'label_issues.csv'}`"
         + (f", the images `{audit_file.parent / gallery}`." if gallery else "."),
+        "",
+        *_both_ways(audit_file.parent / "verdicts.csv", eval_run / "predictions.csv"),
+    ]
+
+
+def _both_ways(verdicts_file: Path, predictions_file: Path) -> list[str]:
+    """The checkpoint's test accuracy with the labels a reader marked wrong read as the reader saw them."""
+    if not (verdicts_file.exists() and predictions_file.exists()):
+        return []
+    verdicts = read_verdicts(verdicts_file)
+    both = accuracy_both_ways(pd.read_csv(predictions_file), verdicts)
+    counts = verdicts["verdict"].value_counts()
+    return [
+        f"By-eye readings (`{verdicts_file}`, not a radiologist's) of {len(verdicts)} images: "
+        + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+        + f". With the {both['n_labels_read_as_wrong']} Testing label(s) read as wrong replaced by what the reader saw, "
+        f"this checkpoint makes {both['errors_relabelled']} errors ({_pct(both['accuracy_relabelled'])}) against "
+        f"{both['errors_official']} ({_pct(both['accuracy_official'])}) on the official labels, which every other number "
+        "here uses.",
         "",
     ]
 

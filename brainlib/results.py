@@ -25,8 +25,12 @@ from .plots import confusion_matrices, image_grid, reliability_diagram, robustne
 from .robustness import summary_of
 from .shifts import SHIFTS
 from .stats import interval_text
+from .verdicts import accuracy_both_ways, read_verdicts, with_verdicts
 
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
+# by-eye readings of images whose label a model contradicts, and what they change in the default's accuracy
+VERDICTS_FILE = "docs/label_audit/verdicts.csv"
+BOTH_WAYS_FILE = "docs/label_audit/default_both_ways.json"
 # committed checkpoint -> what it is; the metrics file sits beside it (<name>.metrics.json)
 ROWS = {
     DEFAULT_CHECKPOINT: "**default**: EfficientNet-Lite0, acquisition augmentation, 256 px",
@@ -68,7 +72,19 @@ def results_table() -> str:
                 "ECE calibrated": _pct(m.get("ece_calibrated")),
             }
         )
-    return pd.DataFrame(rows).to_markdown(index=False)
+    table = pd.DataFrame(rows).to_markdown(index=False)
+    both = REPO_ROOT / BOTH_WAYS_FILE
+    if not both.exists():
+        return table
+    b = json.loads(both.read_text())
+    n = b["n_labels_read_as_wrong"]
+    return (
+        f"{table}\n\nOn the official labels the default makes {b['errors_official']} errors of {b['n_images']:,}. "
+        f"A reader (by eye, not a radiologist: [{VERDICTS_FILE}]({VERDICTS_FILE})) marked {n} Testing "
+        f"label{'s' if n != 1 else ''} wrong; read as the reader saw {'them' if n != 1 else 'it'}, the default makes "
+        f"{b['errors_relabelled']} errors ({_pct(b['accuracy_relabelled'])}). Every other accuracy here uses the "
+        "official labels."
+    )
 
 
 # the robustness figure: the default against the same model trained without acquisition augmentation,
@@ -200,8 +216,18 @@ def default_figures(eval_run: str | Path, out_dir: str | Path = "docs/figures") 
     table = error_gallery(
         eval_run, data.data_root, errors, f"{name}: every error on the official Testing split ({len(pred):,} images)"
     )
-    table.to_csv(out_dir / "default_errors.csv", index=False)
     written += [errors, out_dir / "default_errors.csv"]
+    verdicts_file = REPO_ROOT / VERDICTS_FILE
+    if verdicts_file.exists():
+        verdicts = read_verdicts(verdicts_file)
+        table = with_verdicts(table, verdicts)
+        both = accuracy_both_ways(pred, verdicts) | {"checkpoint": name, "verdicts": VERDICTS_FILE}
+        written.append(write_text(REPO_ROOT / BOTH_WAYS_FILE, json.dumps(both, indent=2) + "\n"))
+        suspects = verdicts_file.parent / "label_issues.csv"
+        if suspects.exists():  # the committed audit's list, its verdict column filled from the same readings
+            with_verdicts(pd.read_csv(suspects), verdicts).to_csv(suspects, index=False)
+            written.append(suspects)
+    table.to_csv(out_dir / "default_errors.csv", index=False)
     return [p.relative_to(REPO_ROOT) for p in written]
 
 

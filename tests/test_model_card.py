@@ -3,8 +3,11 @@
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from brainlib import evaluate
 from brainlib.cli import main
+from brainlib.config import CLASS_NAMES
 from brainlib.loader import load_run_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +36,33 @@ def test_model_card_is_built_from_the_checkpoint_and_its_evaluation(trained_run,
     assert f"Accuracy {100 * metrics['accuracy']:.2f} % (95 % CI [{100 * low:.2f}, {100 * high:.2f}])" in card
     assert "Not a diagnostic device" in card.replace("**", "") and "nan" not in card
     assert "--shift-severities 2" in card
+    assert "By-eye readings" not in card  # no audit given
+
+
+def test_model_card_reports_accuracy_both_ways_from_the_audits_readings(trained_run, tmp_path):
+    data = load_run_data(trained_run)
+    metrics = evaluate.compute_metrics(*evaluate.predict_test(trained_run, data, shifts=False))
+    evaluate.write_metrics(metrics, trained_run.run_dir)
+    pred = pd.read_csv(Path(trained_run.run_dir) / "predictions.csv")
+    right = pred[pred["pred"] == pred["label"]].iloc[0]  # read as wrong: one more error
+    other = next(c for c in CLASS_NAMES if c != right["label"])
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    summary = {"folds": 2, "recipe": "r", "image_size": 64, "epochs_per_fold": 1, "oof_accuracy": 0.5}
+    summary |= {"n_flagged_training": 1, "n_flagged_testing": 1, "n_flagged_in_duplicate_groups": 0}
+    (audit / "label_audit.json").write_text(json.dumps(summary | {"given_to_suggested": {}}))
+    pd.DataFrame(
+        [[right["path"], right["label"], other, "label wrong", "x"], ["Training/y.jpg", "glioma", "", "ambiguous", ""]],
+        columns=["path", "given", "read_as", "verdict", "reading"],
+    ).to_csv(audit / "verdicts.csv", index=False)
+    out = tmp_path / "card.md"
+    ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
+    args = ["model-card", "--checkpoint", ckpt, "--eval-run", trained_run.run_dir, "--audit-run", str(audit)]
+    assert main([*args, "--out", str(out)]) == 0
+    card = out.read_text()
+    errors = int((pred["pred"] != pred["label"]).sum())
+    assert "of 2 images: 1 label wrong, 1 ambiguous, 0 model wrong" in card
+    assert f"makes {errors + 1} errors" in card and f"against {errors} (" in card
 
 
 def test_model_card_needs_an_evaluated_run(tmp_path, capsys, trained_run):

@@ -1,0 +1,75 @@
+"""By-eye readings of images whose label a model contradicts, kept in one file (the repo's is
+docs/label_audit/verdicts.csv): they fill the verdict column of the label audit's suspects and of a
+checkpoint's error table, and give its test accuracy both ways, on the official labels and with the
+labels a reader marked wrong read as the class the reader saw. The official labels are never edited.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .config import CLASS_NAMES
+from .errors import DataError
+
+# what a reader can conclude from an image whose label a model contradicts
+VERDICTS = ("label wrong", "ambiguous", "model wrong")
+VERDICT_COLUMNS = ("path", "given", "read_as", "verdict", "reading")
+
+
+def read_verdicts(path: str | Path) -> pd.DataFrame:
+    """By-eye readings, one row per image: path (as in the manifest), the given label, the class the
+    reader sees (`read_as`; required when the verdict is "label wrong"), the verdict (one of VERDICTS)
+    and the reading in words. Refuses an unknown verdict or class with the row's path."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} not found: a CSV of by-eye readings ({', '.join(VERDICT_COLUMNS)})")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in VERDICT_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{path} lacks the column(s) {', '.join(missing)}")
+    for row in table.itertuples():
+        if row.verdict not in VERDICTS:
+            raise DataError(f"{path}: {row.path}: verdict {row.verdict!r} is not one of {', '.join(VERDICTS)}")
+        if row.given not in CLASS_NAMES or (row.read_as and row.read_as not in CLASS_NAMES):
+            raise DataError(f"{path}: {row.path}: given and read_as must be class names ({', '.join(CLASS_NAMES)})")
+        if row.verdict == "label wrong" and (not row.read_as or row.read_as == row.given):
+            raise DataError(f"{path}: {row.path}: a wrong label needs read_as, the class the image shows")
+    if table["path"].duplicated().any():
+        raise DataError(f"{path}: {table['path'][table['path'].duplicated()].iloc[0]} is read twice")
+    return table
+
+
+def with_verdicts(table: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """`table` (suspects or errors, with a `path` column) with its verdict column filled from the
+    readings; rows nobody read keep an empty verdict."""
+    read = verdicts.set_index("path")["verdict"]
+    out = table.copy()
+    out["verdict"] = out["path"].map(read).fillna("")
+    return out
+
+
+def accuracy_both_ways(predictions: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
+    """A checkpoint's accuracy on the official labels, and with every label a reader marked wrong
+    replaced by the class the reader saw (`predictions`: path, label, pred, as evaluate writes them).
+    Refuses a reading whose given label is not the file's label: it was written for other data."""
+    wrong = verdicts[verdicts["verdict"] == "label wrong"].set_index("path")
+    on_test = wrong[wrong.index.isin(predictions["path"])]
+    labels = predictions.set_index("path")["label"]
+    mismatch = on_test.index[on_test["given"].to_numpy() != labels.loc[on_test.index].to_numpy()]
+    if len(mismatch):
+        raise DataError(f"{mismatch[0]}: the reading's given label is not the file's ({labels[mismatch[0]]})")
+    relabelled = labels.copy()
+    relabelled.loc[on_test.index] = on_test["read_as"]
+    pred = predictions.set_index("path")["pred"]
+    return {
+        "n_images": int(len(labels)),
+        "errors_official": int((pred != labels).sum()),
+        "accuracy_official": float((pred == labels).mean()),
+        "n_labels_read_as_wrong": int(len(on_test)),
+        "labels_read_as_wrong": sorted(on_test.index),
+        "errors_relabelled": int((pred != relabelled).sum()),
+        "accuracy_relabelled": float((pred == relabelled).mean()),
+        "n_read": int(verdicts["path"].isin(predictions["path"]).sum()),
+    }

@@ -1,0 +1,88 @@
+"""By-eye readings: one file, validated on reading, and the accuracy both ways it gives."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from brainlib import results
+from brainlib.errors import DataError
+from brainlib.verdicts import VERDICT_COLUMNS, accuracy_both_ways, read_verdicts, with_verdicts
+
+ROOT = Path(__file__).parents[1]
+
+
+def _write(tmp_path, rows) -> Path:
+    path = tmp_path / "verdicts.csv"
+    pd.DataFrame(rows, columns=list(VERDICT_COLUMNS)).to_csv(path, index=False)
+    return path
+
+
+PREDICTIONS = pd.DataFrame(
+    {
+        "path": ["Testing/a.jpg", "Testing/b.jpg", "Testing/c.jpg", "Testing/d.jpg"],
+        "label": ["meningioma", "notumor", "glioma", "pituitary"],
+        "pred": ["glioma", "notumor", "meningioma", "pituitary"],
+    }
+)
+
+
+def test_a_label_read_as_wrong_counts_both_ways(tmp_path):
+    verdicts = read_verdicts(
+        _write(
+            tmp_path,
+            [
+                ["Testing/a.jpg", "meningioma", "glioma", "label wrong", "intra-axial ring"],  # error -> right
+                ["Testing/b.jpg", "notumor", "meningioma", "label wrong", "a dural mass"],  # right -> error
+                ["Testing/c.jpg", "glioma", "", "model wrong", ""],
+                ["Training/x.jpg", "pituitary", "notumor", "label wrong", "not on this split"],
+            ],
+        )
+    )
+    both = accuracy_both_ways(PREDICTIONS, verdicts)
+    assert (both["errors_official"], both["accuracy_official"]) == (2, 0.5)
+    assert both["labels_read_as_wrong"] == ["Testing/a.jpg", "Testing/b.jpg"]
+    assert (both["errors_relabelled"], both["accuracy_relabelled"]) == (2, 0.5)
+    assert both["n_read"] == 3
+    filled = with_verdicts(PREDICTIONS, verdicts)
+    assert filled["verdict"].tolist() == ["label wrong", "label wrong", "model wrong", ""]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (["Testing/a.jpg", "meningioma", "", "wrong-ish", ""], "not one of"),
+        (["Testing/a.jpg", "meningeoma", "", "ambiguous", ""], "class names"),
+        (["Testing/a.jpg", "meningioma", "", "label wrong", ""], "needs read_as"),
+        (["Testing/a.jpg", "meningioma", "meningioma", "label wrong", ""], "needs read_as"),
+    ],
+)
+def test_a_bad_reading_is_refused_with_its_path(tmp_path, row, message):
+    with pytest.raises(DataError, match=message) as err:
+        read_verdicts(_write(tmp_path, [row]))
+    assert "Testing/a.jpg" in str(err.value)
+
+
+def test_a_reading_written_for_another_label_is_refused(tmp_path):
+    verdicts = read_verdicts(_write(tmp_path, [["Testing/b.jpg", "glioma", "meningioma", "label wrong", ""]]))
+    with pytest.raises(DataError, match="not the file's"):
+        accuracy_both_ways(PREDICTIONS, verdicts)
+
+
+def test_missing_file_or_column_is_one_line(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_verdicts(tmp_path / "none.csv")
+    (tmp_path / "v.csv").write_text("path,verdict\nx,ambiguous\n")
+    with pytest.raises(DataError, match="lacks the column"):
+        read_verdicts(tmp_path / "v.csv")
+
+
+def test_committed_readings_are_valid_and_the_generated_counts_follow_them():
+    verdicts = read_verdicts(ROOT / results.VERDICTS_FILE)
+    both = json.loads((ROOT / results.BOTH_WAYS_FILE).read_text())
+    on_test = verdicts[(verdicts["verdict"] == "label wrong") & verdicts["path"].str.startswith("Testing/")]
+    assert both["labels_read_as_wrong"] == sorted(on_test["path"]), "stale: make figures"
+    errors = pd.read_csv(ROOT / "docs/figures/default_errors.csv")
+    assert both["errors_official"] == len(errors)
+    assert (errors["verdict"].fillna("") == with_verdicts(errors, verdicts)["verdict"]).all(), "stale: make figures"
