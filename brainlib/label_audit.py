@@ -17,7 +17,8 @@ Testing suspects are reported on their own; what a person concludes looking at t
 
 Files under <run>/label_audit/: fold<k>/ (each fold's training run and held-out probabilities,
 so an interrupted audit resumes at the fold it was in), folds.csv, oof_probs.npy,
-label_issues.csv (ranked suspects), label_audit.json (summary), suspects.png (gallery).
+label_issues.csv (ranked suspects), label_audit.json (summary), suspects.png and
+testing_suspects.png (galleries: all suspects, Testing's alone).
 """
 
 from __future__ import annotations
@@ -219,12 +220,23 @@ def run_label_audit(
         "seed": cfg.seed,
     }
     write_text(root / "label_audit.json", json.dumps(summary, indent=2) + "\n")
-    top = suspects.sort_values("label_quality").head(gallery)  # both parts, worst label quality first
+    # both parts, worst label quality first; Testing's flags also on their own, since they are the ones
+    # that change a reported accuracy
+    _gallery(data, suspects, gallery, root / "suspects.png")
+    _gallery(data, suspects[suspects["split_on_disk"] == "Testing"], gallery, root / "testing_suspects.png")
+    return summary
+
+
+def _gallery(data: RunData, suspects: pd.DataFrame, n: int, save_to: Path) -> None:
+    """The n worst-quality suspects, each tile named by its file, split, rank, given and suggested class."""
+    top = suspects.sort_values("label_quality").head(n)
+    if not len(top):
+        save_to.unlink(missing_ok=True)  # no stale gallery from an earlier audit of this run
+        return
     positions = pd.Index(data.manifest["path"]).get_indexer(top["path"])
     titles = [
         f"{Path(r.path).name} ({r.split_on_disk} #{r.rank})\ngiven {r.given}\nsuggested {r.suggested} ({r.p_suggested:.2f})"
+        + ("\nin a duplicate group" if r.in_duplicate_group else "")
         for r in top.itertuples()
     ]
-    if len(top):
-        image_grid([data.images[p] for p in positions], titles, ncols=6, save_to=root / "suspects.png", size=2.2)
-    return summary
+    image_grid([data.images[p] for p in positions], titles, ncols=6, save_to=save_to, size=2.2)

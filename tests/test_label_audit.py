@@ -1,6 +1,7 @@
 """Label audit: group-aware folds, cleanlab finds a planted label flip, the command end to end."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -73,6 +74,9 @@ def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run):
     summary = json.loads(open(f"{root}/label_audit.json").read())
     assert summary["n_images"] == len(manifest) and summary["folds"] == 3 and summary["epochs_per_fold"] == 1
     assert pd.read_csv(f"{root}/label_issues.csv").shape[0] == summary["n_flagged"]
+    # the galleries: all suspects, and Testing's alone, each only when there is something to show
+    assert os.path.exists(f"{root}/suspects.png") == (summary["n_flagged"] > 0)
+    assert os.path.exists(f"{root}/testing_suspects.png") == (summary["n_flagged_testing"] > 0)
     # each fold's model never saw its held-out images
     for fold in range(3):
         fold_manifest = label_audit.fold_run_data(
@@ -82,9 +86,9 @@ def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run):
         assert (held_out == (folds["fold"] == fold)).all()
     # a second call reuses the folds on disk: no fold trains again
     stamps = {f: (open(f"{root}/fold{f}/held_out_probs.npy", "rb").read()) for f in range(3)}
-    mtimes = [__import__("os").path.getmtime(f"{root}/fold{f}/checkpoints/best.pt") for f in range(3)]
+    mtimes = [os.path.getmtime(f"{root}/fold{f}/checkpoints/best.pt") for f in range(3)]
     assert main(args) == 0
-    assert [__import__("os").path.getmtime(f"{root}/fold{f}/checkpoints/best.pt") for f in range(3)] == mtimes
+    assert [os.path.getmtime(f"{root}/fold{f}/checkpoints/best.pt") for f in range(3)] == mtimes
     assert np.array_equal(np.load(f"{root}/oof_probs.npy"), probs) and stamps
 
 
