@@ -108,11 +108,24 @@ def set_coverage(sets: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def require_selection_split(net: InferenceModel, cfg: Config, data: RunData, name: str = "the checkpoint") -> None:
+    """Refuse to fit on a validation split other than the one that selected the checkpoint (where it
+    records it, `val_digest`): on another carve, some "validation" images would be images it trained
+    on, and a temperature or threshold fitted there would be overconfident."""
+    selected_on = net.state.get("val_digest")
+    if selected_on and selected_on != split_digest(data.manifest):
+        raise CheckpointError(
+            f"{name} was selected on another validation split than {cfg.run_dir}'s: fit its calibration in "
+            f"a run prepared from the same copy of the data with split seed {cfg.validation_seed}"
+        )
+
+
 def calibration_of(net: InferenceModel, cfg: Config, data: RunData, device: str) -> dict:
     """The checkpoint's temperature and conformal thresholds; what it lacks is fitted here on the
     run's val split (the one its epoch was selected on) and never written back."""
     if net.temperature is not None and net.conformal is not None:
         return {"temperature": net.temperature, "conformal": net.conformal, "source": "checkpoint"}
+    require_selection_split(net, cfg, data)
     val = split_batches(cfg, data, "val", device)
     logits, labels = predict_logits(net.model, val, device), val.labels.cpu()
     if net.temperature is None:
@@ -154,12 +167,7 @@ def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out
     checkpoint was selected on: checkpoint.trained_config takes the seed and val fraction from it."""
     device = setup_torch(cfg)
     net = load_for_inference(checkpoint, device)
-    selected_on = net.state.get("val_digest")
-    if selected_on and selected_on != split_digest(data.manifest):
-        raise CheckpointError(
-            f"{checkpoint} was selected on another validation split than {cfg.run_dir}'s: calibrate it in a run "
-            f"prepared from the same copy of the data with split seed {cfg.validation_seed}"
-        )
+    require_selection_split(net, cfg, data, str(checkpoint))
     fitted = {}
     if net.temperature is None or net.conformal is None:  # what it has is kept
         fitted = {k: v for k, v in calibration_of(net, net.scoring_config(cfg), data, device).items() if k != "source"}

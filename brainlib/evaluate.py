@@ -56,6 +56,8 @@ def predict_test(
     checkpoint = Path(checkpoint or best_checkpoint(cfg.run_dir))
     net = load_for_inference(checkpoint, device)
     cfg = net.scoring_config(cfg)
+    # first: it refuses a run whose validation split did not select the checkpoint, before any scoring
+    calibration = calibration_of(net, cfg, data, device)
     test_batches = split_batches(cfg, data, "test", device)
     logits, ood_scores = ood.logits_and_scores(net, test_batches, device)
     test = data.manifest[data.manifest["split"] == "test"].reset_index(drop=True)
@@ -74,7 +76,6 @@ def predict_test(
         pred.to_csv(tmp, index=False)
     save_npy(logits.numpy(), run_dir / "test_logits.npy")
     y = torch.tensor(pred["label_idx"].to_numpy())
-    calibration = calibration_of(net, cfg, data, device)
     extras = {
         "model": net.model_name,
         "checkpoint": str(checkpoint),

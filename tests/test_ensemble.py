@@ -160,6 +160,12 @@ def test_calibrate_refuses_a_run_whose_validation_split_did_not_select_the_check
     err = capsys.readouterr().err.strip()
     assert "selected on another validation split" in err and "\n" not in err
     assert not (tmp_path / "c.pt").exists()
+    # evaluate, which fits what the checkpoint lacks on its run's val split, refuses it the same way
+    evaluate_args = ["evaluate", "--checkpoint", str(tmp_path / "foreign.pt"), "--shift-severities", ""]
+    evaluate_args += ["--run-dir", str(tmp_path / "eval"), "--data-dir", str(fixture_root), "--num-threads", "1"]
+    assert main(evaluate_args) == 4
+    assert "selected on another validation split" in capsys.readouterr().err
+    assert not (tmp_path / "eval" / "predictions.csv").exists()  # refused before scoring the test split
 
 
 def test_a_split_seed_fixes_the_validation_images_whatever_the_run_seed(fixture_root, tmp_path, monkeypatch):
