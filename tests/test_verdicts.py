@@ -86,3 +86,6 @@ def test_committed_readings_are_valid_and_the_generated_counts_follow_them():
     errors = pd.read_csv(ROOT / "docs/figures/default_errors.csv")
     assert both["errors_official"] == len(errors)
     assert (errors["verdict"].fillna("") == with_verdicts(errors, verdicts)["verdict"]).all(), "stale: make figures"
+    suspects = pd.read_csv(ROOT / "docs/label_audit/label_issues.csv")
+    assert (suspects["verdict"].fillna("") == with_verdicts(suspects, verdicts)["verdict"]).all(), "stale: make figures"
+    assert suspects[suspects["split_on_disk"] == "Testing"]["verdict"].notna().all(), "every Testing flag is read"
