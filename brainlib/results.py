@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_text
+from .atomic import atomic_path, write_text
 from .calibration import calibrated_probabilities, calibration_bins
 from .cam import cam_panels
 from .checkpoint import default_checkpoint, load_for_inference
@@ -225,9 +225,12 @@ def default_figures(eval_run: str | Path, out_dir: str | Path = "docs/figures") 
         written.append(write_text(REPO_ROOT / BOTH_WAYS_FILE, json.dumps(both, indent=2) + "\n"))
         suspects = verdicts_file.parent / "label_issues.csv"
         if suspects.exists():  # the committed audit's list, its verdict column filled from the same readings
-            with_verdicts(pd.read_csv(suspects), verdicts).to_csv(suspects, index=False)
+            filled = with_verdicts(pd.read_csv(suspects), verdicts)
+            with atomic_path(suspects) as tmp:  # rewritten in place: whole or not at all
+                filled.to_csv(tmp, index=False)
             written.append(suspects)
-    table.to_csv(out_dir / "default_errors.csv", index=False)
+    with atomic_path(out_dir / "default_errors.csv") as tmp:
+        table.to_csv(tmp, index=False)
     return [p.relative_to(REPO_ROOT) for p in written]
 
 
