@@ -31,6 +31,7 @@ from .loader import RunData, split_batches
 from .stats import ECE_BINS, ece
 
 CONFORMAL_ALPHAS = (0.01, 0.05)  # sets meant to hold the true class 99 % and 95 % of the time
+DEFAULT_ALPHA = 0.01  # the set predict prints and evaluate writes per image
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -21,6 +21,7 @@ from sklearn.metrics import classification_report, confusion_matrix, roc_auc_sco
 from . import ood
 from .atomic import atomic_path, save_npy, write_text
 from .calibration import (
+    DEFAULT_ALPHA,
     calibrated_probabilities,
     calibration_of,
     expected_calibration_error,
@@ -68,6 +69,17 @@ def predict_test(
     pred["confidence"] = probs.max(1)
     for i, name in enumerate(CLASS_NAMES):
         pred[f"p_{name}"] = probs[:, i]
+    # predict answers with the temperature and its 99 % set (DEFAULT_ALPHA); the same columns here let a reader put the
+    # two side by side (the default's temperature, 0.586, turns a raw 0.95 into 0.997)
+    calibrated = calibrated_probabilities(logits.numpy(), calibration["temperature"])
+    for i, name in enumerate(CLASS_NAMES):
+        pred[f"p_calibrated_{name}"] = calibrated[:, i]
+    threshold = calibration["conformal"]["thresholds"].get(str(DEFAULT_ALPHA))
+    if threshold is not None:
+        chosen = prediction_sets(calibrated, threshold)
+        pred["prediction_set"] = [
+            "|".join(n for n, inside in zip(CLASS_NAMES, row, strict=True) if inside) for row in chosen
+        ]
     if ood_scores is not None:
         pred["ood_score"] = ood_scores
         pred["out_of_distribution"] = ood.flagged(net.ood, ood_scores)

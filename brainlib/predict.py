@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from . import ood
-from .calibration import calibrate, prediction_sets
+from .calibration import DEFAULT_ALPHA, calibrate, prediction_sets
 from .cam import compute_cams, overlay
 from .checkpoint import InferenceModel, default_checkpoint, load_for_inference
 from .config import CLASS_NAMES, REPO_ROOT
@@ -30,7 +30,6 @@ from .medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, dicom_series, is_medical, r
 
 # below this fraction of the model's input side, an image holds too little detail to trust
 SMALL_IMAGE_FRACTION = 0.5
-DEFAULT_ALPHA = 0.01
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 

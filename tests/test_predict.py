@@ -63,6 +63,11 @@ def test_predict_and_evaluate_agree_image_by_image(trained_run, fixture_root):
     assert [r["class"] for r in results] == list(pred["pred"])
     expected = calibration.calibrated_probabilities(logits, report["temperature"])
     assert np.allclose(probs[list(CLASS_NAMES)].to_numpy(), expected, atol=1e-4)
+    # predictions.csv carries what predict prints: calibrated probabilities and the 99 % set
+    written = pred[[f"p_calibrated_{c}" for c in CLASS_NAMES]].to_numpy()
+    assert np.allclose(written, probs[list(CLASS_NAMES)].to_numpy(), atol=1e-4)
+    assert not np.allclose(written, pred[[f"p_{c}" for c in CLASS_NAMES]].to_numpy(), atol=1e-4)
+    assert list(pred["prediction_set"]) == ["|".join(r["prediction_set"]) for r in results]
 
 
 def test_a_folder_is_expanded_to_its_images_sorted_and_the_text_names_the_checkpoint(trained_run, tmp_path, capsys):
