@@ -405,7 +405,7 @@ def model_card_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from .compare import compare_runs, paired_table
+    from .compare import compare_runs, paired_table, seed_summary
 
     table = compare_runs(args.run_dirs, args.shifts)
     if not len(table):
@@ -415,7 +415,11 @@ def compare_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(table.to_markdown(index=False))
+    print(table[[c for c in table.columns if not c.startswith("_")]].to_markdown(index=False))
+    seeds = seed_summary(table)
+    if len(seeds):
+        print("\nSeeds of one recipe (mean ± sample sd, range):")
+        print(seeds.to_markdown(index=False))
     if len(table) > 1:
         paired = paired_table([Path(r) for r in args.run_dirs if (Path(r) / "metrics.json").exists()])
         if len(paired):

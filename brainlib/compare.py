@@ -12,7 +12,15 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import load_checkpoint
-from .config import in_repo, read_run_config, recipe_and_changes
+from .config import (
+    IGNORED_IN_RECIPE_DIFF,
+    RECIPES,
+    Config,
+    build_config,
+    in_repo,
+    read_run_config,
+    recipe_and_changes,
+)
 from .data import leakage_free
 from .errors import BrainlibError
 from .models import count_parameters, create_model, member_models
@@ -40,6 +48,22 @@ def trained_settings(run_dir: Path, metrics: dict) -> dict:
     return read_run_config(run_dir)
 
 
+# what tells two seeds of one recipe apart: the weights' seed and the validation carve's
+SEED_FIELDS = ("seed", "split_seed")
+
+
+def recipe_without_seed(saved: dict) -> tuple[str, str]:
+    """(a key equal for runs that differ in their seeds alone, the recipe's name without the seeds).
+    Grouping is by the settings' values, not by name: weights exported from a weight-averaged run
+    with the average off are the plain recipe's."""
+    values = Config.from_dict(saved).__dict__
+    kept = {k: v for k, v in values.items() if k not in IGNORED_IN_RECIPE_DIFF and k not in SEED_FIELDS}
+    name = saved.get("recipe")
+    defaults = build_config({}, {"recipe": name}).__dict__ if name in RECIPES else {}
+    label = recipe_and_changes({**saved, **{k: defaults.get(k, values[k]) for k in SEED_FIELDS}})
+    return json.dumps(kept, sort_keys=True, default=str), label
+
+
 def _percent(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 2)
 
@@ -58,9 +82,11 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
         saved = trained_settings(run_dir, metrics)
         summary_path = run_dir / "train_summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        key, label = recipe_without_seed(saved)
         row = {
             "run": run_dir.name,
             "recipe": recipe_and_changes(saved),
+            "seed": Config.from_dict(saved).seed,
             "model": metrics["model"],
             "test_acc_%": _percent(metrics["accuracy"]),
             "95%_ci": interval_text(metrics, "accuracy"),
@@ -74,6 +100,9 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             "params": _parameter_count(metrics["model"]),
             "train_s": round(summary["train_seconds"]) if "train_seconds" in summary else None,
             "device": summary.get("device"),
+            # for seed_summary; columns named with a leading underscore are not printed
+            "_recipe_label": label,
+            "_recipe_key": key,
         }
         if shifts:
             s = summary_of(metrics)
@@ -93,6 +122,35 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
         rows.append(row)
     if skipped:
         print(f"compare: skipped {len(skipped)} folder(s) without metrics.json: {', '.join(skipped)}")
+    return pd.DataFrame(rows)
+
+
+SEED_SUMMARY_COLUMNS = {
+    "test_acc_%": "test %",
+    "leakage_free_%": "leakage-free %",
+    "ece_calibrated_%": "ECE calibrated %",
+    "shift_mean_%": "shift mean %",
+    "shift_worst_%": "shift worst %",
+}
+
+
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """For each recipe that `table` (compare_runs) holds at two seeds or more: the seeds, and each
+    headline number's mean ± sample sd and its range over them (the first run of a seed counts)."""
+    rows = []
+    for _, group in table.groupby("_recipe_key", sort=False):
+        seeds = group.drop_duplicates("seed")
+        if len(seeds) < 2:
+            continue
+        row = {
+            "recipe": min(group["_recipe_label"], key=len),
+            "seeds": ", ".join(str(s) for s in sorted(seeds["seed"])),
+        }
+        for column, name in SEED_SUMMARY_COLUMNS.items():
+            values = pd.to_numeric(seeds[column], errors="coerce").dropna() if column in seeds else []
+            if len(values) == len(seeds):  # only numbers every seed has
+                row[name] = f"{values.mean():.2f} ± {values.std(ddof=1):.2f} ({values.min():.2f}–{values.max():.2f})"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

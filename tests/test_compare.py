@@ -47,3 +47,33 @@ def test_compare_pairs_each_run_with_the_first_on_the_same_images(trained_run, t
     assert row["diff_pts"] == round(-300 / len(pred), 2) and row["mcnemar_p"] == 0.25  # 2 * 0.5**3
     assert main(["compare", trained_run.run_dir, str(other)]) == 0
     assert "McNemar" in capsys.readouterr().out
+
+
+def test_seeds_of_one_recipe_are_summarised_by_their_settings_not_their_names():
+    import pandas as pd
+
+    plain = build_config({}, {"recipe": "efficientnet_lite0_robust", "seed": 1, "split_seed": 42}).__dict__
+    # weights exported from a weight-averaged run with the average off: the plain recipe's settings
+    exported = build_config({}, {"recipe": "efficientnet_lite0_robust_ema", "seed": 42, "ema_decay": 0.0}).__dict__
+    averaged = build_config({}, {"recipe": "efficientnet_lite0_robust_ema", "seed": 42}).__dict__
+    other_size = build_config({}, {"recipe": "efficientnet_lite0_robust", "seed": 2, "image_size": 256}).__dict__
+    keys = [compare.recipe_without_seed(s) for s in (plain, exported, averaged, other_size)]
+    assert keys[0][0] == keys[1][0] and len({k for k, _ in keys}) == 3
+    assert keys[0][1] == "efficientnet_lite0_robust" and keys[3][1] == "efficientnet_lite0_robust + image_size=256"
+
+    rows = [(1, 98.0, 0), (42, 99.0, 1), (2, 97.0, 0), (42, 50.0, 1)]  # the second run of seed 42 does not count
+    table = pd.DataFrame(
+        {
+            "seed": [seed for seed, _, _ in rows],
+            "test_acc_%": [acc for _, acc, _ in rows],
+            "_recipe_key": [keys[k][0] for _, _, k in rows],
+            "_recipe_label": [keys[k][1] for _, _, k in rows],
+        }
+    )
+    table.loc[len(table)] = [7, 90.0, keys[2][0], keys[2][1]]  # one seed of another recipe: no summary row
+    summary = compare.seed_summary(table)
+    assert len(summary) == 1
+    row = summary.iloc[0]
+    assert row["recipe"] == "efficientnet_lite0_robust" and row["seeds"] == "1, 2, 42"
+    assert row["test %"] == "98.00 ± 1.00 (97.00–99.00)"
+    assert "shift mean %" not in summary  # numbers the runs do not have are left out
