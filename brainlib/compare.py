@@ -35,17 +35,27 @@ def _parameter_count(model_name: str) -> int:
     return sum(count_parameters(create_model(name)) for name in member_models(model_name))
 
 
-def trained_settings(run_dir: Path, metrics: dict) -> dict:
-    """The settings the scored model was trained with: its checkpoint's when the file is still
-    there (a run folder that scored a committed checkpoint has the scorer's settings, not the
-    trainer's), else the run folder's."""
+def trained_settings(run_dir: Path, metrics: dict) -> tuple[dict, list[dict]]:
+    """The settings the scored model was trained with, and an ensemble's members' (else []): its
+    checkpoint's when the file is still there (a run folder that scored a committed checkpoint has
+    the scorer's settings, not the trainer's), else the run folder's."""
     checkpoint = metrics.get("checkpoint")
     if checkpoint and in_repo(checkpoint).is_file():
         try:
-            return load_checkpoint(in_repo(checkpoint)).get("config") or read_run_config(run_dir)
+            state = load_checkpoint(in_repo(checkpoint))
         except BrainlibError:
-            pass
-    return read_run_config(run_dir)
+            state = {}
+        if state.get("config"):
+            return state["config"], [m.get("config") or {} for m in state.get("members", [])]
+    return read_run_config(run_dir), []
+
+
+def ensemble_recipe(members: list[dict], model_name: str) -> str:
+    """'ensemble: 3 × efficientnet_lite0_robust_256 + flip': what an ensemble's members were trained
+    with (seeds left out), counted."""
+    labels = [recipe_without_seed(m)[1] for m in members]
+    parts = [f"{labels.count(label)} × {label}" for label in dict.fromkeys(labels)]
+    return "ensemble: " + "; ".join(parts) + (" + flip" if model_name.endswith("+flip") else "")
 
 
 # what tells two seeds of one recipe apart: the weights' seed and the validation carve's
@@ -79,14 +89,17 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             skipped.append(run_dir.name)
             continue
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        saved = trained_settings(run_dir, metrics)
+        saved, members = trained_settings(run_dir, metrics)
         summary_path = run_dir / "train_summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         key, label = recipe_without_seed(saved)
+        if members:  # an ensemble's config is its first member's: never a seed of that member's recipe
+            label = ensemble_recipe(members, metrics["model"])
+            key = label + "".join(recipe_without_seed(m)[0] for m in members)
         row = {
             "run": run_dir.name,
-            "recipe": recipe_and_changes(saved),
-            "seed": Config.from_dict(saved).seed,
+            "recipe": label if members else recipe_and_changes(saved),
+            "seed": "" if members else Config.from_dict(saved).seed,
             "model": metrics["model"],
             "test_acc_%": _percent(metrics["accuracy"]),
             "95%_ci": interval_text(metrics, "accuracy"),

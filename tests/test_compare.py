@@ -77,3 +77,11 @@ def test_seeds_of_one_recipe_are_summarised_by_their_settings_not_their_names():
     assert row["recipe"] == "efficientnet_lite0_robust" and row["seeds"] == "1, 2, 42"
     assert row["test %"] == "98.00 ± 1.00 (97.00–99.00)"
     assert "shift mean %" not in summary  # numbers the runs do not have are left out
+
+
+def test_an_ensemble_is_described_by_its_members_and_never_counted_as_a_seed():
+    seeds = [build_config({}, {"recipe": "efficientnet_lite0_robust_256", "seed": s}).__dict__ for s in (42, 43, 44)]
+    plain = build_config({}, {"recipe": "efficientnet_lite0"}).__dict__
+    text = compare.ensemble_recipe(seeds + [plain], "efficientnet_lite0+efficientnet_lite0+efficientnet_lite0+flip")
+    assert text == "ensemble: 3 × efficientnet_lite0_robust_256; 1 × efficientnet_lite0 + flip"
+    assert "|" not in text  # a markdown table cell

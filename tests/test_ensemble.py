@@ -126,6 +126,8 @@ def test_an_ensemble_is_calibrated_evaluated_explained_and_exported(trained_run,
         metrics["model"] == "seed_cnn+seed_cnn+flip"
         and metrics["n_test"] == (read_manifest(run)["split"] == "test").sum()
     )
+    row = compare.compare_runs([tmp_path / "run"]).iloc[0]  # named by its members, not by its first one
+    assert row["recipe"].startswith("ensemble: 2 × ") and row["recipe"].endswith(" + flip") and row["seed"] == ""
 
     assert main(["model-card", "--checkpoint", str(out), "--eval-run", run, "--out", str(tmp_path / "card.md")]) == 0
     card = (tmp_path / "card.md").read_text()
