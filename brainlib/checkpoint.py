@@ -334,7 +334,8 @@ def export_checkpoint(src: str | Path, dst: str | Path, half: bool = False, trai
             raise CheckpointError(
                 f"{src} holds no trained weights besides its average (a weight-averaged run's last.pt does)"
             )
-        drop = ("temperature", "conformal", "ood")
+        # best_val_acc was measured on the average: these weights' accuracy is unknown until scored
+        drop = ("temperature", "conformal", "ood", "best_val_acc")
         state = {k: v for k, v in state.items() if k not in drop} | {
             "model_state": state["train_model_state"],
             "config": (state.get("config") or {}) | {"ema_decay": 0.0},

@@ -35,19 +35,36 @@ def _parameter_count(model_name: str) -> int:
     return sum(count_parameters(create_model(name)) for name in member_models(model_name))
 
 
-def trained_settings(run_dir: Path, metrics: dict) -> tuple[dict, list[dict]]:
+def scored_checkpoint(metrics: dict) -> tuple[dict, Path | None]:
+    """(the checkpoint a run folder scored, {} when its file is gone or unreadable; its path)."""
+    checkpoint = metrics.get("checkpoint")
+    if not checkpoint or not in_repo(checkpoint).is_file():
+        return {}, None
+    try:
+        return load_checkpoint(in_repo(checkpoint)), in_repo(checkpoint)
+    except BrainlibError:
+        return {}, None
+
+
+def trained_settings(run_dir: Path, state: dict) -> tuple[dict, list[dict]]:
     """The settings the scored model was trained with, and an ensemble's members' (else []): its
     checkpoint's when the file is still there (a run folder that scored a committed checkpoint has
     the scorer's settings, not the trainer's), else the run folder's."""
-    checkpoint = metrics.get("checkpoint")
-    if checkpoint and in_repo(checkpoint).is_file():
-        try:
-            state = load_checkpoint(in_repo(checkpoint))
-        except BrainlibError:
-            state = {}
-        if state.get("config"):
-            return state["config"], [m.get("config") or {} for m in state.get("members", [])]
+    if state.get("config"):
+        return state["config"], [m.get("config") or {} for m in state.get("members", [])]
     return read_run_config(run_dir), []
+
+
+def training_summary(run_dir: Path, checkpoint: Path | None) -> dict:
+    """train_summary.json of the run that trained the scored checkpoint: the folder's own, else the
+    one beside the checkpoint (<run>/checkpoints/best.pt or <run>/x.pt), else {}."""
+    places = [run_dir]
+    if checkpoint is not None:
+        places += [checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent]
+    for place in places:
+        if (place / "train_summary.json").exists():
+            return json.loads((place / "train_summary.json").read_text())
+    return {}
 
 
 def ensemble_recipe(members: list[dict], model_name: str) -> str:
@@ -89,9 +106,9 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             skipped.append(run_dir.name)
             continue
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        saved, members = trained_settings(run_dir, metrics)
-        summary_path = run_dir / "train_summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        state, checkpoint = scored_checkpoint(metrics)
+        saved, members = trained_settings(run_dir, state)
+        summary = training_summary(run_dir, checkpoint)
         key, label = recipe_without_seed(saved)
         if members:  # an ensemble's config is its first member's: never a seed of that member's recipe
             label = ensemble_recipe(members, metrics["model"])
@@ -101,6 +118,8 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             "recipe": label if members else recipe_and_changes(saved),
             "seed": "" if members else Config.from_dict(saved).seed,
             "model": metrics["model"],
+            # what the checkpoint was selected on (an ensemble's: measured by `ensemble`)
+            "val_acc_%": _percent(state.get("best_val_acc")),
             "test_acc_%": _percent(metrics["accuracy"]),
             "95%_ci": interval_text(metrics, "accuracy"),
             "leakage_free_%": _percent(metrics["accuracy_leakage_free"]),
@@ -139,6 +158,7 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
 
 
 SEED_SUMMARY_COLUMNS = {
+    "val_acc_%": "validation %",
     "test_acc_%": "test %",
     "leakage_free_%": "leakage-free %",
     "ece_calibrated_%": "ECE calibrated %",

@@ -85,3 +85,17 @@ def test_an_ensemble_is_described_by_its_members_and_never_counted_as_a_seed():
     text = compare.ensemble_recipe(seeds + [plain], "efficientnet_lite0+efficientnet_lite0+efficientnet_lite0+flip")
     assert text == "ensemble: 3 × efficientnet_lite0_robust_256; 1 × efficientnet_lite0 + flip"
     assert "|" not in text  # a markdown table cell
+
+
+def test_a_run_scored_in_another_folder_finds_its_training_summary_beside_its_checkpoint(tmp_path):
+    import json
+
+    trained, scored = tmp_path / "trained", tmp_path / "eval"
+    (trained / "checkpoints").mkdir(parents=True)
+    scored.mkdir()
+    (trained / "train_summary.json").write_text(json.dumps({"train_seconds": 12.0}))
+    assert compare.training_summary(scored, trained / "checkpoints" / "best.pt") == {"train_seconds": 12.0}
+    assert compare.training_summary(scored, trained / "trained_last.pt") == {"train_seconds": 12.0}
+    assert compare.training_summary(scored, None) == {}
+    (scored / "train_summary.json").write_text(json.dumps({"train_seconds": 3.0}))  # the folder's own first
+    assert compare.training_summary(scored, trained / "checkpoints" / "best.pt") == {"train_seconds": 3.0}

@@ -153,5 +153,6 @@ def test_the_average_leaves_training_alone_and_export_gives_the_trained_weights(
     got, want = load_checkpoint(trained), load_checkpoint(f"{plain.run_dir}/checkpoints/last.pt")
     assert all(torch.equal(got["model_state"][k], want["model_state"][k]) for k in want["model_state"])
     assert got["config"]["ema_decay"] == 0.0 and "temperature" not in got
+    assert "best_val_acc" not in got and want["best_val_acc"] > 0  # the average's, not these weights'
     with pytest.raises(Exception, match="no trained weights besides"):
         export_checkpoint(f"{plain.run_dir}/checkpoints/last.pt", tmp_path / "x.pt", trained_weights=True)
