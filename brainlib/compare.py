@@ -118,8 +118,9 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             "recipe": label if members else recipe_and_changes(saved),
             "seed": "" if members else Config.from_dict(saved).seed,
             "model": metrics["model"],
-            # what the checkpoint was selected on (an ensemble's: measured by `ensemble`)
-            "val_acc_%": _percent(state.get("best_val_acc")),
+            # what the checkpoint was selected on (an ensemble's: measured by `ensemble`); the
+            # training summary's only when the checkpoint is not there to say
+            "val_acc_%": _percent(state.get("best_val_acc") if state else summary.get("best_val_acc")),
             "test_acc_%": _percent(metrics["accuracy"]),
             "95%_ci": interval_text(metrics, "accuracy"),
             "leakage_free_%": _percent(metrics["accuracy_leakage_free"]),
