@@ -94,6 +94,11 @@ def prediction_sets(probs: np.ndarray, threshold: float) -> np.ndarray:
     return sets
 
 
+def set_classes(sets: np.ndarray) -> list[list[str]]:
+    """The class names in each row of `prediction_sets`, in CLASS_NAMES order."""
+    return [[name for name, inside in zip(CLASS_NAMES, row, strict=True) if inside] for row in sets]
+
+
 def set_coverage(sets: np.ndarray, labels: np.ndarray) -> dict:
     """Empirical coverage (true class in the set), mean set size and the share of sets with more
     than one class (the images `predict` flags for review)."""

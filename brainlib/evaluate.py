@@ -26,6 +26,7 @@ from .calibration import (
     calibration_of,
     expected_calibration_error,
     prediction_sets,
+    set_classes,
     set_coverage,
 )
 from .checkpoint import best_checkpoint, load_for_inference
@@ -76,10 +77,7 @@ def predict_test(
         pred[f"p_calibrated_{name}"] = calibrated[:, i]
     threshold = calibration["conformal"]["thresholds"].get(str(DEFAULT_ALPHA))
     if threshold is not None:
-        chosen = prediction_sets(calibrated, threshold)
-        pred["prediction_set"] = [
-            "|".join(n for n, inside in zip(CLASS_NAMES, row, strict=True) if inside) for row in chosen
-        ]
+        pred["prediction_set"] = ["|".join(names) for names in set_classes(prediction_sets(calibrated, threshold))]
     if ood_scores is not None:
         pred["ood_score"] = ood_scores
         pred["out_of_distribution"] = ood.flagged(net.ood, ood_scores)

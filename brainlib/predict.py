@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from . import ood
-from .calibration import DEFAULT_ALPHA, calibrate, prediction_sets
+from .calibration import DEFAULT_ALPHA, calibrate, prediction_sets, set_classes
 from .cam import compute_cams, overlay
 from .checkpoint import InferenceModel, default_checkpoint, load_for_inference
 from .config import CLASS_NAMES, REPO_ROOT
@@ -148,8 +148,7 @@ def _describe(
     entry["class"] = CLASS_NAMES[int(probs.argmax())]
     entry["probabilities"] = {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, probs, strict=True)}
     if threshold is not None:
-        chosen = prediction_sets(probs[None], threshold)[0]
-        entry["prediction_set"] = [name for name, inside in zip(CLASS_NAMES, chosen, strict=True) if inside]
+        entry["prediction_set"] = set_classes(prediction_sets(probs[None], threshold))[0]
         entry["coverage"] = 1 - alpha
         entry["uncertain"] = len(entry["prediction_set"]) > 1
     if min(w, h) < SMALL_IMAGE_FRACTION * net.image_size:
