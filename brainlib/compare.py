@@ -95,6 +95,10 @@ def _percent(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 2)
 
 
+def _rounded(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
 def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFrame:
     """One row per evaluated run folder, from its files (config.json, metrics.json,
     train_summary.json): the README's comparison table without hand copying. With shifts, the
@@ -110,6 +114,7 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
         saved, members = trained_settings(run_dir, state)
         summary = training_summary(run_dir, checkpoint)
         key, label = recipe_without_seed(saved)
+        scoring = metrics.get("scoring") or {}
         if members:  # an ensemble's config is its first member's: never a seed of that member's recipe
             label = ensemble_recipe(members, metrics["model"])
             key = label + "".join(recipe_without_seed(m)[0] for m in members)
@@ -133,6 +138,10 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             "params": _parameter_count(metrics["model"]),
             "train_s": round(summary["train_seconds"]) if "train_seconds" in summary else None,
             "device": summary.get("device"),
+            # what the checkpoint costs to use (metrics.json from older evaluations lacks them)
+            "ckpt_MB": _rounded(scoring.get("checkpoint_mb"), 1),
+            "score_img/s": _rounded(scoring.get("images_per_s"), 0),
+            "score_device": scoring.get("device"),
             # for seed_summary; columns named with a leading underscore are not printed
             "_recipe_label": label,
             "_recipe_key": key,

@@ -11,6 +11,7 @@ bootstrap interval (brainlib.stats).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,9 @@ def predict_test(
     # first: it refuses a run whose validation split did not select the checkpoint, before any scoring
     calibration = calibration_of(net, cfg, data, device)
     test_batches = split_batches(cfg, data, "test", device)
+    started = time.perf_counter()
     logits, ood_scores = ood.logits_and_scores(net, test_batches, device)
+    scoring_seconds = time.perf_counter() - started
     test = data.manifest[data.manifest["split"] == "test"].reset_index(drop=True)
     probs = logits.softmax(1).numpy()
     pred = test[["path", "label", "label_idx", "has_train_twin_exact", "has_train_twin_near"]].copy()
@@ -99,6 +102,14 @@ def predict_test(
         ),
         "seed": cfg.seed,
         "ood": ood_summary(net.ood, ood_scores),
+        # the cost beside the gain, for comparing recipes: the clean test pass through the one inference path
+        # (cached images to logits and OOD features) on this machine, and the file that ships
+        "scoring": {
+            "images_per_s": len(pred) / scoring_seconds,
+            "device": device,
+            "threads": torch.get_num_threads(),
+            "checkpoint_mb": checkpoint.stat().st_size / 2**20,
+        },
     }
     if shifts:
         table = shift_table(cfg, data, net, device, shift_severities, shift_sample, calibration)
@@ -193,6 +204,7 @@ def compute_metrics(pred: pd.DataFrame, logits: np.ndarray, extras: dict | None 
         ),
         "conformal": (conformal | {"sets": sets}) if conformal else None,
         "ood": extras.get("ood"),
+        "scoring": extras.get("scoring"),
     }
 
 

@@ -1,5 +1,7 @@
 """The comparison table is built from run folders' files."""
 
+from pathlib import Path
+
 from brainlib import compare, evaluate
 from brainlib.config import build_config, recipe_and_changes
 from brainlib.loader import load_run_data
@@ -16,6 +18,19 @@ def test_compare_builds_a_row_per_evaluated_run_and_names_the_rest(trained_run, 
     row = table.iloc[0]
     assert row["test_acc_%"] == round(100 * metrics["accuracy"], 2) and row["params"] == 273_236
     assert row["recipe"].startswith("reference + ") and "batch_size=8" in row["recipe"]
+    # the cost beside the gain: the scored file's size and the clean test pass's throughput
+    checkpoint_mb = Path(metrics["checkpoint"]).stat().st_size / 2**20
+    assert row["ckpt_MB"] == round(checkpoint_mb, 1) and row["score_device"] == "cpu"
+    assert metrics["scoring"]["images_per_s"] > 0 and row["score_img/s"] == round(metrics["scoring"]["images_per_s"])
+
+
+def test_compare_leaves_cost_cells_empty_for_metrics_written_before_they_were_measured(trained_run):
+    data = load_run_data(trained_run)
+    metrics = evaluate.compute_metrics(*evaluate.predict_test(trained_run, data, shifts=False))
+    del metrics["scoring"]
+    evaluate.write_metrics(metrics, trained_run.run_dir)
+    row = compare.compare_runs([trained_run.run_dir]).iloc[0]
+    assert row[["ckpt_MB", "score_img/s", "score_device"]].isna().all()
 
 
 def test_recipe_and_changes_names_the_closest_recipe_for_old_runs():
