@@ -208,6 +208,14 @@ def _parser() -> argparse.ArgumentParser:
     p = command("compare", "one table row per evaluated run folder (markdown); paired tests against the first")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
     p.add_argument("--shifts", action="store_true", help="add the shift suite's summary columns")
+    p = command(
+        "shortcuts",
+        "does the file's format alone tell tumour from no tumour, and do the runs' models fail where it misleads?",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run folders (predictions.csv)")
+    p.add_argument(
+        "--manifest", default=None, help="a run's manifest.csv, for folders without their own (default: the folder's)"
+    )
     p = command("results-table", "the front-door results table, from the committed metrics files (markdown)")
     p.add_argument(
         "--update", default=None, metavar="FILE", help="write it into FILE's results-table block (e.g. README.md)"
@@ -428,6 +436,36 @@ def compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def shortcuts_command(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .shortcuts import file_says_no_tumour, fit_file_rule, rule_text, shortcut_report, shortcut_table
+
+    reports, manifest = {}, None
+    for run_dir in map(Path, args.run_dirs):
+        source = Path(args.manifest) if args.manifest else run_dir / "manifest.csv"
+        if not (run_dir / "predictions.csv").exists() or not source.exists():
+            print(f"skipped {run_dir}: needs predictions.csv (evaluate) and a manifest (prepare, or --manifest)")
+            continue
+        pred, manifest = pd.read_csv(run_dir / "predictions.csv"), pd.read_csv(source)
+        if "file_says_notumor" not in pred:  # predictions written before the column existed
+            said = file_says_no_tumour(manifest, pred["path"])
+            if said is None:
+                print(f"skipped {run_dir}: its manifest predates the files' recorded mode; run `prepare` again")
+                continue
+            pred["file_says_notumor"] = said
+        reports[run_dir.name] = shortcut_report(pred)
+    if not reports:
+        print("error: no run folder could be read", file=sys.stderr)
+        return 1
+    first = next(iter(reports.values()))
+    print("The file rule (Training files only; True = no tumour):")
+    print(rule_text(fit_file_rule(manifest)))
+    print(f"its tumour-vs-none accuracy on the test images: {100 * first['rule_tumour_vs_none_accuracy']:.2f} %\n")
+    print(shortcut_table(reports).to_markdown(index=False))
+    return 0
+
+
 def results_table_command(args: argparse.Namespace) -> int:
     from .results import results_table, update
 
@@ -508,6 +546,7 @@ COMMANDS = {
     "ood-report": ood_report_command,
     "model-card": model_card_command,
     "compare": compare_command,
+    "shortcuts": shortcuts_command,
     "results-table": results_table_command,
     "figures": figures_command,
     "predict": predict_command,

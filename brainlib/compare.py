@@ -115,6 +115,7 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
         summary = training_summary(run_dir, checkpoint)
         key, label = recipe_without_seed(saved)
         scoring = metrics.get("scoring") or {}
+        shortcut = metrics.get("file_shortcut") or {}
         if members:  # an ensemble's config is its first member's: never a seed of that member's recipe
             label = ensemble_recipe(members, metrics["model"])
             key = label + "".join(recipe_without_seed(m)[0] for m in members)
@@ -135,6 +136,8 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             "ece_%": _percent(metrics["ece"]),
             "ece_calibrated_%": _percent(metrics["ece_calibrated"]),
             "flip_tta_%": _percent(metrics["accuracy_tta_flip"]),
+            # test images whose file format points to the other side of tumour / no tumour (brainlib.shortcuts)
+            "file_conflict_%": _percent(shortcut.get("conflicting", {}).get("accuracy")),
             "params": _parameter_count(metrics["model"]),
             "train_s": round(summary["train_seconds"]) if "train_seconds" in summary else None,
             "device": summary.get("device"),

@@ -38,6 +38,7 @@ from .loader import RunData, split_batches
 from .models import Ensemble
 from .robustness import shift_summary, shift_table, summary_of
 from .shifts import SEVERITIES
+from .shortcuts import file_says_no_tumour, shortcut_report
 from .stats import metric_intervals
 
 
@@ -81,6 +82,9 @@ def predict_test(
     threshold = calibration["conformal"]["thresholds"].get(str(DEFAULT_ALPHA))
     if threshold is not None:
         pred["prediction_set"] = ["|".join(names) for names in set_classes(prediction_sets(calibrated, threshold))]
+    file_rule = file_says_no_tumour(data.manifest, pred["path"])
+    if file_rule is not None:  # does the file's format alone say "no tumour"? (brainlib.shortcuts)
+        pred["file_says_notumor"] = file_rule
     if ood_scores is not None:
         pred["ood_score"] = ood_scores
         pred["out_of_distribution"] = ood.flagged(net.ood, ood_scores)
@@ -205,6 +209,7 @@ def compute_metrics(pred: pd.DataFrame, logits: np.ndarray, extras: dict | None 
         "conformal": (conformal | {"sets": sets}) if conformal else None,
         "ood": extras.get("ood"),
         "scoring": extras.get("scoring"),
+        "file_shortcut": shortcut_report(pred),
     }
 
 

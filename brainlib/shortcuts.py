@@ -1,0 +1,126 @@
+"""Can the file alone tell a tumour from no tumour? The dataset merges collections that were saved
+differently: 98.9 % of Training's "no tumour" files are not 512 px wide, against 0-10.5 % of each tumour
+class's, so a rule on the file's size separates tumour from no tumour on the official Testing split
+without looking at a pixel. A model can learn that shortcut from the pixels the format
+leaves behind (borders, aspect, intensity range, compression).
+
+The audit fits that rule (a decision tree of three leaves on width, height and grayscale mode, Training
+files only, target "no tumour": small enough to read) and splits the test images by whether their file agrees with their label:
+a tumour image saved like the no-tumour collection, or the reverse, conflicts. A model that reads the
+scan scores the same on both groups; one that reads the file fails on the conflicting ones, mostly by
+calling such tumours "no tumour". Reported with Wilson intervals and Fisher's exact test
+(scipy.stats), from predictions and the manifest alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.tree import DecisionTreeClassifier, export_text
+
+NO_TUMOUR = "notumor"
+FEATURES = ("width", "height", "grayscale_mode")
+
+
+def file_features(frame: pd.DataFrame) -> np.ndarray:
+    """Per row of a manifest: the stored file's width and height (px) and whether it is saved as
+    8-bit grayscale (PIL mode "L")."""
+    return np.column_stack([frame["width"], frame["height"], (frame["mode"] == "L").astype(int)])
+
+
+def fit_file_rule(manifest: pd.DataFrame) -> DecisionTreeClassifier:
+    """The rule "this file looks like a no-tumour file", fitted on the official Training files only
+    (validation included: no model is selected with it), so Testing judges it as it judges a model."""
+    train = manifest[manifest["split_on_disk"] == "Training"]
+    rule = DecisionTreeClassifier(max_leaf_nodes=3, min_samples_leaf=20, random_state=0)
+    return rule.fit(file_features(train), (train["label"] == NO_TUMOUR).to_numpy())
+
+
+def rule_text(rule: DecisionTreeClassifier) -> str:
+    return export_text(rule, feature_names=list(FEATURES))
+
+
+def file_says_no_tumour(manifest: pd.DataFrame, paths: pd.Series) -> np.ndarray | None:
+    """For each path (rows of `manifest`): does the file rule fitted on `manifest` call it no tumour?
+    None for a manifest written before it recorded each file's mode."""
+    if "mode" not in manifest or "split_on_disk" not in manifest:
+        return None
+    rows = manifest.set_index("path").loc[list(paths)].reset_index()
+    return fit_file_rule(manifest).predict(file_features(rows)).astype(bool)
+
+
+def _share(hits: np.ndarray) -> dict:
+    n = int(hits.size)
+    if n == 0:
+        return {"n": 0, "accuracy": None, "ci95": None}
+    k = int(hits.sum())
+    ci = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+    return {"n": n, "accuracy": k / n, "ci95": [float(ci.low), float(ci.high)]}
+
+
+def shortcut_report(pred: pd.DataFrame) -> dict | None:
+    """From predictions with a `file_says_notumor` column (predictions.csv): the file rule's own
+    tumour-vs-none accuracy, and the model's accuracy where the file agrees with the label (aligned)
+    and where it does not (conflicting), by tumour and no-tumour images; for tumour images, how often
+    the model says "no tumour" in each group, with Fisher's exact test of the difference."""
+    if "file_says_notumor" not in pred:
+        return None
+    says_none = pred["file_says_notumor"].astype(bool).to_numpy()
+    is_none = (pred["label"] == NO_TUMOUR).to_numpy()
+    right = (pred["label"] == pred["pred"]).to_numpy()
+    called_none = (pred["pred"] == NO_TUMOUR).to_numpy()
+    conflicting = says_none != is_none
+    tumour = ~is_none
+    missed = [
+        [int((called_none & tumour & g).sum()), int((~called_none & tumour & g).sum())]
+        for g in (~conflicting, conflicting)
+    ]
+    odds, p = stats.fisher_exact(missed) if min(map(sum, missed)) else (None, None)
+    return {
+        "rule_tumour_vs_none_accuracy": float((says_none == is_none).mean()),
+        "aligned": _share(right[~conflicting]),
+        "conflicting": _share(right[conflicting]),
+        "tumour_aligned": _share(right[tumour & ~conflicting]),
+        "tumour_conflicting": _share(right[tumour & conflicting]),
+        "no_tumour_aligned": _share(right[is_none & ~conflicting]),
+        "no_tumour_conflicting": _share(right[is_none & conflicting]),
+        # a tumour called "no tumour": the error the shortcut predicts
+        "tumour_called_none": {
+            "aligned": missed[0][0],
+            "aligned_n": sum(missed[0]),
+            "conflicting": missed[1][0],
+            "conflicting_n": sum(missed[1]),
+            "fisher_p": None if p is None else float(p),
+        },
+    }
+
+
+def shortcut_table(reports: dict[str, dict]) -> pd.DataFrame:
+    """One row per run: accuracy (%) on aligned and conflicting test images, and tumours called
+    "no tumour" in each group."""
+    rows = []
+    for run, r in reports.items():
+        miss = r["tumour_called_none"]
+        rows.append(
+            {
+                "run": run,
+                "aligned_%": _pct(r["aligned"]),
+                "conflicting_%": _pct(r["conflicting"]),
+                "conflicting_95%_ci": _ci(r["conflicting"]),
+                "tumour_conflicting_%": _pct(r["tumour_conflicting"]),
+                "no_tumour_conflicting_%": _pct(r["no_tumour_conflicting"]),
+                "tumour→none aligned": f"{miss['aligned']}/{miss['aligned_n']}",
+                "tumour→none conflicting": f"{miss['conflicting']}/{miss['conflicting_n']}",
+                "fisher_p": None if miss["fisher_p"] is None else float(f"{miss['fisher_p']:.2g}"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _pct(share: dict) -> float | None:
+    return None if share["accuracy"] is None else round(100 * share["accuracy"], 2)
+
+
+def _ci(share: dict) -> str:
+    return "" if share["ci95"] is None else f"[{100 * share['ci95'][0]:.2f}, {100 * share['ci95'][1]:.2f}]"
