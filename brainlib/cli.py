@@ -439,28 +439,25 @@ def compare_command(args: argparse.Namespace) -> int:
 def shortcuts_command(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .shortcuts import file_says_no_tumour, fit_file_rule, rule_text, shortcut_report, shortcut_table
+    from .shortcuts import fit_file_rule, folder_report, rule_text, shortcut_table
 
-    reports, manifest = {}, None
+    reports, manifest_file = {}, None
     for run_dir in map(Path, args.run_dirs):
         source = Path(args.manifest) if args.manifest else run_dir / "manifest.csv"
-        if not (run_dir / "predictions.csv").exists() or not source.exists():
-            print(f"skipped {run_dir}: needs predictions.csv (evaluate) and a manifest (prepare, or --manifest)")
+        report = folder_report(run_dir, source)
+        if report is None:
+            print(
+                f"skipped {run_dir}: needs predictions.csv (evaluate) and a manifest with file modes (prepare, --manifest)"
+            )
             continue
-        pred, manifest = pd.read_csv(run_dir / "predictions.csv"), pd.read_csv(source)
-        if "file_says_notumor" not in pred:  # predictions written before the column existed
-            said = file_says_no_tumour(manifest, pred["path"])
-            if said is None:
-                print(f"skipped {run_dir}: its manifest predates the files' recorded mode; run `prepare` again")
-                continue
-            pred["file_says_notumor"] = said
-        reports[run_dir.name] = shortcut_report(pred)
+        reports[run_dir.name], manifest_file = report, source
     if not reports:
         print("error: no run folder could be read", file=sys.stderr)
         return 1
-    first = next(iter(reports.values()))
+    manifest = pd.read_csv(manifest_file)
     print("The file rule (Training files only; True = no tumour):")
     print(rule_text(fit_file_rule(manifest)))
+    first = next(iter(reports.values()))
     print(f"its tumour-vs-none accuracy on the test images: {100 * first['rule_tumour_vs_none_accuracy']:.2f} %\n")
     print(shortcut_table(reports).to_markdown(index=False))
     return 0

@@ -25,6 +25,7 @@ from .data import read_manifest
 from .errors import DataError
 from .evaluate import interval_table, prediction_set_table
 from .robustness import ShiftSummary, summary_of
+from .shortcuts import folder_report
 from .stats import interval_text
 from .verdicts import VERDICTS, accuracy_both_ways, read_verdicts
 
@@ -172,6 +173,7 @@ def build_model_card(
         "## Known failure modes",
         "",
         *[f"- {x}." for x in _confusions(metrics)],
+        *_file_shortcut(metrics.get("file_shortcut") or folder_report(eval_run)),
         "- Re-processed images (another scanner's export, resampling, contrast changes): see the shift table; the "
         "prediction sets' coverage guarantee does not hold there.",
         "- Images far smaller than the input size: `predict` warns below half of it.",
@@ -310,6 +312,26 @@ def _ood_section(state: dict, metrics: dict, report: Path) -> list[str]:
             outside[["family", "group", "n", "flagged", "auroc_vs_clean_test"]].round(4).to_markdown(index=False),
         ]
     return lines + [""]
+
+
+def _file_shortcut(report: dict | None) -> list[str]:
+    """The dataset's file-format shortcut (brainlib.shortcuts), as this model meets it."""
+    if report is None:
+        return []
+    conflicting, aligned, missed = report["conflicting"], report["aligned"], report["tumour_called_none"]
+    rule = (
+        "- The class follows the collection a file came from: a rule on the file's size alone tells tumour from no "
+        f"tumour on the test split {_pct(report['rule_tumour_vs_none_accuracy'])} of the time"
+    )
+    if not conflicting["n"]:
+        return [rule + "; no test image's file points the other way."]
+    return [
+        rule
+        + f". On the {conflicting['n']} test images whose file points the other way this model scores {_pct(conflicting['accuracy'])} "
+        f"[{_pct(conflicting['ci95'][0])}, {_pct(conflicting['ci95'][1])}] (the rest: {_pct(aligned['accuracy'])}) and calls "
+        f'{missed["conflicting"]} of {missed["conflicting_n"]} such tumours "no tumour" '
+        f"({missed['aligned']} of {missed['aligned_n']} of the others): `python -m brainlib shortcuts`, docs/trust.md."
+    ]
 
 
 def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:

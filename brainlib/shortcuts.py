@@ -14,6 +14,8 @@ calling such tumours "no tumour". Reported with Wilson intervals and Fisher's ex
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -48,6 +50,23 @@ def file_says_no_tumour(manifest: pd.DataFrame, paths: pd.Series) -> np.ndarray 
         return None
     rows = manifest.set_index("path").loc[list(paths)].reset_index()
     return fit_file_rule(manifest).predict(file_features(rows)).astype(bool)
+
+
+def folder_report(run_dir: str | Path, manifest_file: str | Path | None = None) -> dict | None:
+    """shortcut_report of an evaluated run folder, from its predictions.csv and its manifest (or
+    `manifest_file`); predictions written before `file_says_notumor` existed get it from the manifest.
+    None when a file is missing or the manifest predates the files' recorded mode."""
+    run_dir = Path(run_dir)
+    source = Path(manifest_file) if manifest_file else run_dir / "manifest.csv"
+    if not (run_dir / "predictions.csv").exists() or not source.exists():
+        return None
+    pred = pd.read_csv(run_dir / "predictions.csv")
+    if "file_says_notumor" not in pred:
+        said = file_says_no_tumour(pd.read_csv(source), pred["path"])
+        if said is None:
+            return None
+        pred["file_says_notumor"] = said
+    return shortcut_report(pred)
 
 
 def _share(hits: np.ndarray) -> dict:

@@ -37,6 +37,7 @@ def test_model_card_is_built_from_the_checkpoint_and_its_evaluation(trained_run,
     assert "Not a diagnostic device" in card.replace("**", "") and "nan" not in card
     assert "--shift-severities 2" in card
     assert "By-eye readings" not in card  # no audit given
+    assert "a rule on the file's size alone tells tumour from no tumour" in card  # brainlib.shortcuts
 
 
 def test_model_card_reports_accuracy_both_ways_from_the_audits_readings(trained_run, tmp_path):
