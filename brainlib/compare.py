@@ -142,7 +142,7 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             "train_s": round(summary["train_seconds"]) if "train_seconds" in summary else None,
             "device": summary.get("device"),
             # what the checkpoint costs to use (metrics.json from older evaluations lacks them)
-            "ckpt_MB": _rounded(scoring.get("checkpoint_mb"), 1),
+            "weights_MB": _rounded(scoring.get("weights_mb"), 1),
             "score_img/s": _rounded(scoring.get("images_per_s"), 0),
             "score_device": scoring.get("device"),
             # for seed_summary; columns named with a leading underscore are not printed

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import torch
+
 from brainlib import compare, evaluate
 from brainlib.config import build_config, recipe_and_changes
 from brainlib.loader import load_run_data
@@ -19,8 +21,10 @@ def test_compare_builds_a_row_per_evaluated_run_and_names_the_rest(trained_run, 
     assert row["test_acc_%"] == round(100 * metrics["accuracy"], 2) and row["params"] == 273_236
     assert row["recipe"].startswith("reference + ") and "batch_size=8" in row["recipe"]
     # the cost beside the gain: the scored file's size and the clean test pass's throughput
-    checkpoint_mb = Path(metrics["checkpoint"]).stat().st_size / 2**20
-    assert row["ckpt_MB"] == round(checkpoint_mb, 1) and row["score_device"] == "cpu"
+    state = torch.load(metrics["checkpoint"], weights_only=True)
+    weights_mb = sum(t.numel() * t.element_size() for t in state["model_state"].values()) / 2**20
+    assert row["weights_MB"] == round(weights_mb, 1) and row["score_device"] == "cpu"
+    assert weights_mb < Path(metrics["checkpoint"]).stat().st_size / 2**20  # a training checkpoint holds more
     assert metrics["scoring"]["images_per_s"] > 0 and row["score_img/s"] == round(metrics["scoring"]["images_per_s"])
 
 
@@ -30,7 +34,7 @@ def test_compare_leaves_cost_cells_empty_for_metrics_written_before_they_were_me
     del metrics["scoring"]
     evaluate.write_metrics(metrics, trained_run.run_dir)
     row = compare.compare_runs([trained_run.run_dir]).iloc[0]
-    assert row[["ckpt_MB", "score_img/s", "score_device"]].isna().all()
+    assert row[["weights_MB", "score_img/s", "score_device"]].isna().all()
 
 
 def test_recipe_and_changes_names_the_closest_recipe_for_old_runs():
