@@ -21,6 +21,8 @@ import pandas as pd
 from scipy import stats
 from sklearn.tree import DecisionTreeClassifier, export_text
 
+from .stats import bounds_text, wilson_interval
+
 NO_TUMOUR = "notumor"
 FEATURES = ("width", "height", "grayscale_mode")
 
@@ -74,8 +76,7 @@ def _share(hits: np.ndarray) -> dict:
     if n == 0:
         return {"n": 0, "accuracy": None, "ci95": None}
     k = int(hits.sum())
-    ci = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
-    return {"n": n, "accuracy": k / n, "ci95": [float(ci.low), float(ci.high)]}
+    return {"n": n, "accuracy": k / n, "ci95": wilson_interval(k, n)}
 
 
 def shortcut_report(pred: pd.DataFrame) -> dict | None:
@@ -95,7 +96,7 @@ def shortcut_report(pred: pd.DataFrame) -> dict | None:
         [int((called_none & tumour & g).sum()), int((~called_none & tumour & g).sum())]
         for g in (~conflicting, conflicting)
     ]
-    odds, p = stats.fisher_exact(missed) if min(map(sum, missed)) else (None, None)
+    _, p = stats.fisher_exact(missed) if min(map(sum, missed)) else (None, None)
     return {
         "rule_tumour_vs_none_accuracy": float((says_none == is_none).mean()),
         "aligned": _share(right[~conflicting]),
@@ -126,7 +127,7 @@ def shortcut_table(reports: dict[str, dict]) -> pd.DataFrame:
                 "run": run,
                 "aligned_%": _pct(r["aligned"]),
                 "conflicting_%": _pct(r["conflicting"]),
-                "conflicting_95%_ci": _ci(r["conflicting"]),
+                "conflicting_95%_ci": bounds_text(r["conflicting"]["ci95"]),
                 "tumour_conflicting_%": _pct(r["tumour_conflicting"]),
                 "no_tumour_conflicting_%": _pct(r["no_tumour_conflicting"]),
                 "tumour→none aligned": f"{miss['aligned']}/{miss['aligned_n']}",
@@ -139,7 +140,3 @@ def shortcut_table(reports: dict[str, dict]) -> pd.DataFrame:
 
 def _pct(share: dict) -> float | None:
     return None if share["accuracy"] is None else round(100 * share["accuracy"], 2)
-
-
-def _ci(share: dict) -> str:
-    return "" if share["ci95"] is None else f"[{100 * share['ci95'][0]:.2f}, {100 * share['ci95'][1]:.2f}]"

@@ -105,6 +105,13 @@ def proportion_interval(
     return [float(low[0]), float(high[0])]
 
 
+def wilson_interval(k: int, n: int, level: float = CONFIDENCE) -> list[float]:
+    """Wilson score interval of k successes in n (scipy.stats): for small groups and shares near
+    0 or 1, where a bootstrap interval collapses to a point (117 of 117 right gives [1, 1])."""
+    ci = sps.binomtest(k, n).proportion_ci(level, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
 def paired_comparison(
     correct_a: np.ndarray,
     correct_b: np.ndarray,
@@ -136,5 +143,9 @@ def paired_comparison(
 
 def interval_text(metrics: dict, name: str) -> str:
     """'[low, high]' in percent from metrics.json's bootstrap intervals ('' when it has none)."""
-    bounds = (metrics.get("intervals") or {}).get(name)
+    return bounds_text((metrics.get("intervals") or {}).get(name))
+
+
+def bounds_text(bounds: list[float] | None) -> str:
+    """'[low, high]' in percent ('' for None)."""
     return "" if bounds is None else f"[{100 * bounds[0]:.2f}, {100 * bounds[1]:.2f}]"
