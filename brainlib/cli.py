@@ -439,7 +439,14 @@ def compare_command(args: argparse.Namespace) -> int:
 def shortcuts_command(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .shortcuts import fit_file_rule, folder_report, rule_text, shortcut_table
+    from .shortcuts import (
+        fit_file_rule,
+        fit_tumour_type_rule,
+        folder_report,
+        rule_text,
+        shortcut_table,
+        tumour_type_table,
+    )
 
     reports, manifest_file = {}, None
     for run_dir in map(Path, args.run_dirs):
@@ -460,6 +467,16 @@ def shortcuts_command(args: argparse.Namespace) -> int:
     first = next(iter(reports.values()))
     print(f"its tumour-vs-none accuracy on the test images: {100 * first['rule_tumour_vs_none_accuracy']:.2f} %\n")
     print(shortcut_table(reports).to_markdown(index=False))
+    types = tumour_type_table(reports)
+    if len(types):
+        share = first["tumour_type"]
+        print("\nInside the tumour classes: the type the file's format points to (Training's tumour files only):")
+        print(rule_text(fit_tumour_type_rule(manifest)))
+        print(
+            f"right for {100 * share['rule_accuracy']:.2f} % of the tumour test images "
+            f"(the largest class alone: {100 * share['largest_class_share']:.2f} %)\n"
+        )
+        print(types.to_markdown(index=False))
     return 0
 
 

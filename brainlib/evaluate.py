@@ -38,7 +38,7 @@ from .loader import RunData, split_batches
 from .models import Ensemble
 from .robustness import shift_summary, shift_table, summary_of
 from .shifts import SEVERITIES
-from .shortcuts import file_says_no_tumour, shortcut_report
+from .shortcuts import file_says_no_tumour, file_tumour_type, shortcut_report
 from .stats import metric_intervals
 
 
@@ -83,8 +83,9 @@ def predict_test(
     if threshold is not None:
         pred["prediction_set"] = ["|".join(names) for names in set_classes(prediction_sets(calibrated, threshold))]
     file_rule = file_says_no_tumour(data.manifest, pred["path"])
-    if file_rule is not None:  # does the file's format alone say "no tumour"? (brainlib.shortcuts)
+    if file_rule is not None:  # does the file's format alone say "no tumour", or which tumour? (brainlib.shortcuts)
         pred["file_says_notumor"] = file_rule
+        pred["file_tumour_type"] = file_tumour_type(data.manifest, pred["path"])
     if ood_scores is not None:
         pred["ood_score"] = ood_scores
         pred["out_of_distribution"] = ood.flagged(net.ood, ood_scores)

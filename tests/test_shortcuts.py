@@ -59,9 +59,38 @@ def test_a_model_that_reads_the_scan_scores_the_same_on_both_groups():
     assert report["no_tumour_conflicting"]["n"] == 0 and report["no_tumour_conflicting"]["accuracy"] is None
 
 
+def test_inside_the_tumour_classes_a_model_that_follows_the_file_errs_toward_the_files_type():
+    """Training: gliomas saved as 8-bit grayscale, meningiomas as RGB; Testing: four gliomas saved as RGB,
+    whose format points to meningioma."""
+    rows = [
+        ("Training", f"Training/{label}/{i}.jpg", label, width, width, mode)
+        for i in range(40)
+        for label, width, mode in (("glioma", 512, "L"), ("meningioma", 512, "RGB"), ("notumor", 300, "RGB"))
+    ]
+    tests = [("glioma", "L")] * 4 + [("glioma", "RGB")] * 4 + [("meningioma", "RGB")] * 4
+    rows += [("Testing", f"Testing/{label}/{i}.jpg", label, 512, 512, mode) for i, (label, mode) in enumerate(tests)]
+    m = pd.DataFrame(rows, columns=["split_on_disk", "path", "label", "width", "height", "mode"])
+    pred = m[m["split_on_disk"] == "Testing"][["path", "label"]].reset_index(drop=True)
+    pred["file_tumour_type"] = shortcuts.file_tumour_type(m, pred["path"])
+    assert pred["file_tumour_type"].tolist() == ["glioma"] * 4 + ["meningioma"] * 8
+
+    follows_file = shortcuts.tumour_type_report(pred.assign(pred=pred["file_tumour_type"]))
+    assert follows_file["rule_accuracy"] == pytest.approx(8 / 12)
+    assert follows_file["largest_class_share"] == pytest.approx(8 / 12)
+    errors = follows_file["errors"]
+    assert (errors["aligned"], errors["aligned_n"], errors["conflicting"], errors["conflicting_n"]) == (0, 8, 4, 4)
+    assert errors["toward_file_type"] == 4 and errors["fisher_p"] < 0.05
+
+    reads_scan = shortcuts.tumour_type_report(pred.assign(pred=pred["label"]))
+    assert reads_scan["errors"]["conflicting"] == reads_scan["errors"]["toward_file_type"] == 0
+    row = shortcuts.tumour_type_table({"run": {"tumour_type": follows_file}}).iloc[0]
+    assert row["errors conflicting"] == "4/4" and row["conflicting_%"] == 0.0
+
+
 def test_old_manifests_and_predictions_give_no_report_rather_than_an_error():
     m = manifest()
     assert shortcuts.file_says_no_tumour(m.drop(columns="mode"), m["path"]) is None
+    assert shortcuts.file_tumour_type(m.drop(columns="mode"), m["path"]) is None
     assert shortcuts.shortcut_report(pd.DataFrame({"label": ["glioma"], "pred": ["glioma"]})) is None
 
 
@@ -73,11 +102,15 @@ def test_evaluate_records_the_audit_and_the_command_reads_evaluated_folders(trai
     from brainlib.loader import load_run_data
 
     pred, logits, extras = evaluate.predict_test(trained_run, load_run_data(trained_run), shifts=False)
-    assert "file_says_notumor" in pd.read_csv(Path(trained_run.run_dir) / "predictions.csv")
+    written = pd.read_csv(Path(trained_run.run_dir) / "predictions.csv")
+    assert {"file_says_notumor", "file_tumour_type"} <= set(written.columns)
+    assert set(written["file_tumour_type"]) <= {"glioma", "meningioma", "pituitary"}
     metrics = evaluate.compute_metrics(pred, logits, extras)
     assert 0 <= metrics["file_shortcut"]["rule_tumour_vs_none_accuracy"] <= 1
+    assert 0 <= metrics["file_shortcut"]["tumour_type"]["rule_accuracy"] <= 1
     (tmp_path / "not_evaluated").mkdir()
     assert main(["shortcuts", str(trained_run.run_dir), str(tmp_path / "not_evaluated")]) == 0
     out = capsys.readouterr().out
     assert "skipped" in out and "not_evaluated" in out
     assert "tumour-vs-none accuracy on the test images" in out and f"| {Path(trained_run.run_dir).name} " in out
+    assert "Inside the tumour classes" in out
