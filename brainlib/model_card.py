@@ -331,7 +331,21 @@ def _file_shortcut(report: dict | None) -> list[str]:
         f"[{_pct(conflicting['ci95'][0])}, {_pct(conflicting['ci95'][1])}] (the rest: {_pct(aligned['accuracy'])}) and calls "
         f'{missed["conflicting"]} of {missed["conflicting_n"]} such tumours "no tumour" '
         f"({missed['aligned']} of {missed['aligned_n']} of the others): `python -m brainlib shortcuts`, docs/trust.md."
+        + _tumour_type_shortcut(report.get("tumour_type"))
     ]
+
+
+def _tumour_type_shortcut(report: dict | None) -> str:
+    if not report or not report["errors"]["conflicting_n"]:
+        return ""
+    errors = report["errors"]
+    return (
+        f" Inside the tumour classes the format names the type of {_pct(report['rule_accuracy'])} of the tumour test "
+        f"images (the largest class alone: {_pct(report['largest_class_share'])}); this model gets the type wrong for "
+        f"{errors['aligned']} of {errors['aligned_n']} whose format names their type and {errors['conflicting']} of "
+        f"{errors['conflicting_n']} whose format names another, {errors['toward_file_type']} of them answering the "
+        "file's type."
+    )
 
 
 def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:

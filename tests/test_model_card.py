@@ -78,3 +78,24 @@ def test_the_committed_model_card_reports_the_committed_metrics():
     assert card.startswith("# Model card: `efficientnet_lite0_robust.pt`")
     assert f"Accuracy {100 * metrics['accuracy']:.2f} %" in card
     assert f"{100 * metrics['accuracy_leakage_free']:.2f} %" in card
+
+
+def test_model_card_says_how_the_model_meets_the_tumour_type_shortcut():
+    from brainlib.model_card import _file_shortcut
+
+    share = {"n": 10, "accuracy": 0.9, "ci95": (0.6, 0.98)}
+    report = {
+        "rule_tumour_vs_none_accuracy": 0.9,
+        "conflicting": share,
+        "aligned": share,
+        "tumour_called_none": {"aligned": 0, "aligned_n": 8, "conflicting": 1, "conflicting_n": 9},
+        "tumour_type": {
+            "rule_accuracy": 0.45,
+            "largest_class_share": 0.34,
+            "errors": {"aligned": 2, "aligned_n": 40, "conflicting": 3, "conflicting_n": 50, "toward_file_type": 1},
+        },
+    }
+    (line,) = _file_shortcut(report)
+    assert "names the type of 45.00 % of the tumour test images" in line
+    assert "2 of 40 whose format names their type and 3 of 50 whose format names another, 1 of them" in line
+    assert "Inside the tumour classes" not in _file_shortcut(report | {"tumour_type": None})[0]
