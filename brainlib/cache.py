@@ -21,15 +21,11 @@ import numpy as np
 import pandas as pd
 
 from .atomic import save_npy, write_text
-from .config import in_repo
+from .config import default_cache_dir
 from .data import load_gray
 from .progress import progress as progress_bar
 
 PREPROCESSING_VERSION = 2  # bump when load_gray changes (2: EXIF orientation applied)
-
-
-def default_cache_dir() -> Path:
-    return in_repo(os.environ.get("BRAIN_CACHE_DIR", "runs/cache"))
 
 
 def cache_key(manifest: pd.DataFrame, size: int) -> str:

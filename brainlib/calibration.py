@@ -151,10 +151,10 @@ def ood_statistics(
     validation features; the validation logits), for brainlib.ood's scores and thresholds."""
     cfg = net.scoring_config(cfg)
     train = split_batches(cfg, data, "train", device)
-    _, features = predict_logits_and_features(net.model, train, device, net.cam_layers)
+    _, features = predict_logits_and_features(net.model, train, device, net.feature_layers)
     stats = ood.fit(features, train.labels.cpu(), len(CLASS_NAMES))
     val_logits, val_features = predict_logits_and_features(
-        net.model, split_batches(cfg, data, "val", device), device, net.cam_layers
+        net.model, split_batches(cfg, data, "val", device), device, net.feature_layers
     )
     return stats, val_features, val_logits
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import cpu_engine
 from .atomic import atomic_path
 from .config import CLASS_NAMES, DEFAULT_CHECKPOINT, LOCATION_FIELDS, REPO_ROOT, Config, build_config
 from .errors import CheckpointError
@@ -224,6 +225,11 @@ class InferenceModel:
     # that runs twice per forward would give the CAM two activations for one layer
     cam_model: nn.Module
     cam_layers: list[nn.Module]
+    # what runs `model` (brainlib.cpu_engine): "onnxruntime" on the CPU, "torch" on a GPU and for an
+    # ensemble; and the modules of `model` whose forward hooks see the OOD features (the CAM layers in
+    # PyTorch, the runtime's feature taps)
+    engine: str = "torch"
+    feature_layers: list[nn.Module] = dataclasses.field(default_factory=list)
 
     def replace(self, **changes) -> InferenceModel:
         return dataclasses.replace(self, **changes)
@@ -258,6 +264,10 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
         model = cam_model = _scoring_model(state, device)
         cam_layers = [model_entry(state["model_name"]).cam_layer(model)]
         image_size = _trained_size(state)
+    feature_layers, engine = cam_layers, "torch"
+    if not members and cpu_engine.engine_for(device) == "onnxruntime":
+        model = cpu_engine.session_model(cam_model, cam_layers, image_size)
+        feature_layers, engine = list(model.feature_taps), "onnxruntime"
     temperature = state.get("temperature")
     return InferenceModel(
         model=model,
@@ -270,6 +280,8 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
         state=state,
         cam_model=cam_model,
         cam_layers=cam_layers,
+        engine=engine,
+        feature_layers=feature_layers,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,3 +260,9 @@ def in_repo(path: str | Path) -> Path:
     `make pipeline` run from the root write to the same runs/ folder."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def default_cache_dir() -> Path:
+    """Where derived files shared by all runs live (decoded images, shift-suite logits, exported
+    scoring graphs): $BRAIN_CACHE_DIR, else runs/cache."""
+    return in_repo(os.environ.get("BRAIN_CACHE_DIR", "runs/cache"))

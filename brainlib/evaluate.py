@@ -112,6 +112,7 @@ def predict_test(
         "scoring": {
             "images_per_s": len(pred) / scoring_seconds,
             "device": device,
+            "engine": net.engine,
             "threads": torch.get_num_threads(),
             "weights_mb": weights_bytes(net.state) / 2**20,
         },

@@ -118,5 +118,5 @@ def logits_and_scores(net, batches, device: str) -> tuple[torch.Tensor, np.ndarr
     InferenceModel's), each image's OOD score from the same forward passes; None without one."""
     if not net.ood:
         return predict_logits(net.model, batches, device), None
-    logits, features = predict_logits_and_features(net.model, batches, device, net.cam_layers)
+    logits, features = predict_logits_and_features(net.model, batches, device, net.feature_layers)
     return logits, score(net.ood, features, logits)

@@ -172,7 +172,7 @@ def ood_suite() -> list[OodImage]:
 
 def _logits_and_features(net: InferenceModel, images: np.ndarray, device: str):
     batches = CachedBatches(images, np.zeros(len(images), int), 64, net.image_size, device=device)
-    return predict_logits_and_features(net.model, batches, device, net.cam_layers)
+    return predict_logits_and_features(net.model, batches, device, net.feature_layers)
 
 
 def _scores(net: InferenceModel, stats: dict, images: np.ndarray, device: str) -> dict[str, np.ndarray]:
@@ -195,7 +195,7 @@ def measure(net: InferenceModel, cfg: Config, data: RunData, device: str, shift_
 
     test_rows = data.rows("test")
     test = rows_batches(cfg, data, test_rows, device)
-    t_logits, t_features = predict_logits_and_features(net.model, test, device, net.cam_layers)
+    t_logits, t_features = predict_logits_and_features(net.model, test, device, net.feature_layers)
     add(
         "in_distribution",
         "test_clean",

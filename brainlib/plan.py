@@ -17,6 +17,7 @@ from torch import nn
 
 from .augment import augment_params
 from .config import Config
+from .cpu_engine import as_scored
 from .infer import autocast, cpu_has_native_bf16, predict_logits, resolve_device, use_bf16
 from .loader import CachedBatches
 from .models import create_model
@@ -78,7 +79,9 @@ def measure_rates(cfg: Config, device: str, steps: int = 2) -> Rates:
 
 
 def measure_scoring(cfg: Config, model: nn.Module, device: str, batches: int = 2) -> float:
-    """Images per second of fp32 scoring with `model`, after one warm-up batch."""
+    """Images per second of fp32 scoring with `model` by the engine evaluate and predict use here
+    (brainlib.cpu_engine), after one warm-up batch."""
+    model = as_scored(model, device, cfg.image_size)
     images = torch.randint(
         0, 256, (cfg.batch_size * batches, cfg.cache_size, cfg.cache_size), dtype=torch.uint8
     ).numpy()

@@ -14,12 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import infer, loader, models, ood, shifts
+from . import cpu_engine, infer, loader, models, ood, shifts
 from .atomic import atomic_path
-from .cache import default_cache_dir
 from .calibration import calibrate, prediction_sets, set_coverage
 from .checkpoint import InferenceModel
-from .config import CLASS_NAMES, Config
+from .config import CLASS_NAMES, Config, default_cache_dir
 from .errors import SettingsError
 from .loader import RunData, rows_batches
 from .progress import progress
@@ -44,7 +43,7 @@ def sample_rows(rows: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.n
 
 # what a shifted image's logits depend on besides the weights and pixels: the code that makes and
 # scores it, and the libraries behind the transforms
-_SCORING_CODE = (shifts, loader, infer, models, ood)
+_SCORING_CODE = (shifts, loader, infer, models, ood, cpu_engine)
 _SHIFT_LIBRARIES = ("torch", "opencv-python-headless", "scikit-image", "torchio", "monai", "PyWavelets", "numpy")
 
 
@@ -67,7 +66,7 @@ def scoring_fingerprint(net: InferenceModel, clean: np.ndarray, device: str = "c
     round differently), the scoring and shift code and the transform libraries' versions. Equal
     digests, equal logits; anything changed, a new digest."""
     h = hashlib.sha256()
-    _update(h, net.model.state_dict())
+    _update(h, net.cam_model.state_dict())  # the PyTorch weights, whichever engine runs them
     _update(
         h,
         {
@@ -78,6 +77,7 @@ def scoring_fingerprint(net: InferenceModel, clean: np.ndarray, device: str = "c
             "ood": net.ood,
             "pixels": clean,
             "device": torch.device(device).type,
+            "engine": net.engine,
         },
     )
     for module in _SCORING_CODE:

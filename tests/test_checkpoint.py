@@ -137,5 +137,13 @@ def test_load_for_inference_reads_input_size_and_cam_layer(tmp_path):
     )
     net = checkpoint.load_for_inference(path)
     assert (net.image_size, net.cache_size, net.temperature) == (96, 128, None)
-    assert net.cam_model is net.model
-    assert len(net.cam_layers) == 1 and net.cam_layers[0] is net.model.layer4[-1]
+    assert len(net.cam_layers) == 1 and net.cam_layers[0] is net.cam_model.layer4[-1]
+    # on the CPU the runtime scores, and its feature taps stand for the CAM layer; Grad-CAM keeps PyTorch
+    assert net.engine == "onnxruntime" and net.model is not net.cam_model and len(net.feature_layers) == 1
+
+
+def test_the_torch_engine_scores_with_the_pytorch_model_itself(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAIN_CPU_ENGINE", "torch")
+    path = checkpoint.save_checkpoint(_state("resnet18_scratch"), tmp_path / "r.pt")
+    net = checkpoint.load_for_inference(path)
+    assert net.engine == "torch" and net.cam_model is net.model and net.feature_layers == net.cam_layers

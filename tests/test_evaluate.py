@@ -3,6 +3,7 @@ checkpoint, and a checkpoint scored at its own input size and split."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -120,10 +121,8 @@ def _evaluate_cli(checkpoint, run, data) -> int:
 
 
 def test_shift_suite_reuses_logits_of_the_same_weights_and_pixels(trained_run, monkeypatch):
-    import torch
-
     from brainlib import robustness, shifts
-    from brainlib.checkpoint import best_checkpoint, load_for_inference
+    from brainlib.checkpoint import best_checkpoint, load_checkpoint, load_for_inference, save_checkpoint
 
     data = load_run_data(trained_run)
     net = load_for_inference(best_checkpoint(trained_run.run_dir))
@@ -138,8 +137,11 @@ def test_shift_suite_reuses_logits_of_the_same_weights_and_pixels(trained_run, m
     again = robustness.shift_table(trained_run, data, net, "cpu", severities=(2,))
     assert calls == [] and again.equals(first)  # nothing transformed or scored again
 
-    with torch.no_grad():  # other weights: scored afresh (the stub transform returns the clean images)
-        next(net.model.parameters()).add_(0.5)
+    # other weights (a checkpoint with one tensor changed): scored afresh (the stub transform returns the clean images)
+    state = load_checkpoint(best_checkpoint(trained_run.run_dir))
+    name = next(iter(state["model_state"]))
+    state["model_state"][name] = state["model_state"][name] + 0.5
+    net = load_for_inference(save_checkpoint(state, Path(trained_run.run_dir) / "other.pt"))
     other = robustness.shift_table(trained_run, data, net, "cpu", severities=(2,))
     assert len(calls) == len(SHIFTS)
     assert (other.loc[other["shift"] != "clean", "accuracy"] == other.loc[0, "accuracy"]).all()
