@@ -15,8 +15,9 @@ the strong half of the audit: the k fine-tunes there are short and their models 
 The official labels are never changed: the suspects are a list for a person to look at, and the
 Testing suspects are reported on their own; what a person concludes looking at them is brainlib.verdicts.
 
-Files under <run>/label_audit/: fold<k>/ (each fold's training run and held-out probabilities,
-so an interrupted audit resumes at the fold it was in), folds.csv, oof_probs.npy,
+Files under <run>/label_audit/: fold<k>/ (each fold's training run and held-out probabilities with
+the list of files they belong to, so an interrupted audit resumes at the fold it was in, and a finished
+fold copied into another run folder is reused only for the same images), folds.csv, oof_probs.npy,
 label_issues.csv (ranked suspects), label_audit.json (summary), suspects.png and
 testing_suspects.png (galleries: all suspects, Testing's alone).
 """
@@ -102,7 +103,11 @@ def out_of_fold_probabilities(
     for fold in range(k):
         fold_dir = root / f"fold{fold}"
         done = fold_dir / "held_out_probs.npy"
-        if not done.exists():
+        listed = fold_dir / "held_out_paths.txt"
+        held_out_paths = data.manifest["path"].to_numpy()[folds == fold].tolist()
+        if done.exists():
+            _check_held_out(done, listed, held_out_paths)
+        else:
             fold_cfg = cfg.replace(run_dir=str(fold_dir))
             fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
             if progress:
@@ -113,12 +118,29 @@ def out_of_fold_probabilities(
             held_out = _calibrated_probabilities(
                 best_checkpoint(fold_dir), fold_cfg, fold_data, fold_data.rows("test"), device
             )
+            write_text(listed, "\n".join(held_out_paths) + "\n")
             save_npy(held_out, done)
         probs[folds == fold] = np.load(done)
     if test_checkpoint:  # trained on Training alone: the caller's word
         probs[testing] = _calibrated_probabilities(test_checkpoint, cfg, data, np.flatnonzero(testing), device)
     save_npy(probs, root / "oof_probs.npy")
     return folds, probs
+
+
+def _check_held_out(done: Path, listed: Path, held_out_paths: list[str]) -> None:
+    """A fold's stored probabilities are reused only for the images they were computed on: a fold
+    folder copied from another audit, or the same seed over another copy of the data, would otherwise
+    put one image's probabilities on another's row without a word."""
+    same = (
+        listed.read_text().splitlines() == held_out_paths
+        if listed.exists()
+        else len(np.load(done)) == len(held_out_paths)  # an audit from before the list was written
+    )
+    if not same:
+        raise SettingsError(
+            f"{done} holds probabilities of other images than this fold's {len(held_out_paths)} "
+            f"(another copy of the data, seed or fold count); delete {done.parent} to score the fold again"
+        )
 
 
 def find_label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -90,6 +90,13 @@ def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run):
     assert main(args) == 0
     assert [os.path.getmtime(f"{root}/fold{f}/checkpoints/best.pt") for f in range(3)] == mtimes
     assert np.array_equal(np.load(f"{root}/oof_probs.npy"), probs) and stamps
+    # a fold whose stored probabilities belong to other images is refused, not reused
+    listed = f"{root}/fold0/held_out_paths.txt"
+    paths = open(listed).read().splitlines()
+    assert paths == list(folds["path"][folds["fold"] == 0])
+    with open(listed, "w") as f:
+        f.write("\n".join(paths[1:] + paths[:1]) + "\n")
+    assert main(args) == 2
 
 
 def test_testing_can_be_scored_by_a_checkpoint_trained_on_training_alone(trained_run):
