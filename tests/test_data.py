@@ -136,9 +136,36 @@ def test_duplicate_audit_finds_planted_twins(data_copy):
     assert result.summary["exact_groups_with_label_conflict"] == 0
 
 
-def test_unrelated_images_are_not_near_duplicates(fixture_root):
+@pytest.mark.parametrize(
+    "turn, orientation",
+    [
+        (Image.Transpose.FLIP_LEFT_RIGHT, "mirrored"),
+        (Image.Transpose.FLIP_TOP_BOTTOM, "upside down"),
+        (Image.Transpose.ROTATE_180, "half turn"),
+    ],
+)
+def test_a_flipped_copy_is_a_near_duplicate(data_copy, turn, orientation):
+    """A copy turned over and brightened (as the dataset's sources stored augmented copies) is the
+    same slice: it shares its original's group, so it is not leakage-free and never in another fold."""
+    src = data_copy / "Training" / "glioma" / "Tr-gl_0219.jpg"
+    gray = np.asarray(Image.open(src).convert("L").transpose(turn)).astype(int)
+    turned = Image.fromarray(np.clip(gray + 12, 0, 255).astype(np.uint8))
+    turned.save(data_copy / "Testing" / "glioma" / "turned.jpg", quality=95)
+    manifest, result, _ = data.build_manifest(data_copy, 0.1, seed=0, progress=False)
+    rows = manifest.set_index(manifest["path"].str.split("/").str[-1])
+    assert rows.loc["turned.jpg", "has_train_twin_near"] and not rows.loc["turned.jpg", "has_train_twin_exact"]
+    assert rows.loc["turned.jpg", "near_group"] == rows.loc["Tr-gl_0219.jpg", "near_group"]
+    pair = result.near_pairs[result.near_pairs["orientation"] == orientation]
+    names = manifest["path"].str.split("/").str[-1].to_numpy()
+    assert {frozenset((names[i], names[j])) for i, j in pair[["i", "j"]].to_numpy()} >= {
+        frozenset(("turned.jpg", "Tr-gl_0219.jpg"))
+    }
+    assert result.summary["near_pairs_by_orientation"][orientation] >= 1
+
+
+def test_unrelated_images_are_not_near_duplicates_in_any_orientation(fixture_root):
     scan = data.scan_dataset(fixture_root, progress=False)
-    pairs = duplicates.hamming_pairs(duplicates.dhash_bits(scan.thumbs), duplicates.NEAR_THRESHOLD)
+    pairs = duplicates.near_pairs(scan.thumbs, duplicates.NEAR_THRESHOLD)
     names = scan.manifest["path"].str.split("/").str[-1]
     flagged = {frozenset((names[i], names[j])) for i, j in pairs[["i", "j"]].to_numpy()}
     assert flagged <= {frozenset(("Tr-me_0196.jpg", "Te-meTr_0001.jpg"))}
@@ -150,6 +177,12 @@ def test_hamming_pairs_matches_brute_force():
     bits[7] = bits[3] ^ np.array([1] + [0] * 31, dtype=np.uint8)  # one bit apart
     got = duplicates.hamming_pairs(bits, 1, chunk=16)
     assert [tuple(r) for r in got[["i", "j", "distance"]].to_numpy()] == [(3, 7, 1)]
+    # against other hashes of the same images: every i != j, each unordered pair once, smallest distance
+    other = rng.integers(0, 256, size=(50, 32), dtype=np.uint8)
+    other[12] = bits[40]  # 40 ~ 12 at distance 0
+    other[40] = bits[12] ^ np.array([3] + [0] * 31, dtype=np.uint8)  # 12 ~ 40 at distance 2
+    got = duplicates.hamming_pairs(bits, 2, chunk=16, other=other)
+    assert [tuple(r) for r in got[["i", "j", "distance"]].to_numpy()] == [(12, 40, 0)]
 
 
 def test_images_above_the_pixel_limit_are_skipped_and_large_ones_scanned_reduced(data_copy, monkeypatch):
