@@ -388,10 +388,17 @@ def _both_ways(verdicts_file: Path, predictions_file: Path) -> list[str]:
     return [
         f"By-eye readings (`{verdicts_file}`, not a radiologist's) of {len(verdicts)} images: "
         + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
-        + f". With the {both['n_labels_read_as_wrong']} Testing label(s) read as wrong replaced by what the reader saw, "
-        f"this checkpoint makes {both['errors_relabelled']} errors ({_pct(both['accuracy_relabelled'])}) against "
-        f"{both['errors_official']} ({_pct(both['accuracy_official'])}) on the official labels, which every other number "
-        "here uses.",
+        + f". With the {both['n_labels_read_as_wrong']} Testing label(s) read as wrong replaced by what the reader saw"
+        + (
+            f' and the {both["n_labels_wrong_class_unknown"]} "no tumour" images with a lesion of no class the reader '
+            f"could tell left out (this checkpoint calls {both['class_unknown_given_label_predicted']} of them "
+            '"no tumour")'
+            if both["n_labels_wrong_class_unknown"]
+            else ""
+        )
+        + f", this checkpoint makes {both['errors_relabelled']} errors in {both['n_images_relabelled']:,} "
+        f"({_pct(both['accuracy_relabelled'])}) against {both['errors_official']} ({_pct(both['accuracy_official'])}) "
+        "on the official labels, which every other number here uses.",
         "",
     ]
 

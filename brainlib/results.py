@@ -77,13 +77,20 @@ def results_table() -> str:
     if not both.exists():
         return table
     b = json.loads(both.read_text())
-    n = b["n_labels_read_as_wrong"]
+    n, unknown = b["n_labels_read_as_wrong"], b.get("n_labels_wrong_class_unknown", 0)
+    lesions = (
+        f' {unknown} "no tumour" images show an obvious lesion whose type one slice cannot tell; the default calls '
+        f'{b["class_unknown_given_label_predicted"]} of them "no tumour", and they leave the relabelled count '
+        f"({b['n_images_relabelled']:,} images)."
+        if unknown
+        else ""
+    )
     return (
         f"{table}\n\nOn the official labels the default makes {b['errors_official']} errors of {b['n_images']:,}. "
         f"A reader (by eye, not a radiologist: [{VERDICTS_FILE}]({VERDICTS_FILE})) marked {n} Testing "
         f"label{'s' if n != 1 else ''} wrong; read as the reader saw {'them' if n != 1 else 'it'}, the default makes "
-        f"{b['errors_relabelled']} errors ({_pct(b['accuracy_relabelled'])}). Every other accuracy here uses the "
-        "official labels."
+        f"{b['errors_relabelled']} errors ({_pct(b['accuracy_relabelled'])}).{lesions} Every other accuracy here uses "
+        "the official labels."
     )
 
 

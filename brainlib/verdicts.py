@@ -13,8 +13,11 @@ import pandas as pd
 from .config import CLASS_NAMES
 from .errors import DataError
 
-# what a reader can conclude from an image whose label a model contradicts
-VERDICTS = ("label wrong", "ambiguous", "model wrong")
+# what a reader can conclude from an image whose label a model contradicts; "label wrong, class
+# unknown" is for a "no tumour" image with an obvious lesion whose type one slice cannot tell (or
+# that none of the three tumour classes fits, such as several enhancing nodules)
+VERDICTS = ("label wrong", "label wrong, class unknown", "ambiguous", "model wrong")
+CLASS_UNKNOWN = "label wrong, class unknown"
 VERDICT_COLUMNS = ("path", "given", "read_as", "verdict", "reading")
 
 
@@ -36,6 +39,8 @@ def read_verdicts(path: str | Path) -> pd.DataFrame:
             raise DataError(f"{path}: {row.path}: given and read_as must be class names ({', '.join(CLASS_NAMES)})")
         if row.verdict == "label wrong" and (not row.read_as or row.read_as == row.given):
             raise DataError(f"{path}: {row.path}: a wrong label needs read_as, the class the image shows")
+        if row.verdict == CLASS_UNKNOWN and row.read_as:
+            raise DataError(f"{path}: {row.path}: {CLASS_UNKNOWN!r} leaves read_as empty (or say 'label wrong')")
     if table["path"].duplicated().any():
         raise DataError(f"{path}: {table['path'][table['path'].duplicated()].iloc[0]} is read twice")
     return table
@@ -52,24 +57,33 @@ def with_verdicts(table: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
 
 def accuracy_both_ways(predictions: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
     """A checkpoint's accuracy on the official labels, and with every label a reader marked wrong
-    replaced by the class the reader saw (`predictions`: path, label, pred, as evaluate writes them).
-    Refuses a reading whose given label is not the file's label: it was written for other data."""
-    wrong = verdicts[verdicts["verdict"] == "label wrong"].set_index("path")
-    on_test = wrong[wrong.index.isin(predictions["path"])]
+    replaced by the class the reader saw (`predictions`: path, label, pred, as evaluate writes them);
+    images whose label is wrong but whose class the reader could not tell leave the relabelled count
+    (no answer can be scored there), and how many of them the checkpoint still gives the wrong label
+    is reported. Refuses a reading whose given label is not the file's: it was written for other data."""
+    read = verdicts[verdicts["path"].isin(predictions["path"])].set_index("path")
     labels = predictions.set_index("path")["label"]
-    mismatch = on_test.index[on_test["given"].to_numpy() != labels.loc[on_test.index].to_numpy()]
+    mismatch = read.index[read["given"].to_numpy() != labels.loc[read.index].to_numpy()]
+    mismatch = mismatch[read.loc[mismatch, "verdict"].isin(["label wrong", CLASS_UNKNOWN])]
     if len(mismatch):
         raise DataError(f"{mismatch[0]}: the reading's given label is not the file's ({labels[mismatch[0]]})")
+    on_test = read[read["verdict"] == "label wrong"]
+    unknown = read.index[read["verdict"] == CLASS_UNKNOWN]
     relabelled = labels.copy()
     relabelled.loc[on_test.index] = on_test["read_as"]
     pred = predictions.set_index("path")["pred"]
+    scored = ~labels.index.isin(unknown)
     return {
         "n_images": int(len(labels)),
         "errors_official": int((pred != labels).sum()),
         "accuracy_official": float((pred == labels).mean()),
         "n_labels_read_as_wrong": int(len(on_test)),
         "labels_read_as_wrong": sorted(on_test.index),
-        "errors_relabelled": int((pred != relabelled).sum()),
-        "accuracy_relabelled": float((pred == relabelled).mean()),
-        "n_read": int(verdicts["path"].isin(predictions["path"]).sum()),
+        "n_labels_wrong_class_unknown": int(len(unknown)),
+        "labels_wrong_class_unknown": sorted(unknown),
+        "class_unknown_given_label_predicted": int((pred[unknown] == labels[unknown]).sum()),
+        "n_images_relabelled": int(scored.sum()),
+        "errors_relabelled": int((pred != relabelled)[scored].sum()),
+        "accuracy_relabelled": float((pred == relabelled)[scored].mean()),
+        "n_read": int(len(read)),
     }

@@ -49,6 +49,24 @@ def test_a_label_read_as_wrong_counts_both_ways(tmp_path):
     assert filled["verdict"].tolist() == ["label wrong", "label wrong", "model wrong", ""]
 
 
+def test_a_wrong_label_of_unknown_class_leaves_the_relabelled_count(tmp_path):
+    """A "no tumour" image with a lesion of no class the reader can tell: not scorable once relabelled,
+    and counted when the model still gives it the wrong label."""
+    verdicts = read_verdicts(
+        _write(
+            tmp_path,
+            [
+                ["Testing/a.jpg", "meningioma", "glioma", "label wrong", "intra-axial ring"],  # error -> right
+                ["Testing/b.jpg", "notumor", "", "label wrong, class unknown", "enhancing nodules"],  # right -> out
+            ],
+        )
+    )
+    both = accuracy_both_ways(PREDICTIONS, verdicts)
+    assert both["labels_wrong_class_unknown"] == ["Testing/b.jpg"] and both["class_unknown_given_label_predicted"] == 1
+    assert (both["n_images_relabelled"], both["errors_relabelled"]) == (3, 1)
+    assert both["accuracy_relabelled"] == 2 / 3
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [
@@ -56,6 +74,7 @@ def test_a_label_read_as_wrong_counts_both_ways(tmp_path):
         (["Testing/a.jpg", "meningeoma", "", "ambiguous", ""], "class names"),
         (["Testing/a.jpg", "meningioma", "", "label wrong", ""], "needs read_as"),
         (["Testing/a.jpg", "meningioma", "meningioma", "label wrong", ""], "needs read_as"),
+        (["Testing/a.jpg", "notumor", "glioma", "label wrong, class unknown", ""], "leaves read_as empty"),
     ],
 )
 def test_a_bad_reading_is_refused_with_its_path(tmp_path, row, message):
