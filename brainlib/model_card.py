@@ -60,7 +60,16 @@ def _reproduce_flags(cfg: dict) -> str:
     return f"--recipe {recipe}{extra} --seed {cfg.get('seed', 42)}"
 
 
-def _duplicates(manifest: pd.DataFrame, n_calibration: int | None = None) -> list[str]:
+def _near_rule(audit_file: Path) -> str:
+    """How the evaluation run's duplicate audit defined a near twin (its audit.json)."""
+    audit = json.loads(audit_file.read_text()) if audit_file.exists() else {}
+    bits = audit.get("near_threshold_bits")
+    within = f"within {bits} bits" if bits is not None else "within the run's threshold"
+    turned = ", as stored, mirrored, upside down or turned half a turn" if "near_pairs_by_orientation" in audit else ""
+    return f"256-bit dHash {within}{turned}"
+
+
+def _duplicates(manifest: pd.DataFrame, n_calibration: int | None = None, near_rule: str = "") -> list[str]:
     test = manifest[manifest["split_on_disk"] == "Testing"]
     training = manifest[manifest["split_on_disk"] == "Training"]
     conflicts = manifest.loc[manifest["near_label_conflict"].astype(bool), "near_group"].nunique()
@@ -68,7 +77,7 @@ def _duplicates(manifest: pd.DataFrame, n_calibration: int | None = None) -> lis
     return [
         f"{len(training):,} Training and {len(test):,} Testing images (the Kaggle dataset "
         "`masoudnickparvar/brain-tumor-mri-dataset`: glioma, meningioma, notumor, pituitary).",
-        f"Duplicate audit (exact: same bytes or pixels; near: 256-bit dHash within 10 bits): "
+        f"Duplicate audit (exact: same bytes or pixels; near: {near_rule}): "
         f"{int(test['has_train_twin_exact'].sum())} test images have an exact twin in Training and "
         f"{int(test['has_train_twin_near'].sum())} an exact or near one; {int(training['near_dup'].sum()):,} Training images "
         f"sit in near-duplicate groups (within Training or with Testing); {conflicts} groups carry more than one label.",
@@ -137,14 +146,20 @@ def build_model_card(
         "",
         "## Training data",
         "",
-        *[f"- {x}" for x in _duplicates(manifest, (state.get("conformal") or {}).get("n_calibration"))],
+        *[
+            f"- {x}"
+            for x in _duplicates(
+                manifest, (state.get("conformal") or {}).get("n_calibration"), _near_rule(eval_run / "audit.json")
+            )
+        ],
         "",
     ]
     lines += [
         "## Metrics (official Testing split)",
         "",
         f"Accuracy {_pct(metrics['accuracy'])}{_ci(metrics, 'accuracy')} on {metrics['n_test']:,} images; "
-        f"**leakage-free** (test images without any exact or near twin in Training, n = {metrics['n_leakage_free']}): "
+        f"**leakage-free** (test images without any exact or near twin in Training, flipped copies included, "
+        f"n = {metrics['n_leakage_free']}): "
         f"{_pct(metrics['accuracy_leakage_free'])}{_ci(metrics, 'accuracy_leakage_free')}. "
         f"Intervals: {metrics.get('intervals', {}).get('_method', 'not computed')}.",
         "",

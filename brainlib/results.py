@@ -80,7 +80,7 @@ def results_table() -> str:
     n, unknown = b["n_labels_read_as_wrong"], b.get("n_labels_wrong_class_unknown", 0)
     lesions = (
         f' {unknown} "no tumour" images show an obvious lesion whose type one slice cannot tell; the default calls '
-        f'{b["class_unknown_given_label_predicted"]} of them "no tumour", and they leave the relabelled count '
+        f'{_how_many(b["class_unknown_given_label_predicted"], unknown)} "no tumour", and they leave the relabelled count '
         f"({b['n_images_relabelled']:,} images)."
         if unknown
         else ""
@@ -92,6 +92,10 @@ def results_table() -> str:
         f"{b['errors_relabelled']} errors ({_pct(b['accuracy_relabelled'])}).{lesions} Every other accuracy here uses "
         "the official labels."
     )
+
+
+def _how_many(k: int, n: int) -> str:
+    return "every one of them" if k == n else f"{k} of them"
 
 
 # the robustness figure: the default against the same model trained without acquisition augmentation,
