@@ -225,11 +225,18 @@ class InferenceModel:
     # that runs twice per forward would give the CAM two activations for one layer
     cam_model: nn.Module
     cam_layers: list[nn.Module]
-    # what runs `model` (brainlib.cpu_engine): "onnxruntime" on the CPU, "torch" on a GPU and for an
-    # ensemble; and the modules of `model` whose forward hooks see the OOD features (the CAM layers in
-    # PyTorch, the runtime's feature taps)
-    engine: str = "torch"
-    feature_layers: list[nn.Module] = dataclasses.field(default_factory=list)
+
+    @property
+    def engine(self) -> str:
+        """What runs `model` (brainlib.cpu_engine): "onnxruntime" for a single checkpoint scored on the
+        CPU, "torch" on a GPU and for an ensemble."""
+        return "onnxruntime" if isinstance(self.model, cpu_engine.OnnxRuntimeModel) else "torch"
+
+    @property
+    def feature_layers(self) -> list[nn.Module]:
+        """The modules of `model` whose forward hooks see the OOD features: the runtime's feature taps,
+        or in PyTorch the CAM layers."""
+        return list(self.model.feature_taps) if self.engine == "onnxruntime" else self.cam_layers
 
     def replace(self, **changes) -> InferenceModel:
         return dataclasses.replace(self, **changes)
@@ -264,10 +271,8 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
         model = cam_model = _scoring_model(state, device)
         cam_layers = [model_entry(state["model_name"]).cam_layer(model)]
         image_size = _trained_size(state)
-    feature_layers, engine = cam_layers, "torch"
     if not members and cpu_engine.engine_for(device) == "onnxruntime":
         model = cpu_engine.session_model(cam_model, cam_layers, image_size)
-        feature_layers, engine = list(model.feature_taps), "onnxruntime"
     temperature = state.get("temperature")
     return InferenceModel(
         model=model,
@@ -280,8 +285,6 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
         state=state,
         cam_model=cam_model,
         cam_layers=cam_layers,
-        engine=engine,
-        feature_layers=feature_layers,
     )
 
 
