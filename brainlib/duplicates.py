@@ -58,11 +58,16 @@ def hamming_pairs(
         keep = ii < jj if other is None else ii != jj
         found.append(np.stack([ii[keep], jj[keep], dist[ii[keep] - start, jj[keep]]], axis=1))
     pairs = np.concatenate(found) if found else np.zeros((0, 3), int)
-    if other is not None:
-        pairs = np.concatenate([np.sort(pairs[:, :2], axis=1), pairs[:, 2:]], axis=1)
-    frame = pd.DataFrame(pairs, columns=["i", "j", "distance"])
+    if other is None:  # i < j: each pair is already there once
+        return pd.DataFrame(pairs, columns=["i", "j", "distance"])
+    pairs = np.concatenate([np.sort(pairs[:, :2], axis=1), pairs[:, 2:]], axis=1)
+    return _each_pair_once(pd.DataFrame(pairs, columns=["i", "j", "distance"]))
+
+
+def _each_pair_once(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (i, j), the one at the smallest distance (the first listed on a tie), ordered by i, j."""
     return (
-        frame.sort_values("distance", kind="stable")
+        pairs.sort_values("distance", kind="stable")
         .drop_duplicates(["i", "j"])
         .sort_values(["i", "j"], ignore_index=True)
     )
@@ -76,12 +81,7 @@ def near_pairs(thumbs: np.ndarray, max_distance: int) -> pd.DataFrame:
     for name, turn in ORIENTATIONS.items():
         other = None if name == "same" else dhash_bits(np.ascontiguousarray(turn(thumbs)))
         found.append(hamming_pairs(bits, max_distance, other=other).assign(orientation=name))
-    pairs = pd.concat(found, ignore_index=True)
-    return (
-        pairs.sort_values("distance", kind="stable")
-        .drop_duplicates(["i", "j"])
-        .sort_values(["i", "j"], ignore_index=True)
-    )
+    return _each_pair_once(pd.concat(found, ignore_index=True))
 
 
 def connected_groups(n: int, pairs: np.ndarray) -> np.ndarray:
