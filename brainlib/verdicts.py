@@ -16,8 +16,8 @@ from .errors import DataError
 # what a reader can conclude from an image whose label a model contradicts; "label wrong, class
 # unknown" is for a "no tumour" image with an obvious lesion whose type one slice cannot tell (or
 # that none of the three tumour classes fits, such as several enhancing nodules)
-VERDICTS = ("label wrong", "label wrong, class unknown", "ambiguous", "model wrong")
 CLASS_UNKNOWN = "label wrong, class unknown"
+VERDICTS = ("label wrong", CLASS_UNKNOWN, "ambiguous", "model wrong")
 VERDICT_COLUMNS = ("path", "given", "read_as", "verdict", "reading")
 
 
@@ -63,8 +63,8 @@ def accuracy_both_ways(predictions: pd.DataFrame, verdicts: pd.DataFrame) -> dic
     is reported. Refuses a reading whose given label is not the file's: it was written for other data."""
     read = verdicts[verdicts["path"].isin(predictions["path"])].set_index("path")
     labels = predictions.set_index("path")["label"]
-    mismatch = read.index[read["given"].to_numpy() != labels.loc[read.index].to_numpy()]
-    mismatch = mismatch[read.loc[mismatch, "verdict"].isin(["label wrong", CLASS_UNKNOWN])]
+    wrong = read[read["verdict"].isin(["label wrong", CLASS_UNKNOWN])]
+    mismatch = wrong.index[wrong["given"].to_numpy() != labels.loc[wrong.index].to_numpy()]
     if len(mismatch):
         raise DataError(f"{mismatch[0]}: the reading's given label is not the file's ({labels[mismatch[0]]})")
     on_test = read[read["verdict"] == "label wrong"]
