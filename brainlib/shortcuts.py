@@ -68,7 +68,7 @@ def rule_text(rule: DecisionTreeClassifier) -> str:
 def file_says_no_tumour(manifest: pd.DataFrame, paths: pd.Series) -> np.ndarray | None:
     """For each path (rows of `manifest`): does the file rule fitted on `manifest` call it no tumour?
     None for a manifest written before it recorded each file's mode."""
-    if "mode" not in manifest or "split_on_disk" not in manifest:
+    if not _records_modes(manifest):
         return None
     return fit_file_rule(manifest).predict(_file_rows(manifest, paths)).astype(bool)
 
@@ -76,9 +76,13 @@ def file_says_no_tumour(manifest: pd.DataFrame, paths: pd.Series) -> np.ndarray 
 def file_tumour_type(manifest: pd.DataFrame, paths: pd.Series) -> np.ndarray | None:
     """For each path: the tumour type its file's format points to (fit_tumour_type_rule). None for a
     manifest without the files' modes."""
-    if "mode" not in manifest or "split_on_disk" not in manifest:
+    if not _records_modes(manifest):
         return None
     return fit_tumour_type_rule(manifest).predict(_file_rows(manifest, paths))
+
+
+def _records_modes(manifest: pd.DataFrame) -> bool:
+    return "mode" in manifest and "split_on_disk" in manifest
 
 
 def _file_rows(manifest: pd.DataFrame, paths: pd.Series) -> np.ndarray:
