@@ -234,12 +234,12 @@ def default_figures(eval_run: str | Path, out_dir: str | Path = "docs/figures") 
         table = with_verdicts(table, verdicts)
         both = accuracy_both_ways(pred, verdicts) | {"checkpoint": name, "verdicts": VERDICTS_FILE}
         written.append(write_text(REPO_ROOT / BOTH_WAYS_FILE, json.dumps(both, indent=2) + "\n"))
-        suspects = verdicts_file.parent / "label_issues.csv"
-        if suspects.exists():  # the committed audit's list, its verdict column filled from the same readings
-            filled = with_verdicts(pd.read_csv(suspects), verdicts)
-            with atomic_path(suspects) as tmp:  # rewritten in place: whole or not at all
-                filled.to_csv(tmp, index=False)
-            written.append(suspects)
+        for listed in (verdicts_file.parent / name for name in ("label_issues.csv", "review.csv")):
+            if listed.exists():  # the committed audit's lists, their verdict column filled from the same readings
+                filled = with_verdicts(pd.read_csv(listed), verdicts)
+                with atomic_path(listed) as tmp:  # rewritten in place: whole or not at all
+                    filled.to_csv(tmp, index=False)
+                written.append(listed)
     with atomic_path(out_dir / "default_errors.csv") as tmp:
         table.to_csv(tmp, index=False)
     return [p.relative_to(REPO_ROOT) for p in written]

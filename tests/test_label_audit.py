@@ -62,6 +62,39 @@ def test_confident_learning_finds_planted_label_flips():
     assert sum(summary["given_to_suggested"].values()) == 3
 
 
+def test_review_lists_the_unsure_images_confident_learning_leaves_out():
+    # an image the out-of-fold model is merely unsure of (its label at 0.4, no other class confident)
+    # is not a suspect, but heads its class's review list; flagged images are left to the suspects' list
+    rng = np.random.default_rng(5)
+    n = 200
+    given = np.repeat(np.arange(4), n // 4)
+    probs = np.full((n, 4), 0.01)
+    probs[np.arange(n), given] = rng.uniform(0.9, 0.97, n)
+    unsure, flipped = 12, 20  # both filed as class 0
+    probs[unsure] = [0.4, 0.2, 0.2, 0.2]
+    probs[flipped] = [0.01, 0.01, 0.97, 0.01]
+    manifest = pd.DataFrame(
+        {
+            "path": [f"img{i}.jpg" for i in range(n)],
+            "split_on_disk": np.where(np.arange(n) % 2 == 0, "Training", "Testing"),
+            "label_idx": given,
+            "exact_dup": False,
+            "near_dup": False,
+        }
+    )
+    folds = np.arange(n) % 5
+    suspects, _ = label_audit.audit_table(manifest, folds, probs)
+    assert "img12.jpg" not in set(suspects["path"]) and "img20.jpg" in set(suspects["path"])
+    review = label_audit.review_table(manifest, folds, probs, suspects, per_class=3)
+    assert not review["path"].isin(suspects["path"]).any()
+    assert len(review) == 2 * 4 * 3  # Training and Testing apart, three per class
+    training_class0 = review[(review["split_on_disk"] == "Training") & (review["given"] == CLASS_NAMES[0])]
+    assert training_class0.iloc[0]["path"] == "img12.jpg" and training_class0.iloc[0]["p_given"] == 0.4
+    # img20 (flagged) ranks first in its class and is skipped: the next one is rank 3
+    assert list(training_class0["class_rank"]) == [2, 3, 4]
+    assert (training_class0["p_given"].diff().dropna() >= 0).all()
+
+
 def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run):
     args = ["audit-labels", "--run-dir", prepared_run.run_dir, "--folds", "3", "--epochs", "1"]
     assert main(args) == 0
@@ -74,6 +107,7 @@ def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run):
     summary = json.loads(open(f"{root}/label_audit.json").read())
     assert summary["n_images"] == len(manifest) and summary["folds"] == 3 and summary["epochs_per_fold"] == 1
     assert pd.read_csv(f"{root}/label_issues.csv").shape[0] == summary["n_flagged"]
+    assert not pd.read_csv(f"{root}/review.csv")["path"].isin(pd.read_csv(f"{root}/label_issues.csv")["path"]).any()
     # the galleries: all suspects, and Testing's alone, each only when there is something to show
     assert os.path.exists(f"{root}/suspects.png") == (summary["n_flagged"] > 0)
     assert os.path.exists(f"{root}/testing_suspects.png") == (summary["n_flagged_testing"] > 0)
