@@ -207,17 +207,17 @@ def review_table(
     p_given = probs[np.arange(len(labels)), labels]
     flagged = manifest["path"].isin(suspects["path"]).to_numpy()
     on_disk = manifest["split_on_disk"].to_numpy()
-    parts = []
+    chosen, class_ranks = [], []
     for split in dict.fromkeys(on_disk):
         for label in range(len(CLASS_NAMES)):
             rows = np.flatnonzero((on_disk == split) & (labels == label))
             rows = rows[np.argsort(p_given[rows], kind="stable")]
-            ranks = np.arange(1, len(rows) + 1)
-            keep = ~flagged[rows]
-            part = _rows_table(manifest, folds, probs, rows[keep][:per_class])
-            part.insert(0, "class_rank", ranks[keep][:per_class])
-            parts.append(part)
-    return pd.concat(parts, ignore_index=True) if parts else _rows_table(manifest, folds, probs, np.zeros(0, int))
+            unflagged = np.flatnonzero(~flagged[rows])[:per_class]  # positions in the class's ranking
+            chosen.append(rows[unflagged])
+            class_ranks.append(unflagged + 1)
+    table = _rows_table(manifest, folds, probs, np.concatenate(chosen) if chosen else np.zeros(0, int))
+    table.insert(0, "class_rank", np.concatenate(class_ranks) if class_ranks else np.zeros(0, int))
+    return table
 
 
 def summarize(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, suspects: pd.DataFrame) -> dict:
