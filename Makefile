@@ -126,7 +126,7 @@ figures: $(STAMP)
 docs-notebooks:
 	test -f $(RUN_DIR)/notebooks/05_gradcam.ipynb || { echo "run make pipeline RUN=$(RUN) first"; exit 2; }
 	mkdir -p docs/notebooks && cp $(RUN_DIR)/notebooks/0*.ipynb docs/notebooks/
-	$(PY) scripts/compact_notebooks.py docs/notebooks/*.ipynb
+	$(PY) scripts/compact_notebooks.py --run-dir $(RUN_DIR) docs/notebooks/*.ipynb
 
 # The comparison table (markdown) of every evaluated run folder: make compare [RUNS="runs/a runs/b"]
 RUNS ?= $(dir $(wildcard runs/*/metrics.json))
