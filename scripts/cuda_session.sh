@@ -75,7 +75,8 @@ fi
 export BRAIN_DATA_DIR=$DATA BRAIN_CACHE_DIR=${BRAIN_CACHE_DIR:-/tmp/brain-cache}
 RUNS=${RUNS:-/tmp/cuda-runs}
 SMOKE=() AUDIT_EPOCHS=10
-if [ "${FAST:-0}" = 1 ]; then SMOKE=(--fast true --epochs 1) AUDIT_EPOCHS=1; fi
+PROFILE_BATCHES=40
+if [ "${FAST:-0}" = 1 ]; then SMOKE=(--fast true --epochs 1) AUDIT_EPOCHS=1 PROFILE_BATCHES=3; fi
 
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
@@ -170,7 +171,7 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         }
         for recipe in reference efficientnet_lite0_robust; do # where a step's time goes (torch.profiler)
             fits "profile-$recipe" 60 && {
-                $PY scripts/cuda_profile_step.py --recipe "$recipe" --out "$OUT/profile-$recipe.json" >"$OUT/profile-$recipe.log" 2>&1
+                $PY scripts/cuda_profile_step.py --recipe "$recipe" --batches "$PROFILE_BATCHES" --out "$OUT/profile-$recipe.json" >"$OUT/profile-$recipe.log" 2>&1
                 printf 'profile-%s\trc=%s\n' "$recipe" $? | tee -a "$OUT/steps.tsv"
                 pack
             }
