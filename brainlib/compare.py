@@ -148,6 +148,7 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
             # for seed_summary; columns named with a leading underscore are not printed
             "_recipe_label": label,
             "_recipe_key": key,
+            "_n_leakage_free": metrics.get("n_leakage_free"),
         }
         if shifts:
             s = summary_of(metrics)
@@ -194,8 +195,15 @@ def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
         }
         for column, name in SEED_SUMMARY_COLUMNS.items():
             values = pd.to_numeric(seeds[column], errors="coerce").dropna() if column in seeds else []
-            if len(values) == len(seeds):  # only numbers every seed has
-                row[name] = f"{values.mean():.2f} ± {values.std(ddof=1):.2f} ({values.min():.2f}–{values.max():.2f})"
+            if len(values) < len(seeds):  # only numbers every seed has
+                continue
+            subsets = sorted(set(seeds["_n_leakage_free"].dropna().astype(int))) if "_n_leakage_free" in seeds else []
+            if column == "leakage_free_%" and len(subsets) > 1:
+                # metrics written under another duplicate audit count other images as leakage-free
+                # (814 before flipped copies were grouped, 316 after): not one quantity to average
+                row[name] = "subsets differ (n = " + ", ".join(f"{n:,}" for n in subsets) + ")"
+                continue
+            row[name] = f"{values.mean():.2f} ± {values.std(ddof=1):.2f} ({values.min():.2f}–{values.max():.2f})"
         rows.append(row)
     return pd.DataFrame(rows)
 

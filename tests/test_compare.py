@@ -97,6 +97,13 @@ def test_seeds_of_one_recipe_are_summarised_by_their_settings_not_their_names():
     assert row["test %"] == "98.00 ± 1.00 (97.00–99.00)"
     assert "shift mean %" not in summary  # numbers the runs do not have are left out
 
+    # leakage-free accuracy is averaged only over seeds scored on one leakage-free subset
+    table["leakage_free_%"] = [97.0, 98.0, 96.0, 10.0, 90.0]
+    table["_n_leakage_free"] = [316, 316, 316, 316, 316]
+    assert compare.seed_summary(table).iloc[0]["leakage-free %"] == "97.00 ± 1.00 (96.00–98.00)"
+    table.loc[1, "_n_leakage_free"] = 814
+    assert compare.seed_summary(table).iloc[0]["leakage-free %"] == "subsets differ (n = 316, 814)"
+
 
 def test_an_ensemble_is_described_by_its_members_and_never_counted_as_a_seed():
     seeds = [build_config({}, {"recipe": "efficientnet_lite0_robust_256", "seed": s}).__dict__ for s in (42, 43, 44)]
