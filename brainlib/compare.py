@@ -193,11 +193,11 @@ def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
             "recipe": min(group["_recipe_label"], key=len),
             "seeds": ", ".join(str(s) for s in sorted(seeds["seed"])),
         }
+        subsets = sorted(set(seeds["_n_leakage_free"].dropna().astype(int))) if "_n_leakage_free" in seeds else []
         for column, name in SEED_SUMMARY_COLUMNS.items():
             values = pd.to_numeric(seeds[column], errors="coerce").dropna() if column in seeds else []
             if len(values) < len(seeds):  # only numbers every seed has
                 continue
-            subsets = sorted(set(seeds["_n_leakage_free"].dropna().astype(int))) if "_n_leakage_free" in seeds else []
             if column == "leakage_free_%" and len(subsets) > 1:
                 # metrics written under another duplicate audit count other images as leakage-free
                 # (814 before flipped copies were grouped, 316 after): not one quantity to average
