@@ -178,11 +178,11 @@ def _rows_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, ro
 
 def suspects_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
     """The ranked suspects (path, split on disk, given and suggested class, their out-of-fold
-    probabilities, label quality, duplicate-group membership) among the given rows."""
+    probabilities, label quality, duplicate-group membership) among the manifest's images."""
     flagged, quality = find_label_issues(manifest["label_idx"].to_numpy(), probs)
     table = _rows_table(manifest, folds, probs, flagged)
     table.insert(0, "rank", np.arange(1, len(flagged) + 1))
-    table.insert(7, "label_quality", quality[flagged])
+    table.insert(table.columns.get_loc("p_suggested") + 1, "label_quality", quality[flagged])
     return table
 
 

@@ -90,7 +90,7 @@ def test_review_lists_the_unsure_images_confident_learning_leaves_out():
     assert len(review) == 2 * 4 * 3  # Training and Testing apart, three per class
     training_class0 = review[(review["split_on_disk"] == "Training") & (review["given"] == CLASS_NAMES[0])]
     assert training_class0.iloc[0]["path"] == "img12.jpg" and training_class0.iloc[0]["p_given"] == 0.4
-    # img20 (flagged) ranks first in its class and is skipped: the next one is rank 3
+    # img20 (flagged) ranks first in its class and is skipped, so img12 is rank 2
     assert list(training_class0["class_rank"]) == [2, 3, 4]
     assert (training_class0["p_given"].diff().dropna() >= 0).all()
 
