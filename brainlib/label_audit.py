@@ -122,6 +122,9 @@ def out_of_fold_probabilities(
             write_text(listed, "\n".join(held_out_paths) + "\n")
             save_npy(held_out, done)
         probs[folds == fold] = np.load(done)
+        if progress:  # each fold's score as it lands: an audit stopped early still says how strong its models are
+            right = probs[folds == fold].argmax(1) == data.manifest["label_idx"].to_numpy()[folds == fold]
+            print(f"label audit: fold {fold + 1}/{k}: {right.mean():.2%} of {right.size} held-out images right")
     if test_checkpoint:  # trained on Training alone: the caller's word
         probs[testing] = _calibrated_probabilities(test_checkpoint, cfg, data, np.flatnonzero(testing), device)
     save_npy(probs, root / "oof_probs.npy")
@@ -221,7 +224,8 @@ def review_table(
 
 
 def summarize(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, suspects: pd.DataFrame) -> dict:
-    """Out-of-fold accuracy (all, Training, Testing), flagged counts, given -> suggested pairs."""
+    """Out-of-fold accuracy (all, Training, Testing, each fold model's), flagged counts, given -> suggested
+    pairs."""
     correct = probs.argmax(1) == manifest["label_idx"].to_numpy()
     on_disk = manifest["split_on_disk"].to_numpy()
     pairs = suspects.groupby(["given", "suggested"]).size()
@@ -233,6 +237,8 @@ def summarize(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, susp
         if (on_disk == "Training").any()
         else None,
         "oof_accuracy_testing": float(correct[on_disk == "Testing"].mean()) if (on_disk == "Testing").any() else None,
+        # fold -1 (Testing scored by a separate checkpoint) is no fold model's
+        "oof_accuracy_by_fold": [float(correct[folds == fold].mean()) for fold in range(int(folds.max()) + 1)],
         "n_flagged": int(len(suspects)),
         "n_flagged_training": int((suspects["split_on_disk"] == "Training").sum()),
         "n_flagged_testing": int((suspects["split_on_disk"] == "Testing").sum()),

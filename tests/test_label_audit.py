@@ -58,6 +58,8 @@ def test_confident_learning_finds_planted_label_flips():
         and summary["n_flagged_training"] == 2
         and summary["n_flagged_in_duplicate_groups"] == 1
     )
+    # the planted rows 5, 77 and 303 sit in folds 0, 2 and 3 of 80 images each; the model is right on the rest
+    assert summary["oof_accuracy_by_fold"] == [79 / 80, 1.0, 79 / 80, 79 / 80, 1.0]
     assert summary["oof_accuracy"] == (probs.argmax(1) == given).mean()
     assert sum(summary["given_to_suggested"].values()) == 3
 
@@ -95,9 +97,10 @@ def test_review_lists_the_unsure_images_confident_learning_leaves_out():
     assert (training_class0["p_given"].diff().dropna() >= 0).all()
 
 
-def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run):
+def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run, capsys):
     args = ["audit-labels", "--run-dir", prepared_run.run_dir, "--folds", "3", "--epochs", "1"]
     assert main(args) == 0
+    fold_lines = [line for line in capsys.readouterr().out.splitlines() if "held-out images right" in line]
     root = prepared_run.run_dir + "/label_audit"
     manifest = load_run_data(prepared_run).manifest
     probs = np.load(f"{root}/oof_probs.npy")
@@ -106,6 +109,11 @@ def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run):
     assert list(folds["path"]) == list(manifest["path"]) and set(folds["fold"]) == {0, 1, 2}
     summary = json.loads(open(f"{root}/label_audit.json").read())
     assert summary["n_images"] == len(manifest) and summary["folds"] == 3 and summary["epochs_per_fold"] == 1
+    # each fold's accuracy, printed as it lands and kept in the summary, adds up to the whole audit's
+    sizes = pd.read_csv(f"{root}/folds.csv")["fold"].value_counts().sort_index().to_numpy()
+    by_fold = np.array(summary["oof_accuracy_by_fold"])
+    assert len(fold_lines) == 3 and np.isclose((by_fold * sizes).sum() / sizes.sum(), summary["oof_accuracy"])
+    assert all(f"{acc:.2%} of {size} held-out" in line for acc, size, line in zip(by_fold, sizes, fold_lines))
     assert pd.read_csv(f"{root}/label_issues.csv").shape[0] == summary["n_flagged"]
     assert not pd.read_csv(f"{root}/review.csv")["path"].isin(pd.read_csv(f"{root}/label_issues.csv")["path"]).any()
     # the galleries: all suspects, and Testing's alone, each only when there is something to show
