@@ -1,0 +1,111 @@
+"""A label audit's finished folds, read before the audit ends: each fold model's out-of-fold accuracy and
+validation choice, confident learning over the images scored so far, the flags of an earlier audit found
+again, and how the fold models answer the images a reader has looked at.
+
+    .venv/bin/python scripts/audit_finished_folds.py runs/<audit run> \
+        [--earlier docs/label_audit/label_issues.csv] [--verdicts docs/label_audit/verdicts.csv]
+
+The audit run is one made by `python -m brainlib audit-labels` (pooled Training and Testing). Confident
+learning's per-class thresholds are learnt from the images scored so far, so its flags can move when the
+other folds land: the finished audit's label_issues.csv is the list to cite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brainlib.config import CLASS_NAMES
+from brainlib.label_audit import AUDIT_DIR, audit_table
+
+
+def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
+    """Every image's out-of-fold probabilities (NaN where its fold has not finished) and the finished folds."""
+    probs = np.full((len(folds), len(CLASS_NAMES)), np.nan)
+    done = []
+    for fold in range(int(folds["fold"].max()) + 1):
+        stored = audit / f"fold{fold}" / "held_out_probs.npy"
+        if not stored.exists():
+            continue
+        rows = (folds["fold"] == fold).to_numpy()
+        listed = (audit / f"fold{fold}" / "held_out_paths.txt").read_text().splitlines()
+        if listed != folds["path"][rows].tolist():
+            raise SystemExit(f"error: {stored} holds probabilities of other images than fold {fold}'s")
+        probs[rows] = np.load(stored)
+        done.append(fold)
+    return probs, done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("--earlier", default="docs/label_audit/label_issues.csv", help="an earlier audit's list")
+    parser.add_argument("--verdicts", default="docs/label_audit/verdicts.csv", help="a reader's verdicts")
+    args = parser.parse_args()
+    audit = Path(args.run_dir) / AUDIT_DIR
+    manifest = pd.read_csv(Path(args.run_dir) / "manifest.csv")
+    folds = pd.read_csv(audit / "folds.csv")
+    if folds["path"].tolist() != manifest["path"].tolist():
+        raise SystemExit(f"error: {audit / 'folds.csv'} lists other images than the run's manifest")
+    probs, done = finished_folds(audit, folds)
+    if not done:
+        raise SystemExit(f"error: no finished fold under {audit}")
+    scored = ~np.isnan(probs).any(1)
+    labels = manifest["label_idx"].to_numpy()
+    correct = probs.argmax(1) == labels
+    on_disk = manifest["split_on_disk"].to_numpy()
+
+    print(f"finished folds: {done} of {int(folds['fold'].max()) + 1}; {scored.sum()} of {len(scored)} images scored")
+    for fold in done:
+        rows = (folds["fold"] == fold).to_numpy()
+        summary = json.loads((audit / f"fold{fold}" / "train_summary.json").read_text())
+        print(
+            f"  fold {fold}: {correct[rows].mean():.2%} of {rows.sum()} right out of fold "
+            f"(Training {correct[rows & (on_disk == 'Training')].mean():.2%}, "
+            f"Testing {correct[rows & (on_disk == 'Testing')].mean():.2%}); "
+            f"validation chose epoch {summary['best_epoch']} ({summary['best_val_acc']:.2%})"
+        )
+    for split in ("Training", "Testing"):
+        part = scored & (on_disk == split)
+        print(f"  {split}: {correct[part].mean():.2%} of {part.sum()}")
+    print(f"  all scored: {correct[scored].mean():.2%} of {scored.sum()}")
+
+    part = manifest[scored].reset_index(drop=True)
+    suspects, summary = audit_table(part, folds["fold"].to_numpy()[scored], probs[scored])
+    print(
+        f"confident learning over the scored images: {summary['n_flagged']} flagged "
+        f"(Training {summary['n_flagged_training']}, Testing {summary['n_flagged_testing']}; "
+        f"{summary['n_flagged_in_duplicate_groups']} in duplicate groups): {summary['given_to_suggested']}"
+    )
+    if Path(args.earlier).exists():
+        earlier = pd.read_csv(args.earlier)
+        earlier = earlier[earlier["path"].isin(part["path"])]
+        again = earlier["path"].isin(suspects["path"])
+        print(f"the earlier list's flags among these images: {len(earlier)}, flagged again: {again.sum()}")
+    if Path(args.verdicts).exists():
+        verdicts = pd.read_csv(args.verdicts)
+        position = pd.Index(manifest["path"]).get_indexer(verdicts["path"])
+        verdicts = verdicts[(position >= 0) & scored[np.maximum(position, 0)]].copy()
+        rows = pd.Index(manifest["path"]).get_indexer(verdicts["path"])
+        verdicts["fold"] = folds["fold"].to_numpy()[rows]
+        verdicts["p_given"] = probs[rows, labels[rows]].round(3)
+        verdicts["answered"] = [CLASS_NAMES[i] for i in probs[rows].argmax(1)]
+        verdicts["flagged"] = verdicts["path"].isin(suspects["path"])
+        # the rank of p_given among the scored images of the same split and class, lowest first
+        p_given = probs[np.arange(len(labels)), labels]
+        verdicts["class_rank"] = [
+            int((p_given[scored & (on_disk == on_disk[r]) & (labels == labels[r])] < p_given[r]).sum()) + 1
+            for r in rows
+        ]
+        columns = ["path", "given", "verdict", "fold", "p_given", "answered", "flagged", "class_rank"]
+        with pd.option_context("display.width", 200, "display.max_rows", 200):
+            print(f"the reader's {len(verdicts)} images among the scored ones:")
+            print(verdicts[columns].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
