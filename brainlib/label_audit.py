@@ -105,7 +105,8 @@ def out_of_fold_probabilities(
         fold_dir = root / f"fold{fold}"
         done = fold_dir / "held_out_probs.npy"
         listed = fold_dir / "held_out_paths.txt"
-        held_out_paths = data.manifest["path"].to_numpy()[folds == fold].tolist()
+        held_out_rows = folds == fold
+        held_out_paths = data.manifest["path"].to_numpy()[held_out_rows].tolist()
         if done.exists():
             _check_held_out(done, listed, held_out_paths)
         else:
@@ -121,9 +122,9 @@ def out_of_fold_probabilities(
             )
             write_text(listed, "\n".join(held_out_paths) + "\n")
             save_npy(held_out, done)
-        probs[folds == fold] = np.load(done)
+        probs[held_out_rows] = np.load(done)
         if progress:  # each fold's score as it lands: an audit stopped early still says how strong its models are
-            right = probs[folds == fold].argmax(1) == data.manifest["label_idx"].to_numpy()[folds == fold]
+            right = probs[held_out_rows].argmax(1) == data.manifest["label_idx"].to_numpy()[held_out_rows]
             print(f"label audit: fold {fold + 1}/{k}: {right.mean():.2%} of {right.size} held-out images right")
     if test_checkpoint:  # trained on Training alone: the caller's word
         probs[testing] = _calibrated_probabilities(test_checkpoint, cfg, data, np.flatnonzero(testing), device)

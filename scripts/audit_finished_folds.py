@@ -20,11 +20,13 @@ import numpy as np
 import pandas as pd
 
 from brainlib.config import CLASS_NAMES
-from brainlib.label_audit import AUDIT_DIR, audit_table
+from brainlib.errors import SettingsError
+from brainlib.label_audit import AUDIT_DIR, _check_held_out, audit_table
 
 
 def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
-    """Every image's out-of-fold probabilities (NaN where its fold has not finished) and the finished folds."""
+    """Every image's out-of-fold probabilities (NaN where its fold has not finished) and the finished folds,
+    each checked as the audit itself checks a fold it reuses."""
     probs = np.full((len(folds), len(CLASS_NAMES)), np.nan)
     done = []
     for fold in range(int(folds["fold"].max()) + 1):
@@ -32,9 +34,10 @@ def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[i
         if not stored.exists():
             continue
         rows = (folds["fold"] == fold).to_numpy()
-        listed = (audit / f"fold{fold}" / "held_out_paths.txt").read_text().splitlines()
-        if listed != folds["path"][rows].tolist():
-            raise SystemExit(f"error: {stored} holds probabilities of other images than fold {fold}'s")
+        try:
+            _check_held_out(stored, stored.parent / "held_out_paths.txt", folds["path"][rows].tolist())
+        except SettingsError as error:
+            raise SystemExit(f"error: {error}") from None
         probs[rows] = np.load(stored)
         done.append(fold)
     return probs, done
@@ -69,13 +72,11 @@ def main() -> None:
             f"Testing {correct[rows & (on_disk == 'Testing')].mean():.2%}); "
             f"validation chose epoch {summary['best_epoch']} ({summary['best_val_acc']:.2%})"
         )
-    for split in ("Training", "Testing"):
-        part = scored & (on_disk == split)
-        print(f"  {split}: {correct[part].mean():.2%} of {part.sum()}")
-    print(f"  all scored: {correct[scored].mean():.2%} of {scored.sum()}")
-
     part = manifest[scored].reset_index(drop=True)
     suspects, summary = audit_table(part, folds["fold"].to_numpy()[scored], probs[scored])
+    for split in ("Training", "Testing"):
+        print(f"  {split}: {summary[f'oof_accuracy_{split.lower()}']:.2%} of {(part['split_on_disk'] == split).sum()}")
+    print(f"  all scored: {summary['oof_accuracy']:.2%} of {len(part)}")
     print(
         f"confident learning over the scored images: {summary['n_flagged']} flagged "
         f"(Training {summary['n_flagged_training']}, Testing {summary['n_flagged_testing']}; "
@@ -89,8 +90,8 @@ def main() -> None:
     if Path(args.verdicts).exists():
         verdicts = pd.read_csv(args.verdicts)
         position = pd.Index(manifest["path"]).get_indexer(verdicts["path"])
-        verdicts = verdicts[(position >= 0) & scored[np.maximum(position, 0)]].copy()
-        rows = pd.Index(manifest["path"]).get_indexer(verdicts["path"])
+        among = (position >= 0) & scored[np.maximum(position, 0)]
+        verdicts, rows = verdicts[among].copy(), position[among]
         verdicts["fold"] = folds["fold"].to_numpy()[rows]
         verdicts["p_given"] = probs[rows, labels[rows]].round(3)
         verdicts["answered"] = [CLASS_NAMES[i] for i in probs[rows].argmax(1)]
