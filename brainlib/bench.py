@@ -31,6 +31,7 @@ from .cuda_graphs import GraphedTraining, graph_training_step
 from .errors import DataError
 from .infer import SCORING_PRECISION, autocast, predict_logits, setup_torch, use_bf16
 from .loader import ImageFileDataset, load_run_data, split_batches
+from .machine_load import busy_warning, machine_load
 from .models import create_model
 
 
@@ -105,28 +106,13 @@ def _time_eval(
     return n / (time.perf_counter() - start)
 
 
-# the same `make bench` measured x2.60 training speed-up on a quiet 2-core machine and x1.09 with another
-# process on the cores: a busy machine makes every number here low and the ratios meaningless
-BUSY_LOAD_PER_CORE = 0.5
-
-
-def machine_load() -> dict:
-    """The 1-minute load average against the cores, measured before timing starts."""
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    return {"load_average_1min": round(load, 2), "cores": cores, "busy": load > BUSY_LOAD_PER_CORE * cores}
-
-
 def run_benchmark(
     cfg: Config, steps: int = 4, warmup: int = 1, workers: int = 2, out: str | Path | None = None
 ) -> dict:
     device = setup_torch(cfg)
     load = machine_load()
     if load["busy"]:
-        print(
-            f"warning: load average {load['load_average_1min']} on {load['cores']} cores before the benchmark: "
-            "another job is running, so these timings will be low and noisy",
-            file=sys.stderr,
-        )
+        print(busy_warning(load), file=sys.stderr)
     data = load_run_data(cfg)
     train_rows = data.manifest[data.manifest["split"] == "train"]
     results: dict = {

@@ -20,6 +20,7 @@ from .config import Config
 from .cpu_engine import as_scored
 from .infer import autocast, cpu_has_native_bf16, predict_logits, resolve_device, use_bf16
 from .loader import CachedBatches
+from .machine_load import busy_warning, machine_load
 from .models import create_model
 from .shifts import SEVERITIES, SHIFTS
 
@@ -139,6 +140,10 @@ def print_plan(cfg: Config) -> dict:
     if cfg.fast:
         print(f"pipeline plan: a fast run of recipe {cfg.recipe} on the fixture-sized sample: a few minutes")
         return {}
+    load = machine_load()
+    if load["busy"]:
+        # another job installing packages once made this estimate 100 min for a 61.5-min run
+        print(busy_warning(load))
     rates = measure_rates(cfg, device)
     times = estimate(cfg, rates)
     total = sum(v for k, v in times.items() if k[:2].isdigit())

@@ -30,6 +30,19 @@ def test_measured_rates_are_positive_on_a_tiny_model(tmp_path):
     assert plan.auto_shift_suite(cfg, n_test=4) == (SEVERITIES, 0)  # four images: the full suite is cheap
 
 
+def test_the_plan_says_when_another_job_is_on_the_cores(monkeypatch, capsys):
+    """The estimate is only as quiet as the machine: a busy one gets a warning before the numbers."""
+    cfg = build_config(
+        {}, {"recipe": "reference", "batch_size": 2, "image_size": 224, "cache_size": 224, "device": "cpu"}
+    )
+    busy = {"others_busy_cores": 1.2, "load_average_1min": 2.0, "cores": 2, "busy": True}
+    monkeypatch.setattr(plan, "machine_load", lambda: busy)
+    times = plan.print_plan(cfg)
+    out = capsys.readouterr().out
+    assert "other processes are using 1.2 of 2 cores" in out and times["03_train"] > 0
+    assert out.index("warning") < out.index("pipeline plan")
+
+
 @pytest.mark.parametrize(
     ("flags", "onednn", "expected"),
     [
