@@ -49,7 +49,7 @@ def machine_load(window_s: float = WINDOW_S) -> dict:
     """The cores other processes are using now (measured over `window_s`), the 1-minute load average,
     and whether the machine counts as busy for timing."""
     cores = os.cpu_count() or 1
-    load_average = round(os.getloadavg()[0], 2)
+    load_average = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0  # none on Windows
     busy_before, own_before, start = _busy_cpu_s(), _own_cpu_s(), time.monotonic()
     if busy_before is None:
         return {"load_average_1min": load_average, "cores": cores, "busy": load_average > BUSY_CORES_PER_CORE * cores}

@@ -200,9 +200,9 @@ def _motion(amount):
     """On a slice laid out 1 x H x W x 1, TorchIO's Motion fills k-space along the last (singleton) axis, so
     the whole spectrum comes from one moved copy: this is a rigid in-plane move (at severity 3 it matches a
     4-degree rotation about the image centre followed by a shift of 11.75 and 6.5 px), not a motion artifact,
-    and the same for every image. Kept as it is so that the
-    committed shift tables stay reproducible; the same poses with k-space filled along the image's columns
-    (an actual ghosting artifact) are measured beside it in docs/robustness.md."""
+    and the same for every image. Kept as it is so that the committed shift tables stay reproducible; the
+    same poses with k-space filled along the image's columns (an actual ghosting artifact) are measured
+    beside it in docs/robustness.md."""
     import torchio as tio
 
     degrees, mm = amount
