@@ -168,51 +168,67 @@ def _wavelet_denoise(im, sigma, _seed):
 
 # --- MR acquisition artifacts -----------------------------------------------------------------
 def _torchio(transform_factory):
-    """Apply a TorchIO transform to one 2-D slice (as a 1 x H x W x 1 volume), seeded per image."""
+    """Apply a TorchIO transform to one 2-D slice, seeded per image.
+
+    The slice goes in as a 1 x 1 x H x W volume: TorchIO's k-space transforms fill k-space along the last
+    spatial axis, which must be one of the image's own (see `_motion`). Randomness comes from a NumPy
+    generator seeded with the image's index and is handed to TorchIO as explicit parameters, never drawn
+    from torch's global generator, which the suite's worker threads would share."""
 
     def fn(im, param, seed):
         import torch
-        import torchio as tio
 
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            image = tio.ScalarImage(tensor=torch.from_numpy(im.astype(np.float32))[None, :, :, None])
-            out = transform_factory(param)(image).data[0, :, :, 0].numpy()
+        image = _tio_image(torch.from_numpy(im.astype(np.float32))[None, None])
+        out = transform_factory(param, np.random.default_rng(seed))(image).data[0, 0].numpy()
         return _u8(out)
 
     return fn
 
 
-def _bias_field(c):
+def _tio_image(tensor):
     import torchio as tio
 
-    # the range (c, c) draws every coefficient as +c: the same field for every image (no randomness)
-    return tio.RandomBiasField(coefficients=(c, c), order=3)
+    return tio.ScalarImage(tensor=tensor)
 
 
-def _ghosting(intensity):
+def _bias_field(c, _rng):
     import torchio as tio
 
-    return tio.Ghosting(num_ghosts=4, axis=0, intensity=intensity, restore=0.02)
+    # every coefficient of the order-3 polynomial at +c: one smooth field, the same for every image
+    return tio.BiasField(coefficients=[c] * 20, order=3)
 
 
-def _motion(amount):
-    """On a slice laid out 1 x H x W x 1, TorchIO's Motion fills k-space along the last (singleton) axis, so
-    the whole spectrum comes from one moved copy: this is a rigid in-plane move (at severity 3 it matches a
-    4-degree rotation about the image centre followed by a shift of 11.75 and 6.5 px), not a motion artifact,
-    and the same for every image. Kept as it is so that the committed shift tables stay reproducible; the
-    same poses with k-space filled along the image's columns (an actual ghosting artifact) are measured
-    beside it in docs/robustness.md."""
+def _ghosting(intensity, _rng):
     import torchio as tio
 
-    degrees, mm = amount
-    return tio.RandomMotion(degrees=(degrees, degrees), translation=(mm, mm), num_transforms=2)
+    return tio.Ghosting(num_ghosts=4, axis=1, intensity=intensity, restore=0.02)
 
 
-def _spike(intensity):
+def _motion(amount, rng):
+    """Patient motion during the acquisition (Shaw et al. 2019, TorchIO's `Motion`): k-space is filled
+    column segment by column segment, the central segment from the image as it is and the outer ones from a
+    copy rotated in-plane by `degrees` and shifted by `px` along both axes. The two switch times are drawn per
+    image the way TorchIO's `RandomMotion` draws them (evenly spaced, each moved by up to 30 % of a step).
+    TorchIO fills k-space along the last spatial axis; an earlier version of this shift handed it the slice
+    as 1 x H x W x 1, so the whole spectrum came from the moved copy: a rigid move, not an artifact."""
     import torchio as tio
 
-    return tio.Spike(spikes_positions=np.array([[0.08, 0.11, 0.0]]), intensity=intensity)
+    degrees, px = amount
+    n_moves = 2
+    step = 1 / (n_moves + 1)
+    times = step * np.arange(1, n_moves + 1) + rng.uniform(-0.3 * step, 0.3 * step, n_moves)
+    return tio.Motion(
+        degrees=np.array([[degrees, 0.0, 0.0]] * n_moves),  # about the slice's normal: in-plane
+        translation=np.array([[0.0, px, px]] * n_moves),
+        times=times,
+        image_interpolation="linear",
+    )
+
+
+def _spike(intensity, _rng):
+    import torchio as tio
+
+    return tio.Spike(spikes_positions=np.array([[0.0, 0.08, 0.11]]), intensity=intensity)
 
 
 def _gibbs_stack(images, alpha, _seed):

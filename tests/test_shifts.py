@@ -48,3 +48,20 @@ def test_gibbs_ringing_matches_monais_definition(images):
         GibbsNoise(alpha=SHIFTS["gibbs_ringing"].params[1])(torch.from_numpy(images.astype(np.float32)))
     )
     assert np.abs(np.clip(np.rint(theirs), 0, 255) - ours).max() <= 1
+
+
+def test_motion_is_a_kspace_artifact_not_a_rigid_move(images):
+    """Patient motion keeps the centre of k-space (the columns acquired while the head held still) and
+    corrupts the outer columns; a rigid move of the whole slice changes the centre too. The switch times
+    are drawn per image, so the same slice at two places in a batch gets two different artifacts."""
+    out = SHIFTS["motion"](images, 3)
+    side = images.shape[-1]
+    centre, band = side // 2, int(0.06 * side)  # inside the central segment for any drawn switch times
+    inner, outer = slice(centre - band, centre + band), np.r_[: centre - 3 * band, centre + 3 * band : side]
+    for image, moved in zip(images, out):
+        before, after = (np.fft.fftshift(np.fft.fft2(x.astype(float))) for x in (image, moved))
+        change = np.abs(after - before)
+        assert change[:, inner].mean() < 0.05 * np.abs(before[:, inner]).mean()
+        assert change[:, outer].mean() > 0.3 * np.abs(before[:, outer]).mean()
+    twice = SHIFTS["motion"](np.stack([images[0], images[0]]), 3)
+    assert not np.array_equal(twice[0], twice[1])
