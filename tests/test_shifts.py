@@ -65,3 +65,16 @@ def test_motion_is_a_kspace_artifact_not_a_rigid_move(images):
         assert change[:, outer].mean() > 0.3 * np.abs(before[:, outer]).mean()
     twice = SHIFTS["motion"](np.stack([images[0], images[0]]), 3)
     assert not np.array_equal(twice[0], twice[1])
+
+
+def test_bias_field_is_torchios_transform_pixel_for_pixel(images):
+    """The field is computed once per size and reused; the pixels must be what TorchIO's BiasField gives."""
+    import torch
+    import torchio as tio
+
+    c = SHIFTS["bias_field"].params[2]
+    ours = SHIFTS["bias_field"](images, 3)
+    for image, got in zip(images, ours):
+        volume = tio.ScalarImage(tensor=torch.from_numpy(image.astype(np.float32))[None, None])
+        theirs = tio.BiasField(coefficients=[c] * 20, order=3)(volume).data[0, 0].numpy()
+        assert np.array_equal(np.clip(np.rint(theirs), 0, 255).astype(np.uint8), got)
