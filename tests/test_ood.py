@@ -129,3 +129,23 @@ def test_the_ood_report_measures_every_score_on_every_family(trained_run, tmp_pa
     )  # the same fit as training's
     write_report(result, tmp_path)
     assert json.loads((tmp_path / "report.json").read_text())["chosen"] == result["chosen"]
+
+
+def test_the_ood_report_measures_the_detector_the_checkpoint_carries(trained_run):
+    """Not a refit on today's splits: a checkpoint whose threshold differs from what its validation split
+    would give now (as after a re-carve) is reported with its own threshold and statistics."""
+    import dataclasses
+
+    from brainlib.checkpoint import load_for_inference
+    from brainlib.ood_suite import measure
+
+    net = load_for_inference(f"{trained_run.run_dir}/checkpoints/best.pt")
+    moved = dataclasses.replace(net, ood=net.ood | {"threshold": 0.5 * net.ood["threshold"]})
+    result = measure(moved, trained_run, load_run_data(trained_run), "cpu", shift_sample=0)
+    kind = moved.ood["score"]
+    assert result["thresholds"][kind] == moved.ood["threshold"]
+    assert result["detector"]["from"] == "checkpoint" and result["detector"]["n_fit"] == net.ood["n_fit"]
+    clean = result["scores"].loc[result["scores"]["family"] == "test_clean", kind]
+    summary = result["summary"]
+    row = summary[(summary["score"] == kind) & (summary["family"] == "test_clean")].iloc[0]
+    assert row["flagged"] == pytest.approx(float((clean > moved.ood["threshold"]).mean()))
