@@ -192,7 +192,7 @@ def _bias_field_map(c: float, height: int, width: int) -> np.ndarray:
     from torchio import BiasField
 
     # every coefficient of the order-3 polynomial at +c: one smooth field, the same for every image, so it
-    # is computed once per (c, size) by TorchIO's own generator (37 s of the full suite when made per image)
+    # is computed once per (c, size) by TorchIO's own generator (28 s of the full suite when made per image)
     return BiasField.generate_bias_field(np.zeros((1, 1, height, width)), 3, [c] * 20)[0]
 
 
@@ -237,8 +237,8 @@ def _spike(intensity, _rng):
 def _gibbs_stack(images, alpha, _seed):
     """Gibbs ringing: k-space truncated to its central (1 - alpha) fraction, as MONAI's
     GibbsNoise defines it. Written with SciPy's FFT because MONAI's transform took 0.46 s per
-    256-px image here (20 minutes per severity on the test split); this takes a millisecond (NumPy's
-    own FFT took 5 ms per image, single-threaded)."""
+    256-px image here (20 minutes per severity on the test split); this takes about 2 ms (NumPy's
+    single-threaded FFT 5-11 ms)."""
     import scipy.fft
 
     workers = os.cpu_count() or 1
