@@ -145,14 +145,16 @@ def calibration_of(net: InferenceModel, cfg: Config, data: RunData, device: str)
 
 
 def ood_statistics(
-    net: InferenceModel, cfg: Config, data: RunData, device: str
+    net: InferenceModel, cfg: Config, data: RunData, device: str, stats: dict | None = None
 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """(statistics of the checkpoint's Training features: the train split, not augmented; the
-    validation features; the validation logits), for brainlib.ood's scores and thresholds."""
+    """(statistics of the checkpoint's Training features: `stats` when given (a stored detector),
+    else fitted on the train split, not augmented; the validation features; the validation logits),
+    for brainlib.ood's scores and thresholds."""
     cfg = net.scoring_config(cfg)
-    train = split_batches(cfg, data, "train", device)
-    _, features = predict_logits_and_features(net.model, train, device, net.feature_layers)
-    stats = ood.fit(features, train.labels.cpu(), len(CLASS_NAMES))
+    if stats is None:
+        train = split_batches(cfg, data, "train", device)
+        _, features = predict_logits_and_features(net.model, train, device, net.feature_layers)
+        stats = ood.fit(features, train.labels.cpu(), len(CLASS_NAMES))
     val_logits, val_features = predict_logits_and_features(
         net.model, split_batches(cfg, data, "val", device), device, net.feature_layers
     )

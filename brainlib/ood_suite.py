@@ -32,7 +32,7 @@ from .checkpoint import InferenceModel
 from .config import Config
 from .data import to_gray
 from .infer import predict_logits_and_features
-from .loader import CachedBatches, RunData, rows_batches, split_batches
+from .loader import CachedBatches, RunData, rows_batches
 from .medical import read_dicom, resized
 from .robustness import sample_rows
 from .shifts import SHIFTS
@@ -189,15 +189,10 @@ def measure(net: InferenceModel, cfg: Config, data: RunData, device: str, shift_
     "thresholds": {score: threshold}, "chosen": the score with the best mean AUROC on the tuning families,
     "detector": where the statistics came from}."""
     cfg = net.scoring_config(cfg)
-    if net.ood:
-        # the detector the checkpoint carries (what predict and evaluate flag with), not a refit: its
-        # threshold rests on the validation split's six highest scores, and re-carving that split by three
-        # images moved a refitted Mahalanobis threshold from 358 to 300
-        stats = net.ood
-        val = split_batches(cfg, data, "val", device)
-        val_logits, val_features = predict_logits_and_features(net.model, val, device, net.feature_layers)
-    else:
-        stats, val_features, val_logits = ood_statistics(net, cfg, data, device)
+    # the detector the checkpoint carries (what predict and evaluate flag with), not a refit: its threshold
+    # rests on the validation split's six highest scores, and re-carving that split by three images moved a
+    # refitted Mahalanobis threshold from 358 to 300
+    stats, val_features, val_logits = ood_statistics(net, cfg, data, device, stats=net.ood or None)
     thresholds = {k: ood.threshold_for(ood.score(stats, val_features, val_logits, k)) for k in ood.SCORES}
     if net.ood:
         thresholds[net.ood["score"]] = float(net.ood["threshold"])
@@ -246,16 +241,12 @@ def measure(net: InferenceModel, cfg: Config, data: RunData, device: str, shift_
             summary.append(row)
     summary = pd.DataFrame(summary)
     tuning = summary[summary["group"] == "tuning"].groupby("score")["auroc_vs_clean_test"].mean()
-    detector = (
-        {
-            "from": "checkpoint",
-            "score": net.ood["score"],
-            "n_fit": net.ood["n_fit"],
-            "n_threshold": net.ood["n_threshold"],
-        }
-        if net.ood
-        else {"from": "fitted here", "n_fit": stats["n_fit"], "n_threshold": len(val_features)}
-    )
+    detector = {  # a stored detector carries its score and validation count; statistics fitted here do not
+        "from": "checkpoint" if net.ood else "fitted here",
+        "score": stats.get("score"),
+        "n_fit": stats["n_fit"],
+        "n_threshold": stats.get("n_threshold", len(val_features)),
+    }
     return {
         "scores": scores,
         "summary": summary,
