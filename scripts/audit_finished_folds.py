@@ -3,7 +3,8 @@ validation choice, confident learning over the images scored so far, the flags o
 again, and how the fold models answer the images a reader has looked at.
 
     .venv/bin/python scripts/audit_finished_folds.py runs/<audit run> \
-        [--earlier docs/label_audit/label_issues.csv] [--verdicts docs/label_audit/verdicts.csv]
+        [--earlier docs/label_audit/label_issues.csv] [--verdicts docs/label_audit/verdicts.csv] \
+        [--lesions docs/label_audit/notumor_with_lesion.txt]
 
 The audit run is one made by `python -m brainlib audit-labels` (pooled Training and Testing). Confident
 learning's per-class thresholds are learnt from the images scored so far, so its flags can move when the
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from brainlib.config import CLASS_NAMES
 from brainlib.errors import SettingsError
@@ -43,11 +45,45 @@ def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[i
     return probs, done
 
 
+def lesion_report(manifest: pd.DataFrame, probs: np.ndarray, scored: np.ndarray, lesions: list[str]) -> None:
+    """How the fold models answer the listed "no tumour" images with a lesion against the other scored
+    "no tumour" images of the same split: how many each calls a tumour (Fisher's exact test), and how well
+    the out-of-fold probability of "no tumour" sets them apart (AUROC, from the Mann-Whitney U)."""
+    notumor = CLASS_NAMES.index("notumor")
+    listed = manifest["path"].isin(lesions).to_numpy()
+    splits = set(manifest.loc[listed, "split_on_disk"])
+    peers = (manifest["label_idx"].to_numpy() == notumor) & manifest["split_on_disk"].isin(splits).to_numpy()
+    lesion, other = listed & scored, peers & ~listed & scored
+    if not lesion.any() or not other.any():
+        print(f"lesion images: {lesion.sum()} of {listed.sum()} scored, {other.sum()} others: nothing to compare")
+        return
+    tumour = probs.argmax(1) != notumor
+    table = [
+        [int(tumour[lesion].sum()), int((~tumour[lesion]).sum())],
+        [int(tumour[other].sum()), int((~tumour[other]).sum())],
+    ]
+    fisher = stats.fisher_exact(table, alternative="greater").pvalue
+    p_lesion, p_other = probs[lesion, notumor], probs[other, notumor]
+    u = stats.mannwhitneyu(p_other, p_lesion, alternative="greater")
+    auroc = u.statistic / (lesion.sum() * other.sum())
+    print(
+        f"lesion images scored: {lesion.sum()} of {listed.sum()}; called a tumour: {table[0][0]} "
+        f"({', '.join(Path(p).stem for p in manifest['path'][lesion & tumour])}) against {table[1][0]} of the other "
+        f"{other.sum()} 'no tumour' images (Fisher's exact p = {fisher:.2g}); their p(notumor) median "
+        f"{np.median(p_lesion):.3f} against {np.median(p_other):.3f}: AUROC {auroc:.2f} (Mann-Whitney p = {u.pvalue:.2g})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir")
     parser.add_argument("--earlier", default="docs/label_audit/label_issues.csv", help="an earlier audit's list")
     parser.add_argument("--verdicts", default="docs/label_audit/verdicts.csv", help="a reader's verdicts")
+    parser.add_argument(
+        "--lesions",
+        default="docs/label_audit/notumor_with_lesion.txt",
+        help="'no tumour' images a reader saw a lesion in",
+    )
     args = parser.parse_args()
     audit = Path(args.run_dir) / AUDIT_DIR
     manifest = pd.read_csv(Path(args.run_dir) / "manifest.csv")
@@ -106,6 +142,9 @@ def main() -> None:
         with pd.option_context("display.width", 200, "display.max_rows", 200):
             print(f"the reader's {len(verdicts)} images among the scored ones:")
             print(verdicts[columns].to_string(index=False))
+    if Path(args.lesions).exists():
+        lines = Path(args.lesions).read_text().splitlines()
+        lesion_report(manifest, probs, scored, [line for line in lines if line and not line.startswith("#")])
 
 
 if __name__ == "__main__":
