@@ -24,6 +24,7 @@ from scipy import stats
 from brainlib.config import CLASS_NAMES
 from brainlib.errors import SettingsError
 from brainlib.label_audit import AUDIT_DIR, _check_held_out, audit_table
+from brainlib.ood import detection_auroc
 
 
 def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
@@ -65,7 +66,7 @@ def lesion_report(manifest: pd.DataFrame, probs: np.ndarray, scored: np.ndarray,
     fisher = stats.fisher_exact(table, alternative="greater").pvalue
     p_lesion, p_other = probs[lesion, notumor], probs[other, notumor]
     u = stats.mannwhitneyu(p_other, p_lesion, alternative="greater")
-    auroc = u.statistic / (lesion.sum() * other.sum())
+    auroc = detection_auroc(1 - p_other, 1 - p_lesion)  # the lesion images as the "out" class
     print(
         f"lesion images scored: {lesion.sum()} of {listed.sum()}; called a tumour: {table[0][0]} "
         f"({', '.join(Path(p).stem for p in manifest['path'][lesion & tumour])}) against {table[1][0]} of the other "
