@@ -27,7 +27,7 @@ from .evaluate import interval_table, prediction_set_table
 from .robustness import ShiftSummary, summary_of
 from .shortcuts import folder_report
 from .stats import interval_text
-from .verdicts import VERDICTS, accuracy_both_ways, read_verdicts
+from .verdicts import VERDICTS, accuracy_both_ways, read_verdicts, with_verdicts
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -388,8 +388,25 @@ def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:
         "out-of-fold accuracy is far below the checkpoint's, most flags are that model's own confusions. Labels were "
         f"not changed; the list is `{audit_file.parent / 'label_issues.csv'}`"
         + (f", the images `{audit_file.parent / gallery}`." if gallery else "."),
+        *_flags_read(audit_file.parent / "label_issues.csv", audit_file.parent / "verdicts.csv"),
         "",
         *_both_ways(audit_file.parent / "verdicts.csv", eval_run / "predictions.csv"),
+    ]
+
+
+def _flags_read(flags_file: Path, verdicts_file: Path) -> list[str]:
+    """How the audit's flags read by eye: a flag a reader calls "model wrong" is the fold model's mistake."""
+    if not (flags_file.exists() and verdicts_file.exists()):
+        return []
+    flags = with_verdicts(pd.read_csv(flags_file), read_verdicts(verdicts_file))
+    read = flags[flags["verdict"] != ""]
+    if read.empty:
+        return []
+    counts = read["verdict"].value_counts()
+    return [
+        f"Flags read by eye: {len(read)} of {len(flags)} ("
+        + ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)
+        + ")."
     ]
 
 

@@ -3,7 +3,7 @@ validation choice, confident learning over the images scored so far, the flags o
 again, and how the fold models answer the images a reader has looked at.
 
     .venv/bin/python scripts/audit_finished_folds.py runs/<audit run> \
-        [--earlier docs/label_audit/label_issues.csv] [--verdicts docs/label_audit/verdicts.csv] \
+        [--earlier docs/label_audit/three_epochs/label_issues.csv] [--verdicts docs/label_audit/verdicts.csv] \
         [--lesions docs/label_audit/notumor_with_lesion.txt]
 
 The audit run is one made by `python -m brainlib audit-labels` (pooled Training and Testing). Confident
@@ -78,7 +78,9 @@ def lesion_report(manifest: pd.DataFrame, probs: np.ndarray, scored: np.ndarray,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir")
-    parser.add_argument("--earlier", default="docs/label_audit/label_issues.csv", help="an earlier audit's list")
+    parser.add_argument(
+        "--earlier", default="docs/label_audit/three_epochs/label_issues.csv", help="an earlier audit's list"
+    )
     parser.add_argument("--verdicts", default="docs/label_audit/verdicts.csv", help="a reader's verdicts")
     parser.add_argument(
         "--lesions",

@@ -56,6 +56,10 @@ def test_model_card_reports_accuracy_both_ways_from_the_audits_readings(trained_
         [[right["path"], right["label"], other, "label wrong", "x"], ["Training/y.jpg", "glioma", "", "ambiguous", ""]],
         columns=["path", "given", "read_as", "verdict", "reading"],
     ).to_csv(audit / "verdicts.csv", index=False)
+    # two flags, one of them read: the card counts the read one's verdict
+    pd.DataFrame({"path": ["Training/y.jpg", "Training/z.jpg"], "verdict": ["", ""]}).to_csv(
+        audit / "label_issues.csv", index=False
+    )
     out = tmp_path / "card.md"
     ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
     args = ["model-card", "--checkpoint", ckpt, "--eval-run", trained_run.run_dir, "--audit-run", str(audit)]
@@ -63,6 +67,7 @@ def test_model_card_reports_accuracy_both_ways_from_the_audits_readings(trained_
     card = out.read_text()
     errors = int((pred["pred"] != pred["label"]).sum())
     assert "of 2 images: 1 label wrong, 0 label wrong, class unknown, 1 ambiguous, 0 model wrong" in card
+    assert "Flags read by eye: 1 of 2 (1 ambiguous)." in card
     assert f"makes {errors + 1} errors" in card and f"against {errors} (" in card
 
 
