@@ -30,6 +30,15 @@ def test_shift_is_deterministic_keeps_shape_and_grows_with_severity(name, images
     assert change[0] <= change[1] <= change[2], f"{name}: severity order broken: {change}"
 
 
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_no_two_shifts_are_the_same_transform(severity, images):
+    # two shifts with equal outputs would count one transform twice in the suite's mean
+    outs = {name: shift(images, severity) for name, shift in SHIFTS.items()}
+    names = list(outs)
+    same = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if np.array_equal(outs[a], outs[b])]
+    assert not same, f"severity {severity}: identical shifts {same}"
+
+
 def test_families_are_declared_and_two_are_held_out_of_training():
     assert set(FAMILIES) == {"resolution", "compression", "intensity", "frequency", "artifact", "noise"}
     assert set(TRAINED_FAMILIES) < set(FAMILIES)
