@@ -1,0 +1,52 @@
+"""The committed label audit (docs/label_audit) follows from its own fold files: every image scored once,
+the accuracies in its summary, and confident learning over the stored probabilities giving its list."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainlib.config import CLASS_NAMES
+from brainlib.label_audit import find_label_issues
+
+AUDIT = Path(__file__).resolve().parents[1] / "docs" / "label_audit"
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    summary = json.loads((AUDIT / "label_audit.json").read_text())
+    parts = []
+    for fold in range(summary["folds"]):
+        paths = (AUDIT / f"fold{fold}" / "held_out_paths.txt").read_text().split()
+        probs = np.load(AUDIT / f"fold{fold}" / "held_out_probs.npy")
+        assert probs.shape == (len(paths), len(CLASS_NAMES)), f"fold {fold}: probabilities and image list disagree"
+        parts.append(pd.DataFrame({"path": paths, "fold": fold, "probs": list(probs)}))
+    # in the run's manifest order (Training, then Testing, each by path): confident learning breaks ties
+    # between equal probabilities (one slice stored four times) by position
+    table = pd.concat(parts, ignore_index=True)
+    table["testing"] = table["path"].str.startswith("Testing/")
+    table = table.sort_values(["testing", "path"], ignore_index=True)
+    table["label_idx"] = table["path"].str.split("/").str[1].map(CLASS_NAMES.index)
+    return summary, table
+
+
+def test_every_image_is_scored_once_with_the_summarys_accuracies(held_out):
+    summary, table = held_out
+    assert table["path"].is_unique and len(table) == summary["n_images"]
+    right = np.stack(table["probs"]).argmax(1) == table["label_idx"].to_numpy()
+    assert right.mean() == pytest.approx(summary["oof_accuracy"])
+    by_fold = [right[table["fold"].to_numpy() == k].mean() for k in range(summary["folds"])]
+    assert by_fold == pytest.approx(summary["oof_accuracy_by_fold"])
+    testing = table["testing"].to_numpy()
+    assert right[testing].mean() == pytest.approx(summary["oof_accuracy_testing"])
+
+
+def test_confident_learning_over_the_stored_probabilities_gives_the_committed_list(held_out):
+    summary, table = held_out
+    flagged, _ = find_label_issues(table["label_idx"].to_numpy(), np.stack(table["probs"]))
+    listed = pd.read_csv(AUDIT / "label_issues.csv")
+    assert set(table["path"].to_numpy()[flagged]) == set(listed["path"])
+    assert len(listed) == summary["n_flagged"] and listed["p_given"].is_monotonic_increasing
+    assert (listed["path"].str.startswith("Testing/")).sum() == summary["n_flagged_testing"]
