@@ -25,12 +25,14 @@ from .plots import confusion_matrices, image_grid, reliability_diagram, robustne
 from .robustness import summary_of
 from .shifts import SHIFTS
 from .stats import interval_text
-from .verdicts import accuracy_both_ways, read_verdicts, with_verdicts
+from .verdicts import VERDICTS, accuracy_both_ways, read_verdicts, with_verdicts
 
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 # by-eye readings of images whose label a model contradicts, and what they change in the default's accuracy
 VERDICTS_FILE = "docs/label_audit/verdicts.csv"
 BOTH_WAYS_FILE = "docs/label_audit/default_both_ways.json"
+# the committed label audit: its summary and its list of flagged images (their verdicts from VERDICTS_FILE)
+AUDIT_FILE = "docs/label_audit/label_audit.json"
 # committed checkpoint -> what it is; the metrics file sits beside it (<name>.metrics.json)
 ROWS = {
     DEFAULT_CHECKPOINT: "**default**: EfficientNet-Lite0, acquisition augmentation, 256 px",
@@ -90,7 +92,27 @@ def results_table() -> str:
         f"A reader (by eye, not a radiologist: [{VERDICTS_FILE}]({VERDICTS_FILE})) marked {n} Testing "
         f"label{'s' if n != 1 else ''} wrong; read as the reader saw {'them' if n != 1 else 'it'}, the default makes "
         f"{b['errors_relabelled']} errors ({_pct(b['accuracy_relabelled'])}).{lesions} Every other accuracy here uses "
-        "the official labels."
+        f"the official labels.{_audit_sentence()}"
+    )
+
+
+def _audit_sentence() -> str:
+    """The committed label audit in one sentence: how strong its models are, how many images it flags, and
+    how the flags read by eye."""
+    audit_file = REPO_ROOT / AUDIT_FILE
+    flags_file, verdicts_file = audit_file.parent / "label_issues.csv", REPO_ROOT / VERDICTS_FILE
+    if not (audit_file.exists() and flags_file.exists() and verdicts_file.exists()):
+        return ""
+    audit = json.loads(audit_file.read_text())
+    flags = with_verdicts(pd.read_csv(flags_file), read_verdicts(verdicts_file))
+    counts, unread = flags["verdict"].value_counts(), int((flags["verdict"] == "").sum())
+    read = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)
+    return (
+        f" A label audit (each of the {audit['n_images']:,} images of Training and Testing scored by one of "
+        f"{audit['folds']} models that never saw any copy of it, {_pct(audit['oof_accuracy'])} right) flags "
+        f"{audit['n_flagged']} ({audit['n_flagged_testing']} in Testing); read by eye: {read}"
+        f"{f', {unread} not read' if unread else ''} "
+        "([docs/trust.md](docs/trust.md#are-the-labels-right))."
     )
 
 
