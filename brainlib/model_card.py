@@ -27,7 +27,7 @@ from .evaluate import interval_table, prediction_set_table
 from .robustness import ShiftSummary, summary_of
 from .shortcuts import folder_report
 from .stats import interval_text
-from .verdicts import VERDICTS, accuracy_both_ways, read_verdicts, with_verdicts
+from .verdicts import VERDICTS, accuracy_both_ways, how_read, read_verdicts
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -398,16 +398,8 @@ def _flags_read(flags_file: Path, verdicts_file: Path) -> list[str]:
     """How the audit's flags read by eye: a flag a reader calls "model wrong" is the fold model's mistake."""
     if not (flags_file.exists() and verdicts_file.exists()):
         return []
-    flags = with_verdicts(pd.read_csv(flags_file), read_verdicts(verdicts_file))
-    read = flags[flags["verdict"] != ""]
-    if read.empty:
-        return []
-    counts = read["verdict"].value_counts()
-    return [
-        f"Flags read by eye: {len(read)} of {len(flags)} ("
-        + ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)
-        + ")."
-    ]
+    counts, n_read, n_flags = how_read(pd.read_csv(flags_file), read_verdicts(verdicts_file))
+    return [f"Flags read by eye: {n_read} of {n_flags} ({counts})."] if n_read else []
 
 
 def _both_ways(verdicts_file: Path, predictions_file: Path) -> list[str]:

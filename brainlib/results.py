@@ -25,7 +25,7 @@ from .plots import confusion_matrices, image_grid, reliability_diagram, robustne
 from .robustness import summary_of
 from .shifts import SHIFTS
 from .stats import interval_text
-from .verdicts import VERDICTS, accuracy_both_ways, read_verdicts, with_verdicts
+from .verdicts import accuracy_both_ways, how_read, read_verdicts, with_verdicts
 
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 # by-eye readings of images whose label a model contradicts, and what they change in the default's accuracy
@@ -104,9 +104,8 @@ def _audit_sentence() -> str:
     if not (audit_file.exists() and flags_file.exists() and verdicts_file.exists()):
         return ""
     audit = json.loads(audit_file.read_text())
-    flags = with_verdicts(pd.read_csv(flags_file), read_verdicts(verdicts_file))
-    counts, unread = flags["verdict"].value_counts(), int((flags["verdict"] == "").sum())
-    read = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)
+    read, n_read, n_flags = how_read(pd.read_csv(flags_file), read_verdicts(verdicts_file))
+    unread = n_flags - n_read
     return (
         f" A label audit (each of the {audit['n_images']:,} images of Training and Testing scored by one of "
         f"{audit['folds']} models that never saw any copy of it, {_pct(audit['oof_accuracy'])} right) flags "

@@ -55,6 +55,15 @@ def with_verdicts(table: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def how_read(table: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[str, int, int]:
+    """How the rows of `table` (a list with a `path` column, such as the label audit's flags) read by eye:
+    the verdicts counted in VERDICTS order ("1 label wrong, 15 ambiguous, ..."), how many rows were read and
+    how many in all."""
+    read = with_verdicts(table, verdicts)["verdict"]
+    counts = read[read != ""].value_counts()
+    return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts), int(counts.sum()), len(read)
+
+
 def accuracy_both_ways(predictions: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
     """A checkpoint's accuracy on the official labels, and with every label a reader marked wrong
     replaced by the class the reader saw (`predictions`: path, label, pred, as evaluate writes them);

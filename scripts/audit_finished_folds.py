@@ -49,7 +49,7 @@ def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[i
 def lesion_report(manifest: pd.DataFrame, probs: np.ndarray, scored: np.ndarray, lesions: list[str]) -> None:
     """How the fold models answer the listed "no tumour" images with a lesion against the other scored
     "no tumour" images of the same split: how many each calls a tumour (Fisher's exact test), and how well
-    the out-of-fold probability of "no tumour" sets them apart (AUROC, from the Mann-Whitney U)."""
+    the out-of-fold probability of "no tumour" sets them apart (AUROC, with the Mann-Whitney U test's p-value)."""
     notumor = CLASS_NAMES.index("notumor")
     listed = manifest["path"].isin(lesions).to_numpy()
     splits = set(manifest.loc[listed, "split_on_disk"])
