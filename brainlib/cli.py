@@ -503,8 +503,9 @@ def predict_command(args: argparse.Namespace) -> int:
     from .infer import resolve_device
     from .predict import expand_inputs, predict_images
 
+    inputs, skipped = expand_inputs(args.images)
     report = predict_images(
-        expand_inputs(args.images),
+        inputs,
         args.checkpoint,
         args.cam,
         resolve_device(args.device),
@@ -514,6 +515,13 @@ def predict_command(args: argparse.Namespace) -> int:
         args.slice,
     )
     results = report["results"]
+    report["skipped"] = skipped
+    if skipped:  # not an error: a folder of scans often holds a note or a spreadsheet
+        shown = ", ".join(Path(f).name for f in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(
+            f"skipped {len(skipped)} file(s) in the folders given: not images, DICOM or NIfTI ({shown})",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -34,9 +34,20 @@ DECODERS = {
 }
 
 
+def is_dicom(path: str | Path) -> bool:
+    """A .dcm/.dicom name, or a DICOM Part 10 file under any name: scanners and PACS exports often write
+    series as IM000001 or as UIDs (`1.2.840....320`), recognised by "DICM" after the 128-byte preamble."""
+    if str(path).lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:  # missing or unreadable: reported when it is read
+        return False
+
+
 def is_medical(path: str | Path) -> bool:
-    name = str(path).lower()
-    return name.endswith(DICOM_SUFFIXES + NIFTI_SUFFIXES)
+    return str(path).lower().endswith(NIFTI_SUFFIXES) or is_dicom(path)
 
 
 def to_uint8(values: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
@@ -90,11 +101,12 @@ def read_dicom(path: str | Path) -> list[tuple[str, np.ndarray]]:
     return slices
 
 
-def dicom_series(folder: Path) -> list[Path]:
-    """The .dcm files of a folder, in InstanceNumber order (file name where it is missing)."""
+def dicom_series(files: list[Path]) -> list[Path]:
+    """The DICOM files among `files` (a folder's, any name, see is_dicom), in InstanceNumber order (file name
+    where it is missing)."""
     import pydicom
 
-    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in DICOM_SUFFIXES)
+    files = [f for f in files if is_dicom(f)]
 
     def order(f: Path):
         try:

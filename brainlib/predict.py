@@ -26,34 +26,39 @@ from .config import CLASS_NAMES, REPO_ROOT
 from .data import IMAGE_ERRORS, read_gray
 from .errors import DataError, SettingsError
 from .loader import CachedBatches
-from .medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, dicom_series, is_medical, read_dicom, read_nifti, resized
+from .medical import NIFTI_SUFFIXES, dicom_series, is_dicom, is_medical, read_dicom, read_nifti, resized
 
 # below this fraction of the model's input side, an image holds too little detail to trust
 SMALL_IMAGE_FRACTION = 0.5
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
-def expand_inputs(paths: list[str]) -> list[str]:
-    """Files as given; a folder becomes the image, DICOM and NIfTI files inside it (recursively; images
-    and volumes sorted by path, a DICOM series in InstanceNumber order), or stays itself when it holds
-    none (then reported as such)."""
-    out = []
+def expand_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(inputs, skipped). Files as given; a folder becomes the image, DICOM and NIfTI files inside it
+    (recursively; images and volumes sorted by path, a DICOM series in InstanceNumber order), or stays
+    itself when it holds none (then reported as such). `skipped`: the other files found in folders (notes,
+    spreadsheets, hidden files), so that the caller can say how many were not read rather than drop them
+    unseen."""
+    out, skipped = [], []
     for path in map(Path, paths):
         inside = []
         if path.is_dir():
             files = sorted(f for f in path.rglob("*") if f.is_file())
-            inside = [
-                str(f) for f in files if f.suffix.lower() in IMAGE_SUFFIXES or str(f).lower().endswith(NIFTI_SUFFIXES)
+            readable = [
+                f for f in files if f.suffix.lower() in IMAGE_SUFFIXES or str(f).lower().endswith(NIFTI_SUFFIXES)
             ]
-            inside += [str(f) for f in dicom_series(path)]
+            series = dicom_series([f for f in files if f not in set(readable)])
+            inside = [str(f) for f in readable + series]
+            taken = set(inside)
+            skipped += [str(f) for f in files if str(f) not in taken]
         out += inside or [str(path)]
-    return out
+    return out, skipped
 
 
 def _read_slices(path: str, axis: int, index: int | None) -> list[tuple[str, np.ndarray]]:
     if not Path(path).exists():
         raise FileNotFoundError(path)
-    if str(path).lower().endswith(DICOM_SUFFIXES):
+    if is_dicom(path):
         return read_dicom(path)
     return read_nifti(path, axis, index)
 

@@ -89,18 +89,34 @@ def test_nifti_is_reoriented_to_canonical_and_sliced_along_the_axis(tmp_path):
         medical.read_nifti(tmp_path / "v.nii.gz", axis=0, index=8)
 
 
+def test_dicom_files_without_a_dicom_name_are_found_by_their_header(tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    rng = np.random.default_rng(0)
+    # as scanners and PACS exports name them: no suffix, or a UID whose last part looks like one
+    for name in ("IM000002", "1.2.840.113619.2.55.3.1"):
+        write_dicom(series / name, rng.integers(0, 4000, (32, 32)).astype(np.uint16))
+    (series / "README").write_bytes(b"x" * 128 + b"DICX")  # the preamble's size, not its marker
+    assert medical.is_dicom(series / "IM000002") and not medical.is_dicom(series / "README")
+    assert not medical.is_dicom(tmp_path / "missing")
+    found = medical.dicom_series(sorted(series.iterdir()))
+    assert sorted(f.name for f in found) == ["1.2.840.113619.2.55.3.1", "IM000002"]
+    assert medical.is_medical(found[0]) and medical.read_dicom(found[0])[0][1].shape == (32, 32)
+
+
 def test_predict_reads_a_dicom_series_and_a_nifti_volume(trained_run, tmp_path, capsys):
     series = tmp_path / "series"
     series.mkdir()
     rng = np.random.default_rng(0)
     for k in range(3):
-        write_dicom(series / f"im{k}.dcm", rng.integers(0, 4000, (64, 64)).astype(np.uint16))
+        # the last without a suffix: found by its header
+        write_dicom(series / (f"im{k}.dcm" if k < 2 else f"im{k}"), rng.integers(0, 4000, (64, 64)).astype(np.uint16))
     nib.save(nib.Nifti1Image(rng.random((32, 32, 4)).astype(np.float32), np.eye(4)), tmp_path / "vol.nii.gz")
     ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
     rc = main(["predict", str(series), str(tmp_path / "vol.nii.gz"), "--checkpoint", ckpt, "--json", "--allow-ood"])
     report = json.loads(capsys.readouterr().out)
     results = report["results"]
-    assert [r["path"].split("/")[-1] for r in results] == ["im0.dcm", "im1.dcm", "im2.dcm"] + ["vol.nii.gz"] * 4
+    assert [r["path"].split("/")[-1] for r in results] == ["im0.dcm", "im1.dcm", "im2"] + ["vol.nii.gz"] * 4
     assert all(r["class"] is not None and "ood_score" in r for r in results)
     assert report["volumes"] == [
         {

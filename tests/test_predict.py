@@ -77,11 +77,19 @@ def test_a_folder_is_expanded_to_its_images_sorted_and_the_text_names_the_checkp
     for name in ("b.jpg", "a.png", "sub/c.jpg"):
         Image.open(src).convert("L").save(folder / name)
     (folder / "notes.txt").write_text("not an image")
-    assert expand_inputs([str(folder)]) == [str(folder / n) for n in ("a.png", "b.jpg", "sub/c.jpg")]
+    (folder / "sub" / ".DS_Store").write_bytes(b"\0" * 200)
+    assert expand_inputs([str(folder)]) == (
+        [str(folder / n) for n in ("a.png", "b.jpg", "sub/c.jpg")],
+        [str(folder / "notes.txt"), str(folder / "sub" / ".DS_Store")],
+    )
     ckpt = f"{trained_run.run_dir}/checkpoints/best.pt"
-    assert main(["predict", str(folder), "--checkpoint", ckpt, "--allow-ood"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    assert main(["predict", str(folder), "--checkpoint", ckpt, "--allow-ood"]) == 0  # a skipped note is no error
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     assert out[0] == f"checkpoint: {ckpt} (seed_cnn, 224 px)" and len(out) == 4
+    assert captured.err.splitlines() == [
+        "skipped 2 file(s) in the folders given: not images, DICOM or NIfTI (notes.txt, .DS_Store)"
+    ]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (
