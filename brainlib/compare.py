@@ -162,6 +162,7 @@ def compare_runs(run_dirs: list[str | Path], shifts: bool = False) -> pd.DataFra
                     "seen_%": _percent(s.middle_seen_accuracy) if s else None,
                     "held_out_%": _percent(s.middle_held_out_accuracy) if s else None,
                     "min_tumour_recall": s.middle_min_tumour_recall if s else None,
+                    "min_class_recall": s.middle_min_class_recall if s else None,
                     "all_severities_mean_%": _percent(s.mean_accuracy) if s and s.all_severities else None,
                 }
             )

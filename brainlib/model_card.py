@@ -275,6 +275,7 @@ def _shift_section(metrics: dict, s: ShiftSummary) -> list[str]:
         "param",
         "accuracy",
         "tumour_recall",
+        *[c for c in table if c.startswith("recall_")],
         *[c for c in table if c.startswith("coverage_")],
     ]
     return [
@@ -284,14 +285,23 @@ def _shift_section(metrics: dict, s: ShiftSummary) -> list[str]:
         f"{s.n_images} test images: at the middle severity mean accuracy {_pct(s.middle_mean_accuracy)}, worst "
         f"{_pct(s.middle_worst_accuracy)} ({s.middle_worst_shift}), families seen in training "
         f"{_pct(s.middle_seen_accuracy)} vs held out {_pct(s.middle_held_out_accuracy)}, lowest tumour recall "
-        f"{s.middle_min_tumour_recall:.3f}; over every severity run, mean {_pct(s.mean_accuracy)} and worst "
-        f"{_pct(s.worst_accuracy)} (clean on the same images: {_pct(s.clean_accuracy)}).",
+        f"{s.middle_min_tumour_recall:.3f}{_lowest_class_recall(s)}; over every severity run, mean "
+        f"{_pct(s.mean_accuracy)} and worst {_pct(s.worst_accuracy)} (clean on the same images: {_pct(s.clean_accuracy)}).",
         "",
         "The five hardest shifts:",
         "",
         table[cols].round(4).to_markdown(index=False),
         "",
     ]
+
+
+def _lowest_class_recall(s) -> str:
+    if s.middle_min_class_recall is None:
+        return ""
+    return (
+        f", lowest recall of one class {s.middle_min_class_recall:.3f} ({s.middle_min_class_recall_class} under "
+        f"{s.middle_min_class_recall_shift})"
+    )
 
 
 def _ood_section(state: dict, metrics: dict, report: Path) -> list[str]:

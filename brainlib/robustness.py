@@ -171,6 +171,12 @@ def shift_table(
                     )
                 ),
                 "tumour_recall": float((pred[tumour] != NOTUMOR).mean()) if tumour.any() else None,
+                # per class: a shift can take one class down while the mean barely moves
+                **{
+                    f"recall_{name}": float((pred[labels == i] == i).mean())
+                    for i, name in enumerate(CLASS_NAMES)
+                    if (labels == i).any()
+                },
                 **{f"pred_{name}": int(k) for name, k in zip(CLASS_NAMES, counts, strict=True)},
                 **sets,
                 **extra,
@@ -227,6 +233,11 @@ class ShiftSummary:
     middle_min_tumour_recall: float
     middle_min_coverage: dict[str, float] = field(default_factory=dict)  # alpha -> lowest coverage
     middle_max_set_size: dict[str, float] = field(default_factory=dict)  # alpha -> largest mean set size
+    # the lowest recall of any one class under any middle-severity shift, and which class and shift
+    # (None in tables scored before per-class recall was recorded)
+    middle_min_class_recall: float | None = None
+    middle_min_class_recall_class: str | None = None
+    middle_min_class_recall_shift: str | None = None
 
     @property
     def all_severities(self) -> bool:
@@ -248,8 +259,9 @@ class ShiftSummary:
             prefix: {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
             for prefix in ("middle_min_coverage_", "middle_max_set_size_")
         }
+        optional = {f.name for f in fields(cls) if f.default is None}
         return cls(
-            **{k: values[k] for k in names},
+            **{k: values[k] for k in names if k in values or k not in optional},
             middle_min_coverage=by_prefix["middle_min_coverage_"],
             middle_max_set_size=by_prefix["middle_max_set_size_"],
         )
@@ -267,6 +279,8 @@ def shift_summary(table: pd.DataFrame) -> ShiftSummary:
     middle = shifted[shifted["severity"] == 2] if (shifted["severity"] == 2).any() else shifted
     worst = middle.loc[middle["accuracy"].idxmin()]
     alphas = [c.removeprefix("coverage_") for c in middle.columns if c.startswith("coverage_")]
+    recalls = middle.set_index("shift")[[f"recall_{c}" for c in CLASS_NAMES if f"recall_{c}" in middle]].stack()
+    lowest = recalls.idxmin() if len(recalls) else None  # (shift, "recall_<class>")
     return ShiftSummary(
         n_images=int(table["n"].iloc[0]),
         severities=sorted(int(s) for s in shifted["severity"].unique()),
@@ -281,6 +295,9 @@ def shift_summary(table: pd.DataFrame) -> ShiftSummary:
         middle_min_tumour_recall=float(middle["tumour_recall"].min()),
         middle_min_coverage={a: float(middle[f"coverage_{a}"].min()) for a in alphas},
         middle_max_set_size={a: float(middle[f"set_size_{a}"].max()) for a in alphas},
+        middle_min_class_recall=float(recalls.min()) if lowest else None,
+        middle_min_class_recall_class=lowest[1].removeprefix("recall_") if lowest else None,
+        middle_min_class_recall_shift=str(lowest[0]) if lowest else None,
     )
 
 

@@ -128,6 +128,11 @@ def test_shift_suite_reuses_logits_of_the_same_weights_and_pixels(trained_run, m
     net = load_for_inference(best_checkpoint(trained_run.run_dir))
     first = robustness.shift_table(trained_run, data, net, "cpu", severities=(2,))
     assert len(list(robustness.shift_logits_dir(trained_run).glob("*.npz"))) == 1 + len(SHIFTS)
+    # per-class recalls, weighted by the classes' counts, give each row's accuracy back
+    labels = data.manifest["label_idx"].to_numpy()[data.rows("test")]
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
+    recalls = first[[f"recall_{c}" for c in CLASS_NAMES]].to_numpy()
+    assert np.allclose(recalls @ counts / counts.sum(), first["accuracy"])
 
     shutil.rmtree(robustness.shift_logits_dir(trained_run))  # transforms prepared one pair ahead: same table
     assert robustness.shift_table(trained_run, data, net, "cpu", severities=(2,), prefetch=True).equals(first)

@@ -4,10 +4,12 @@ shift summary keeps its metrics.json form."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from brainlib import results, robustness
+from brainlib.config import CLASS_NAMES
 from brainlib.errors import DataError, SettingsError
 
 ROOT = Path(__file__).parents[1]
@@ -64,6 +66,34 @@ def test_shift_summary_round_trips_through_its_metrics_json_form():
         {k: v for k, v in flat.items() if isinstance(v, float)}
     )
     assert (again["middle_worst_shift"], again["severities"]) == (flat["middle_worst_shift"], flat["severities"])
+
+
+def test_shift_summary_names_the_class_a_shift_takes_down_most():
+    def row(shift, severity, recalls):
+        return {
+            "shift": shift,
+            "severity": severity,
+            "n": 40,
+            "seen": True,
+            "tumour_recall": 1.0,
+            "accuracy": float(np.mean(recalls)),
+        } | {f"recall_{c}": r for c, r in zip(CLASS_NAMES, recalls, strict=True)}
+
+    table = pd.DataFrame(
+        [
+            {"shift": "clean", "severity": 0, "n": 40, "seen": None, "accuracy": 1.0, "tumour_recall": 1.0},
+            row("a", 2, [0.9, 1.0, 1.0, 1.0]),
+            row("b", 2, [1.0, 0.95, 0.95, 0.95]),  # the lower mean, but no class as low as a's glioma
+            row("a", 3, [0.5, 1.0, 1.0, 1.0]),  # not the middle severity
+        ]
+    )
+    summary = robustness.shift_summary(table)
+    assert summary.middle_worst_shift == "b"
+    assert (summary.middle_min_class_recall, summary.middle_min_class_recall_class) == (0.9, "glioma")
+    assert summary.middle_min_class_recall_shift == "a"
+    # a summary written before per-class recall was recorded still reads
+    old = {k: v for k, v in summary.as_dict().items() if "class_recall" not in k}
+    assert robustness.ShiftSummary.from_dict(old).middle_min_class_recall is None
 
 
 @pytest.mark.parametrize(("text", "expected"), [("1,2,3", (1, 2, 3)), ("2", (2,)), ("", ()), (" 3 , 1", (3, 1))])
