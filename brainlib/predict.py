@@ -47,7 +47,8 @@ def expand_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
             readable = [
                 f for f in files if f.suffix.lower() in IMAGE_SUFFIXES or str(f).lower().endswith(NIFTI_SUFFIXES)
             ]
-            series = dicom_series([f for f in files if f not in set(readable)])
+            chosen = set(readable)
+            series = dicom_series([f for f in files if f not in chosen])
             inside = [str(f) for f in readable + series]
             taken = set(inside)
             skipped += [str(f) for f in files if str(f) not in taken]
