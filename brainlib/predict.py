@@ -26,7 +26,7 @@ from .config import CLASS_NAMES, REPO_ROOT
 from .data import IMAGE_ERRORS, read_gray
 from .errors import DataError, SettingsError
 from .loader import CachedBatches
-from .medical import NIFTI_SUFFIXES, dicom_series, is_dicom, is_medical, read_dicom, read_nifti, resized
+from .medical import NIFTI_SUFFIXES, dicom_series, is_medical, read_dicom, read_nifti, resized
 
 # below this fraction of the model's input side, an image holds too little detail to trust
 SMALL_IMAGE_FRACTION = 0.5
@@ -57,11 +57,13 @@ def expand_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _read_slices(path: str, axis: int, index: int | None) -> list[tuple[str, np.ndarray]]:
+    """The slices of a file is_medical accepted: NIfTI by its name, otherwise DICOM (whose header
+    is_medical has already read, so it is not sniffed again)."""
     if not Path(path).exists():
         raise FileNotFoundError(path)
-    if is_dicom(path):
-        return read_dicom(path)
-    return read_nifti(path, axis, index)
+    if str(path).lower().endswith(NIFTI_SUFFIXES):
+        return read_nifti(path, axis, index)
+    return read_dicom(path)
 
 
 def _decode_all(
