@@ -1,6 +1,8 @@
 """A label audit's finished folds, read before the audit ends: each fold model's out-of-fold accuracy and
 validation choice, confident learning over the images scored so far, the flags of an earlier audit found
-again, and how the fold models answer the images a reader has looked at.
+again, how the fold models answer the images a reader has looked at, and whether each fold model's
+temperature and 99 % / 95 % prediction sets (fitted on its own validation carve) keep their promise on the
+images it never saw a copy of, per class.
 
     .venv/bin/python scripts/audit_finished_folds.py runs/<audit run> \
         [--earlier docs/label_audit/three_epochs/label_issues.csv] [--verdicts docs/label_audit/verdicts.csv] \
@@ -21,6 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from brainlib.calibration import expected_calibration_error, prediction_sets
+from brainlib.checkpoint import best_checkpoint, load_checkpoint
 from brainlib.config import CLASS_NAMES
 from brainlib.errors import SettingsError
 from brainlib.label_audit import AUDIT_DIR, _check_held_out, audit_table
@@ -73,6 +77,53 @@ def lesion_report(manifest: pd.DataFrame, probs: np.ndarray, scored: np.ndarray,
         f"{other.sum()} 'no tumour' images (Fisher's exact p = {fisher:.2g}); their p(notumor) median "
         f"{np.median(p_lesion):.3f} against {np.median(p_other):.3f}: AUROC {auroc:.2f} (Mann-Whitney p = {u.pvalue:.2g})"
     )
+
+
+def coverage_report(
+    audit: Path, folds: pd.DataFrame, manifest: pd.DataFrame, probs: np.ndarray, done: list[int]
+) -> None:
+    """Each image's prediction sets from its own fold model's conformal thresholds (the held-out
+    probabilities are already temperature-scaled), and the calibrated ECE, over the finished folds: per
+    split on disk and per class, with exact (Clopper-Pearson) 95 % intervals on coverage. Out of fold,
+    no image has a copy among its model's training images, so this is the leakage-free check of the
+    guarantee with 5-20 times the images of the test set's leakage-free part."""
+    labels = manifest["label_idx"].to_numpy()
+    on_disk = manifest["split_on_disk"].to_numpy()
+    fold_of = folds["fold"].to_numpy()
+    thresholds = {
+        fold: load_checkpoint(best_checkpoint(audit / f"fold{fold}"))["conformal"]["thresholds"] for fold in done
+    }
+    scored = np.isin(fold_of, done)
+    for alpha in sorted(thresholds[done[0]], key=float):
+        sets = np.zeros(probs.shape, bool)
+        for fold in done:
+            rows = fold_of == fold
+            sets[rows] = prediction_sets(probs[rows], thresholds[fold][alpha])
+        covered = sets[np.arange(len(labels)), np.where(scored, labels, 0)]
+        print(f"{1 - float(alpha):.0%} prediction sets out of fold (each fold model's own thresholds):")
+        for split in ("Training", "Testing", "all"):
+            part = scored & ((on_disk == split) if split != "all" else True)
+            if not part.any():
+                continue
+            cells = []
+            for k, name in enumerate(["every class", *CLASS_NAMES]):
+                rows = part & ((labels == k - 1) if k else True)
+                n, hit = int(rows.sum()), int(covered[rows].sum())
+                if not n:
+                    cells.append(f"{name} - (n=0)")
+                    continue
+                low, high = stats.binomtest(hit, n).proportion_ci(0.95, "exact")
+                cells.append(f"{name} {hit / n:.4f} [{low:.3f}, {high:.3f}] (n={n})")
+            size = sets[part].sum(1)
+            print(
+                f"  {split}: " + "; ".join(cells) + f"; mean size {size.mean():.3f}, {(size > 1).mean():.1%} uncertain"
+            )
+    for split in ("Training", "Testing", "all"):
+        part = scored & ((on_disk == split) if split != "all" else True)
+        if not part.any():
+            continue
+        ece = expected_calibration_error(probs[part].max(1), probs[part].argmax(1) == labels[part])
+        print(f"calibrated ECE out of fold, {split}: {ece:.2%} ({part.sum()} images)")
 
 
 def main() -> None:
@@ -148,6 +199,7 @@ def main() -> None:
     if Path(args.lesions).exists():
         lines = Path(args.lesions).read_text().splitlines()
         lesion_report(manifest, probs, scored, [line for line in lines if line and not line.startswith("#")])
+    coverage_report(audit, folds, manifest, probs, done)
 
 
 if __name__ == "__main__":

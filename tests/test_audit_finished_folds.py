@@ -39,3 +39,37 @@ def test_lesion_report_counts_against_the_split_peers(capsys):
     assert "lesion images scored: 3 of 4; called a tumour: 2 (0, 1) against 1 of the other 8" in out
     # p(notumor) of the lesions 0.2, 0.2, 0.6 against 0.4 and seven 0.97: 23 of 24 pairs ordered, none tied
     assert "AUROC 0.96" in out
+
+
+def test_coverage_report_uses_each_fold_models_own_thresholds(tmp_path, capsys):
+    from brainlib.checkpoint import save_checkpoint
+
+    # fold 0's 99 % threshold keeps only classes at p >= 0.7; fold 1's keeps every class at p >= 0.1
+    audit = tmp_path / "label_audit"
+    for fold, threshold in ((0, 0.3), (1, 0.9)):
+        state = {
+            "model_name": "seed_cnn",
+            "class_names": ["glioma", "meningioma", "notumor", "pituitary"],
+            "config": {},
+            "model_state": {},
+            "conformal": {"score": "lac", "n_calibration": 9, "thresholds": {"0.01": threshold, "0.05": 0.0}},
+        }
+        save_checkpoint(state, audit / f"fold{fold}" / "checkpoints" / "best.pt")
+    # every image: 0.6 on class 0, 0.4 on class 1; labels 1 (the runner-up) on all four images
+    probs = np.tile([0.6, 0.4, 0.0, 0.0], (4, 1))
+    manifest = pd.DataFrame(
+        {
+            "path": [f"Training/x/{i}.jpg" for i in range(4)],
+            "split_on_disk": ["Training"] * 4,
+            "label_idx": [1, 1, 1, 1],
+        }
+    )
+    folds = pd.DataFrame({"path": manifest["path"], "fold": [0, 0, 1, 1]})
+    _script().coverage_report(audit, folds, manifest, probs, [0, 1])
+    out = capsys.readouterr().out
+    # fold 0's sets hold class 0 alone (misses), fold 1's hold both classes (covers): half covered, sizes 1 and 2
+    assert "99% prediction sets out of fold" in out
+    assert "Training: every class 0.5000" in out and "mean size 1.500, 50.0% uncertain" in out
+    assert "meningioma 0.5000" in out and "glioma - (n=0)" in out and "Testing:" not in out
+    # at 95 % both thresholds keep the top class alone: nothing covered
+    assert "95% prediction sets out of fold" in out and "Training: every class 0.0000" in out
