@@ -43,8 +43,24 @@ class ImageTooLarge(ValueError):
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-# Where Kaggle mounts this dataset when a notebook "adds" it (Kaggle's input panel)
-KAGGLE_INPUT_DIRS = (Path("/kaggle/input/brain-tumor-mri-dataset"),)
+# Where Kaggle mounts datasets a notebook "adds" (Kaggle's input panel): this one under its slug, a
+# re-upload or another version under another name, sometimes a level or two deeper
+KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_SLUG = KAGGLE_HANDLE.split("/")[1]
+
+
+def attached_kaggle_dataset(root: Path = KAGGLE_INPUT, max_depth: int = 4) -> Path | None:
+    """The folder under Kaggle's input mount that holds Training/ and Testing/: the one named by the
+    dataset's slug first, else the first in sorted order at the shallowest depth; None when there is none."""
+    if not root.is_dir():
+        return None
+    if (root / KAGGLE_SLUG / "Training").is_dir() and (root / KAGGLE_SLUG / "Testing").is_dir():
+        return root / KAGGLE_SLUG
+    for depth in range(max_depth):
+        for training in sorted(root.glob("/".join(["*"] * depth + ["Training"]))):
+            if training.is_dir() and (training.parent / "Testing").is_dir():
+                return training.parent
+    return None
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -56,9 +72,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         if not path.is_dir():
             raise DataError(f"data folder {path} does not exist. Expected layout: {EXPECTED_LAYOUT}")
         return path
-    for path in KAGGLE_INPUT_DIRS:
-        if (path / "Training").is_dir():
-            return path
+    attached = attached_kaggle_dataset()
+    if attached is not None:
+        return attached
     try:
         import kagglehub
 

@@ -252,3 +252,21 @@ def test_prepare_applies_the_exclude_list_and_keeps_it_in_the_settings(fixture_r
     manifest = read_manifest(run)
     assert (manifest["split"] == "excluded").sum() == 1
     assert json.loads((run / "config.json").read_text())["exclude_list"] == str(listed)
+
+
+def test_a_dataset_attached_to_a_kaggle_notebook_is_found_under_any_name(tmp_path):
+    def dataset(path):
+        for split in ("Training", "Testing"):
+            (path / split / "glioma").mkdir(parents=True)
+        return path
+
+    assert data.attached_kaggle_dataset(tmp_path / "no-mount") is None
+    (tmp_path / "other-competition" / "Training").mkdir(parents=True)  # no Testing beside it: not this dataset
+    assert data.attached_kaggle_dataset(tmp_path) is None
+    nested = dataset(tmp_path / "my-copy" / "versions" / "2")
+    assert data.attached_kaggle_dataset(tmp_path) == nested
+    shallow = dataset(tmp_path / "zz-upload")
+    assert data.attached_kaggle_dataset(tmp_path) == shallow  # the shallowest match before a deeper one
+    assert data.attached_kaggle_dataset(tmp_path / "my-copy", max_depth=2) is None  # versions/2 is 3 levels down
+    named = dataset(tmp_path / data.KAGGLE_SLUG)
+    assert data.attached_kaggle_dataset(tmp_path) == named
