@@ -181,7 +181,7 @@ def calibrate_checkpoint(cfg: Config, data: RunData, checkpoint: str | Path, out
         fitted = {k: v for k, v in calibration_of(net, net.scoring_config(cfg), data, device).items() if k != "source"}
     if net.ood is None:
         fitted["ood"] = fit_ood(net, cfg, data, device)
-    write_calibrated_copy(checkpoint, fitted, out)
+    write_calibrated_copy(checkpoint, fitted | {"calibrated_size": net.image_size}, out)
     summary = {k: v for k, v in fitted.items() if k != "ood"}
     if "ood" in fitted:
         summary["ood"] = {k: v for k, v in fitted["ood"].items() if not isinstance(v, torch.Tensor)}

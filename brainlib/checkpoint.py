@@ -189,7 +189,7 @@ def resume_training(
     return Resume(state["epoch"] + 1, state["best_val_acc"], state["history"])
 
 
-CALIBRATION_FIELDS = ("temperature", "conformal", "ood")
+CALIBRATION_FIELDS = ("temperature", "conformal", "ood", "calibrated_size")
 
 
 def write_calibrated_copy(src: str | Path, calibration: dict, out: str | Path) -> Path:
@@ -214,7 +214,7 @@ class InferenceModel:
 
     model: nn.Module
     model_name: str
-    image_size: int  # the side the weights were trained at
+    image_size: int  # the side it scores at: the recipe's test_image_size, else the side it was trained at
     cache_size: int  # the side images are decoded to before resizing
     temperature: float | None  # fitted on the run's validation split; None: not calibrated
     conformal: dict | None  # split-conformal thresholds per alpha (calibration.conformal_state); None: no sets
@@ -254,7 +254,21 @@ def _scoring_model(state: dict, device: str) -> nn.Module:
 
 
 def _trained_size(state: dict) -> int:
-    return int((state.get("config") or {}).get("image_size", model_entry(state["model_name"]).input_size))
+    size = (state.get("config") or {}).get("image_size")
+    return int(size) if size else model_entry(state["model_name"]).input_size
+
+
+def scoring_size(state: dict) -> int:
+    """The side a checkpoint scores images at: its recipe's test_image_size, else its training side."""
+    return int((state.get("config") or {}).get("test_image_size") or 0) or _trained_size(state)
+
+
+def calibrated_at_scoring_size(state: dict) -> bool:
+    """Whether its temperature, conformal thresholds and OOD detector were fitted on images at the side it
+    scores at. Each epoch's calibration is fitted at the training side; a checkpoint scored at another
+    side is refitted there once trained (train.train) and records it; older checkpoints have one side."""
+    calibrated = int(state.get("calibrated_size") or 0)
+    return not calibrated or calibrated == scoring_size(state)
 
 
 def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
@@ -262,7 +276,7 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
     members = state.get("members")
     if members:  # refuses unknown models, as model_from_state does
         models = [_scoring_model(m, device) for m in members]
-        sizes = [_trained_size(m) for m in members]
+        sizes = [scoring_size(m) for m in members]
         model = Ensemble(models, sizes, flip=bool(state.get("flip"))).eval()
         cam_model = Ensemble(models, sizes).eval() if model.flip else model
         cam_layers = [model_entry(m["model_name"]).cam_layer(net) for m, net in zip(members, models)]
@@ -270,18 +284,20 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
     else:
         model = cam_model = _scoring_model(state, device)
         cam_layers = [model_entry(state["model_name"]).cam_layer(model)]
-        image_size = _trained_size(state)
+        image_size = scoring_size(state)
     if not members and cpu_engine.engine_for(device) == "onnxruntime":
         model = cpu_engine.session_model(cam_model, cam_layers, image_size)
-    temperature = state.get("temperature")
+    # fitted on images of another side than it scores at: as good as absent, so it is fitted again
+    fitted = state if calibrated_at_scoring_size(state) else {}
+    temperature = fitted.get("temperature")
     return InferenceModel(
         model=model,
         model_name=state["model_name"],
         image_size=image_size,
         cache_size=int((state.get("config") or {}).get("cache_size", 256)),
         temperature=None if temperature is None else float(temperature),
-        conformal=state.get("conformal"),
-        ood=state.get("ood"),
+        conformal=fitted.get("conformal"),
+        ood=fitted.get("ood"),
         state=state,
         cam_model=cam_model,
         cam_layers=cam_layers,
@@ -332,7 +348,9 @@ def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
         "val_digest": None if None in digests else members[0]["val_digest"],
         "model_name": ensemble_name([m["model_name"] for m in members], flip),
         "class_names": list(CLASS_NAMES),
-        "config": (members[0].get("config") or {}) | {"image_size": max(_trained_size(m) for m in members)},
+        # the ensemble's input side: the largest its members score at (each member resizes to its own)
+        "config": (members[0].get("config") or {})
+        | {"image_size": max(scoring_size(m) for m in members), "test_image_size": 0},
         "members": members,
         "flip": flip,
     }

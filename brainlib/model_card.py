@@ -234,7 +234,9 @@ def _model_section(state: dict) -> list[str]:
         ]
         if members
         else [
-            f"- Architecture: `{state['model_name']}`, input {cfg.get('image_size', '?')} px (grayscale replicated to 3 channels), "
+            f"- Architecture: `{state['model_name']}`, input {cfg.get('image_size', '?')} px (grayscale replicated to 3 channels)"
+            + (f", scored at {cfg['test_image_size']} px" if cfg.get("test_image_size") else "")
+            + ", "
             f"trained with recipe `{recipe_and_changes(cfg)}` for {cfg.get('epochs', '?')} epochs, seed {cfg.get('seed', '?')}; "
             f"the checkpoint is the epoch with the best validation accuracy (epoch {state.get('epoch')}, "
             f"validation accuracy {_pct(state.get('best_val_acc'))})."

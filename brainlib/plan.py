@@ -93,7 +93,7 @@ def measure_rates(cfg: Config, device: str, steps: int = 2) -> Rates:
 def measure_scoring(cfg: Config, model: nn.Module, device: str, batches: int = 2) -> float:
     """Images per second of fp32 scoring with `model` by the engine evaluate and predict use here
     (brainlib.cpu_engine), after WARMUP_STEPS untimed batches."""
-    model = as_scored(model, device, cfg.image_size)
+    model = as_scored(model, device, cfg.scoring_size)
     images = torch.randint(
         0, 256, (cfg.batch_size * batches, cfg.cache_size, cfg.cache_size), dtype=torch.uint8
     ).numpy()
@@ -102,11 +102,11 @@ def measure_scoring(cfg: Config, model: nn.Module, device: str, batches: int = 2
         np.concatenate([images[: cfg.batch_size]] * WARMUP_STEPS),
         np.zeros(WARMUP_STEPS * cfg.batch_size, int),
         cfg.batch_size,
-        cfg.image_size,
+        cfg.scoring_size,
         device=device,
     )
     predict_logits(model, warm, device)
-    timed = CachedBatches(images, labels, cfg.batch_size, cfg.image_size, device=device)
+    timed = CachedBatches(images, labels, cfg.batch_size, cfg.scoring_size, device=device)
     t0 = time.perf_counter()
     predict_logits(model, timed, device)
     return len(images) / (time.perf_counter() - t0)
@@ -164,7 +164,7 @@ def print_plan(cfg: Config) -> dict:
     total = sum(v for k, v in times.items() if k[:2].isdigit())
     suite = times["shift_suite"]
     print(
-        f"pipeline plan: recipe {cfg.recipe} ({cfg.model}, {cfg.image_size} px, {cfg.epochs} epochs) on {machine_kind(device)}"
+        f"pipeline plan: recipe {cfg.recipe} ({cfg.model}, {cfg.image_size} px{f', scored at {cfg.scoring_size}' if cfg.scoring_size != cfg.image_size else ''}, {cfg.epochs} epochs) on {machine_kind(device)}"
     )
     print(
         f"  measured here: training {rates.train_images_per_s:.0f} img/s "

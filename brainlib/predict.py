@@ -161,7 +161,7 @@ def _describe(
         entry["uncertain"] = len(entry["prediction_set"]) > 1
     if min(w, h) < SMALL_IMAGE_FRACTION * net.image_size:
         entry["warning"] = (
-            f"image is {w}x{h} px, far below the {net.image_size} px the model was trained at: treat the result with care"
+            f"image is {w}x{h} px, far below the {net.image_size} px the model scores at: treat the result with care"
         )
 
 

@@ -280,7 +280,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         if dist.is_main:
             _log_epoch(writer, log_path, row, cfg.epochs)
             state = training_state(cfg, model, optimizer, scheduler, epoch, best_acc, history, ema, val_digest)
-            save_epoch(ckpt_dir, state, calibration_state(val_logits, val_batches.labels.cpu()) if improved else None)
+            calibration = calibration_state(val_logits, val_batches.labels.cpu()) | {"calibrated_size": cfg.image_size}
+            save_epoch(ckpt_dir, state, calibration if improved else None)
         dist.barrier()
 
     frame = pd.DataFrame(history)
@@ -304,9 +305,16 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
     writer.close()
     best = best_checkpoint(run_dir)
     net = load_for_inference(best, device) if dist.is_main and best.exists() else None
-    if net is not None and net.ood is None:
-        # once, after the last epoch: one pass over train and val (minutes on a CPU, seconds on a GPU)
-        write_calibrated_copy(best, {"ood": fit_ood(net, cfg, data, device)}, best)
+    if net is not None and (net.ood is None or net.temperature is None):
+        # once, after the last epoch: a model scored at another side than it was validated at (the recipe's
+        # test_image_size) has its temperature and thresholds fitted again there; the OOD detector, one
+        # pass over train and val (minutes on a CPU, seconds on a GPU)
+        fitted = {}
+        if net.temperature is None:
+            val = split_batches(net.scoring_config(cfg), data, "val", device)
+            fitted = calibration_state(predict_logits(net.model, val, device), val.labels.cpu())
+        fitted |= {"ood": fit_ood(net, cfg, data, device), "calibrated_size": net.image_size}
+        write_calibrated_copy(best, fitted, best)
     return frame
 
 

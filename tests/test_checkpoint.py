@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from brainlib import checkpoint
-from brainlib.config import CLASS_NAMES
+from brainlib.config import CLASS_NAMES, Config
 from brainlib.errors import CheckpointError
 from brainlib.models import create_model
 
@@ -147,3 +147,20 @@ def test_the_torch_engine_scores_with_the_pytorch_model_itself(tmp_path, monkeyp
     path = checkpoint.save_checkpoint(_state("resnet18_scratch"), tmp_path / "r.pt")
     net = checkpoint.load_for_inference(path)
     assert net.engine == "torch" and net.cam_model is net.model and net.feature_layers == net.cam_layers
+
+
+def test_a_checkpoint_scores_at_its_test_side_and_drops_calibration_fitted_at_another(tmp_path):
+    config = {"image_size": 96, "test_image_size": 128, "cache_size": 128}
+    fitted = {"temperature": 1.5, "conformal": {"score": "lac", "n_calibration": 9, "thresholds": {"0.01": 0.5}}}
+    cases = {96: None, 128: 1.5, None: 1.5}  # fitted at the training side / at the test side / not recorded (older)
+    for calibrated_size, expected in cases.items():
+        state = {**_state("resnet18_scratch"), "config": config, **fitted}
+        if calibrated_size is not None:
+            state["calibrated_size"] = calibrated_size
+        net = checkpoint.load_for_inference(checkpoint.save_checkpoint(state, tmp_path / "r.pt"))
+        assert net.image_size == 128 and net.scoring_config(Config()).image_size == 128
+        assert net.temperature == expected and (net.conformal is None) == (expected is None)
+    # no test side: the training side, as before
+    plain = {**_state("resnet18_scratch"), "config": {"image_size": 96, "cache_size": 128}}
+    assert checkpoint.load_for_inference(checkpoint.save_checkpoint(plain, tmp_path / "p.pt")).image_size == 96
+    assert Config(image_size=96).scoring_size == 96 and Config(image_size=96, test_image_size=128).scoring_size == 128

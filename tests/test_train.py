@@ -156,3 +156,24 @@ def test_the_average_leaves_training_alone_and_export_gives_the_trained_weights(
     assert "best_val_acc" not in got and want["best_val_acc"] > 0  # the average's, not these weights'
     with pytest.raises(Exception, match="no trained weights besides"):
         export_checkpoint(f"{plain.run_dir}/checkpoints/last.pt", tmp_path / "x.pt", trained_weights=True)
+
+
+def test_a_model_scored_at_a_larger_side_is_calibrated_at_that_side(prepared_run, monkeypatch):
+    from brainlib.calibration import fit_temperature
+    from brainlib.checkpoint import load_for_inference
+    from brainlib.infer import predict_logits
+    from brainlib.loader import load_run_data, split_batches
+
+    monkeypatch.setenv("BRAIN_CPU_ENGINE", "torch")  # scored exactly as the refit scored it
+    cfg = prepared_run.replace(model="resnet18_scratch", image_size=64, test_image_size=96, epochs=1)
+    train_mod.train(cfg, progress=False)
+    state = load_checkpoint(f"{cfg.run_dir}/checkpoints/best.pt")
+    assert state["calibrated_size"] == 96 and state["ood"] is not None
+    net = load_for_inference(f"{cfg.run_dir}/checkpoints/best.pt")
+    assert net.image_size == 96 and net.temperature == state["temperature"]
+    # the stored temperature is the one the validation images at 96 px give, not at the 64 px validated at
+    val = split_batches(net.scoring_config(cfg), load_run_data(cfg), "val")
+    assert val.image_size == 96
+    assert state["temperature"] == pytest.approx(fit_temperature(predict_logits(net.model, val, "cpu"), val.labels))
+    at_64 = split_batches(cfg, load_run_data(cfg), "val")
+    assert state["temperature"] != pytest.approx(fit_temperature(predict_logits(net.model, at_64, "cpu"), at_64.labels))

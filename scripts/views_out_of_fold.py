@@ -1,0 +1,101 @@
+"""Test-time choices judged without Testing: each label-audit fold model scores the Training images of
+its held-out fold in several views, through the one inference path, and every view is paired image by
+image with the first (McNemar's exact test). The views: the model at each side in --sizes (the first is
+the baseline; a checkpoint copy whose recipe scores at that side), and with --flip the mirror view too
+(a one-member ensemble with flip, at the model's own scoring side).
+
+    .venv/bin/python scripts/views_out_of_fold.py runs/<audit run> [--flip] [--sizes 224,256,272,288] \
+        [--folds 0,1,2,3,4]
+
+The audit run is one made by `python -m brainlib audit-labels` (its fold models are kept under
+label_audit/fold<k>/checkpoints). Logits are not temperature-scaled: accuracy does not need it, and the
+log-loss is compared view against view. Each side scored on a CPU in ONNX Runtime is one export of the
+model; BRAIN_CPU_ENGINE=torch scores in PyTorch without exports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import binomtest
+
+from brainlib.checkpoint import best_checkpoint, ensemble_state, load_checkpoint, load_for_inference, save_checkpoint
+from brainlib.config import run_config
+from brainlib.infer import predict_logits
+from brainlib.label_audit import AUDIT_DIR, fold_run_data
+from brainlib.loader import load_run_data, rows_batches
+
+
+def view_checkpoints(best: Path, sizes: list[int], flip: bool, tmp: Path) -> dict[str, Path]:
+    """{view name: checkpoint}: the fold model at each side (its recipe's test side set to it), then
+    the mirror view at the model's own scoring side."""
+    views = {}
+    state = load_checkpoint(best)
+    for size in sizes:
+        copy = state | {"config": (state.get("config") or {}) | {"test_image_size": size}}
+        views[f"{size} px"] = save_checkpoint(copy, tmp / f"{best.parent.parent.name}-{size}.pt")
+    if flip:
+        views["mirror view"] = save_checkpoint(
+            ensemble_state([best], flip=True), tmp / f"{best.parent.parent.name}-flip.pt"
+        )
+    return views
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("--folds", default="", help="comma-separated fold numbers (default: every fold on disk)")
+    parser.add_argument("--sizes", default="", help="comma-separated sides to score at (default: the model's own)")
+    parser.add_argument("--flip", action="store_true", help="the mirror view too")
+    args = parser.parse_args()
+    cfg = run_config(args.run_dir)
+    data = load_run_data(cfg)
+    audit = Path(args.run_dir) / AUDIT_DIR
+    listed = pd.read_csv(audit / "folds.csv")
+    if not (listed["path"].to_numpy() == data.manifest["path"].to_numpy()).all():
+        raise SystemExit(f"error: {audit / 'folds.csv'} lists other images than the run's manifest")
+    folds = listed["fold"].to_numpy()
+    chosen = [int(k) for k in args.folds.split(",")] if args.folds else sorted(set(folds[folds >= 0]))
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else []
+    labels = data.manifest["label_idx"].to_numpy()
+    training = (data.manifest["split_on_disk"] == "Training").to_numpy()
+    correct: dict[str, list] = {}
+    nll: dict[str, list] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fold in chosen:
+            best = best_checkpoint(audit / f"fold{fold}")
+            views = {"as trained": best} if not sizes else {}
+            views |= view_checkpoints(best, sizes, args.flip, Path(tmp))
+            rows = np.flatnonzero((folds == fold) & training)
+            fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
+            y = torch.as_tensor(labels[rows])
+            line = []
+            for view, path in views.items():
+                net = load_for_inference(path, "cpu")
+                logits = predict_logits(net.model, rows_batches(net.scoring_config(cfg), fold_data, rows, "cpu"), "cpu")
+                correct.setdefault(view, []).append((logits.argmax(1) == y).numpy())
+                nll.setdefault(view, []).append(
+                    torch.nn.functional.cross_entropy(logits.float(), y, reduction="none").numpy()
+                )
+                line.append(f"{view} {correct[view][-1].mean():.2%}")
+            print(f"fold {fold}: {len(rows)} Training images, " + ", ".join(line), flush=True)
+    first = next(iter(correct))
+    base = np.concatenate(correct[first])
+    print(f"{len(base)} images, each view against {first}:")
+    for view in correct:
+        right = np.concatenate(correct[view])
+        fixed, broken = int((right & ~base).sum()), int((base & ~right).sum())
+        p = binomtest(fixed, fixed + broken).pvalue if fixed + broken else 1.0
+        print(
+            f"  {view}: {right.mean():.2%}; {fixed} fixed, {broken} broken (McNemar p = {p:.3g}); "
+            f"log-loss {np.concatenate(nll[view]).mean():.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
