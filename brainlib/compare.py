@@ -17,6 +17,7 @@ from .config import (
     RECIPES,
     Config,
     build_config,
+    effective_settings,
     in_repo,
     read_run_config,
     recipe_and_changes,
@@ -83,7 +84,7 @@ def recipe_without_seed(saved: dict) -> tuple[str, str]:
     """(a key equal for runs that differ in their seeds alone, the recipe's name without the seeds).
     Grouping is by the settings' values, not by name: weights exported from a weight-averaged run
     with the average off are the plain recipe's."""
-    values = Config.from_dict(saved).__dict__
+    values = effective_settings(Config.from_dict(saved))
     kept = {k: v for k, v in values.items() if k not in IGNORED_IN_RECIPE_DIFF and k not in SEED_FIELDS}
     name = saved.get("recipe")
     defaults = build_config({}, {"recipe": name}).__dict__ if name in RECIPES else {}

@@ -142,7 +142,7 @@ RECIPES: dict[str, dict] = {
     # scored at 272 px: its random-resized crops (area 0.5-1) show a slice about 1.17x larger in training than
     # the whole 224-px image does; out of fold (five models of this recipe, 5,712 Training images each scored
     # by the model that never saw a copy) accuracy went 97.29 % at 224 px -> 97.97 % at 272 (McNemar
-    # p = 3e-5), the smallest side within one standard error of the best (98.09 % at 320), with the lowest log-loss
+    # p = 3e-5), the smallest side within one standard error of the best (98.09 % at 320)
     "efficientnet_lite0_robust": {**EFFNET_LITE0, "acquisition_aug": True, "test_image_size": 272},
     # the same at 256 px for 20 epochs: best validation of the three robust variants trained on a GPU
     # (98.60 % against 98.08 % for 224 px/10 epochs and 98.43 % for 256 px/30); about 2 minutes of
@@ -261,14 +261,23 @@ def run_config(run_dir: str, **overrides) -> Config:
 IGNORED_IN_RECIPE_DIFF = {*LOCATION_FIELDS, "recipe", "device", "num_threads", "compile"}
 
 
+def effective_settings(cfg: Config) -> dict:
+    """The settings as they act: test_image_size 0 means scoring at image_size, so it reads as that side
+    (runs that score at the same side group together however they said it)."""
+    return cfg.__dict__ | {"test_image_size": cfg.scoring_size}
+
+
 def recipe_and_changes(saved: dict) -> str:
     """'efficientnet_lite0 + image_size=256': the run's named recipe and what differs from it.
     A run from before recipes existed is described from the recipe it differs least from."""
     values = Config.from_dict(saved).__dict__
 
+    def shown(key: str, value) -> str:  # a recipe that scores at another side, against one that does not
+        return f"{key}={values['image_size'] if key == 'test_image_size' and not value else value}"
+
     def changes(name: str) -> list[str]:
         recipe = build_config({}, {"recipe": name}).__dict__
-        return [f"{k}={v}" for k, v in values.items() if k not in IGNORED_IN_RECIPE_DIFF and v != recipe[k]]
+        return [shown(k, v) for k, v in values.items() if k not in IGNORED_IN_RECIPE_DIFF and v != recipe[k]]
 
     name = saved.get("recipe") or min(RECIPES, key=lambda r: len(changes(r)))
     changed = changes(name)

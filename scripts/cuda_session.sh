@@ -31,7 +31,8 @@
 #           256 px, 20 epochs) as every fold model: Training and Testing pooled in 5 group-aware folds
 #           (the 224-px, 10-epoch audit in docs/label_audit was trained on a CPU; about 7 min here, so a
 #           call of its own); each fold's held-out probabilities come back with the list; needs the
-#           kornia, cleanlab and termcolor wheels
+#           kornia, cleanlab and termcolor wheels; then the fold models score their held-out Training
+#           images at six sides (scripts/views_out_of_fold.py), to choose the side the recipe scores at
 #
 # What travels is limited to 64 MiB: the tracked tree is 22 MB (16 MB of it the committed
 # checkpoints, which no part needs: move them out of the tree for the call and `git checkout
@@ -225,6 +226,13 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
                     cp "$d"/{held_out_paths.txt,held_out_probs.npy,history.csv,train_log.txt,train_summary.json} \
                         "$OUT/label-audit-256/$d" 2>/dev/null
             done)
+        # the side to score the 256-px recipe at, chosen out of fold as the 224-px recipe's was (docs/results.md)
+        if [ -f "$RUNS/label-audit-256/label_audit/folds.csv" ] && fits views-256 60; then
+            t0=$(date +%s%N)
+            $PY scripts/views_out_of_fold.py "$RUNS/label-audit-256" --sizes 256,288,304,320,336,352 >"$OUT/views-256.log" 2>&1
+            printf 'views-256\trc=%s\t%d ms\n' $? $((($(date +%s%N) - t0) / 1000000)) | tee -a "$OUT/steps.tsv"
+            pack
+        fi
         ;;
     audit)
         train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""

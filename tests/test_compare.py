@@ -43,6 +43,18 @@ def test_recipe_and_changes_names_the_closest_recipe_for_old_runs():
     assert recipe_and_changes(saved) == "efficientnet_lite0 + image_size=256"
 
 
+def test_a_run_that_scores_at_another_side_than_its_recipe_says_which_side():
+    # saved before the recipe scored at a larger side: it scores at its training side, and says so
+    old = build_config({}, {"recipe": "efficientnet_lite0_robust", "image_size": 256}).__dict__ | {"test_image_size": 0}
+    assert recipe_and_changes(old) == "efficientnet_lite0_robust + image_size=256 test_image_size=256"
+    now = build_config({}, {"recipe": "efficientnet_lite0_robust"}).__dict__
+    assert now["test_image_size"] == 272 and recipe_and_changes(now) == "efficientnet_lite0_robust"
+    # a side left to follow image_size and the same side written out are one recipe for the seed summary
+    implicit = build_config({}, {"recipe": "efficientnet_lite0", "image_size": 256}).__dict__
+    explicit = implicit | {"test_image_size": 256}
+    assert compare.recipe_without_seed(implicit)[0] == compare.recipe_without_seed(explicit)[0]
+
+
 def test_compare_pairs_each_run_with_the_first_on_the_same_images(trained_run, tmp_path, capsys):
     import shutil
 
