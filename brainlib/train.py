@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path, write_text
-from .calibration import calibration_state, fit_ood
+from .calibration import calibration_of, calibration_state, fit_ood
 from .checkpoint import (
     best_checkpoint,
     load_checkpoint,
@@ -311,8 +311,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         # pass over train and val (minutes on a CPU, seconds on a GPU)
         fitted = {}
         if net.temperature is None:
-            val = split_batches(net.scoring_config(cfg), data, "val", device)
-            fitted = calibration_state(predict_logits(net.model, val, device), val.labels.cpu())
+            fitted = {
+                k: v for k, v in calibration_of(net, net.scoring_config(cfg), data, device).items() if k != "source"
+            }
         fitted |= {"ood": fit_ood(net, cfg, data, device), "calibrated_size": net.image_size}
         write_calibrated_copy(best, fitted, best)
     return frame
