@@ -271,6 +271,19 @@ def calibrated_at_scoring_size(state: dict) -> bool:
     return not calibrated or calibrated == scoring_size(state)
 
 
+def scored_at(src: str | Path, size: int, out: str | Path) -> Path:
+    """A copy of checkpoint `src` at `out` that scores at `size` px. Its calibration stays, marked with
+    the side it was fitted at, so load_for_inference ignores it at another side (and callers fit it
+    again there) instead of taking an old checkpoint's one side for this one."""
+    state = load_checkpoint(src)
+    return save_checkpoint(
+        state
+        | {"config": (state.get("config") or {}) | {"test_image_size": int(size)}}
+        | {"calibrated_size": int(state.get("calibrated_size") or scoring_size(state))},
+        out,
+    )
+
+
 def load_for_inference(path: str | Path, device: str = "cpu") -> InferenceModel:
     state = load_checkpoint(path)
     members = state.get("members")

@@ -4,7 +4,8 @@ Every image of Training and Testing (pooled) is scored by a model that never saw
 stratified by class, with each near-duplicate group (which holds the exact ones) inside one fold,
 so a twin in the other folds cannot teach the model the same wrong label. Each fold trains the
 run's recipe through the one training loop (brainlib.train) with validation carved from its own
-training folds, and scores its held-out fold with the selected epoch's calibrated probabilities.
+training folds, and scores its held-out fold with the selected epoch's calibrated probabilities, at the
+recipe's scoring side (test_image_size; finished folds are scored again by their models when it changes).
 cleanlab's confident learning (Northcutt et al. 2021) then ranks the images whose given label the
 out-of-fold model contradicts with more confidence than its per-class thresholds allow.
 
@@ -16,7 +17,7 @@ The official labels are never changed: the suspects are a list for a person to l
 Testing suspects are reported on their own; what a person concludes looking at them is brainlib.verdicts.
 
 Files under <run>/label_audit/: fold<k>/ (each fold's training run and held-out probabilities with
-the list of files they belong to, so an interrupted audit resumes at the fold it was in, and a finished
+the list of files, side and calibration they belong to, so an interrupted audit resumes at the fold it was in, and a finished
 fold copied into another run folder is reused only for the same images), folds.csv, oof_probs.npy,
 label_issues.csv (ranked suspects), review.csv (the images each class's out-of-fold model doubts most
 that are not suspects), label_audit.json (summary), suspects.png and
@@ -26,14 +27,15 @@ testing_suspects.png (galleries: all suspects, Testing's alone).
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, save_npy, write_text
-from .calibration import calibrate
-from .checkpoint import best_checkpoint, load_for_inference
+from .calibration import calibrate, calibration_of
+from .checkpoint import InferenceModel, best_checkpoint, load_checkpoint, load_for_inference, scored_at, scoring_size
 from .config import CLASS_NAMES, Config
 from .data import assign_splits
 from .errors import SettingsError
@@ -43,6 +45,8 @@ from .plots import image_grid
 from .train import train
 
 AUDIT_DIR = "label_audit"
+# the side a fold's held_out_probs.npy were scored at, with the temperature and conformal thresholds fitted there
+HELD_OUT_CALIBRATION = "held_out_calibration.json"
 DEFAULT_FOLDS = 5
 
 
@@ -70,14 +74,19 @@ def fold_run_data(data: RunData, folds: np.ndarray, fold: int, val_fraction: flo
     return RunData(split, data.images, data.data_root)
 
 
-def _calibrated_probabilities(
-    checkpoint: str | Path, cfg: Config, data: RunData, rows: np.ndarray, device: str
-) -> np.ndarray:
-    """Temperature-scaled class probabilities of `rows` from a checkpoint, at the input size it was
-    trained at, through the one inference path (fold models and the Testing checkpoint alike)."""
+def _loaded(checkpoint: str | Path, cfg: Config, device: str) -> InferenceModel:
     net = load_for_inference(checkpoint, device)
     if net.cache_size != cfg.cache_size:
         raise SettingsError(f"{checkpoint} reads {net.cache_size}-px images; this run caches {cfg.cache_size} px")
+    return net
+
+
+def _calibrated_probabilities(
+    checkpoint: str | Path, cfg: Config, data: RunData, rows: np.ndarray, device: str
+) -> np.ndarray:
+    """Temperature-scaled class probabilities of `rows` from a checkpoint, at the side it scores at,
+    through the one inference path (fold models and the Testing checkpoint alike)."""
+    net = _loaded(checkpoint, cfg, device)
     batches = rows_batches(net.scoring_config(cfg), data, rows, device)
     return calibrate(predict_logits(net.model, batches, device), net.temperature).numpy()
 
@@ -107,21 +116,21 @@ def out_of_fold_probabilities(
         listed = fold_dir / "held_out_paths.txt"
         held_out_rows = folds == fold
         held_out_paths = data.manifest["path"].to_numpy()[held_out_rows].tolist()
+        fold_cfg = cfg.replace(run_dir=str(fold_dir))
+        fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
         if done.exists():
             _check_held_out(done, listed, held_out_paths)
         else:
-            fold_cfg = cfg.replace(run_dir=str(fold_dir))
-            fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
             if progress:
                 print(
                     f"label audit: fold {fold + 1}/{k}: train on {len(fold_data.rows('train'))}, score {len(fold_data.rows('test'))}"
                 )
             train(fold_cfg, resume=True, progress=progress, data=fold_data)
-            held_out = _calibrated_probabilities(
-                best_checkpoint(fold_dir), fold_cfg, fold_data, fold_data.rows("test"), device
-            )
+        if not done.exists() or held_out_side(fold_dir, cfg) != cfg.scoring_size:
+            held_out, calibration = _fold_probabilities(fold_dir, fold_cfg, fold_data, device)
             write_text(listed, "\n".join(held_out_paths) + "\n")
             save_npy(held_out, done)
+            write_text(fold_dir / HELD_OUT_CALIBRATION, json.dumps(calibration, indent=2) + "\n")
         probs[held_out_rows] = np.load(done)
         if progress:  # each fold's score as it lands: an audit stopped early still says how strong its models are
             right = probs[held_out_rows].argmax(1) == data.manifest["label_idx"].to_numpy()[held_out_rows]
@@ -130,6 +139,37 @@ def out_of_fold_probabilities(
         probs[testing] = _calibrated_probabilities(test_checkpoint, cfg, data, np.flatnonzero(testing), device)
     save_npy(probs, root / "oof_probs.npy")
     return folds, probs
+
+
+def held_out_side(fold_dir: Path, cfg: Config) -> int:
+    """The side a fold's stored probabilities were scored at (a fold from before the side was recorded
+    scored at the side it trained at, the run's image_size)."""
+    recorded = fold_dir / HELD_OUT_CALIBRATION
+    return int(json.loads(recorded.read_text())["scoring_size"]) if recorded.exists() else cfg.image_size
+
+
+def _fold_probabilities(fold_dir: Path, fold_cfg: Config, fold_data: RunData, device: str) -> tuple[np.ndarray, dict]:
+    """(a fold model's calibrated probabilities of its held-out images at the run's scoring side, the side
+    with the temperature and conformal thresholds they go with). A fold model that scores at another side
+    (trained before its recipe scored at a larger one) is scored through a copy that scores at the run's
+    side, its calibration fitted again there on the fold's own validation images
+    (calibration.calibration_of checks they are the ones that selected it)."""
+    best, size = best_checkpoint(fold_dir), fold_cfg.scoring_size
+    if not best.exists():
+        stored = held_out_side(fold_dir, fold_cfg)
+        raise SettingsError(
+            f"{fold_dir} holds probabilities scored at {stored} px, this audit scores at {size} px, and the "
+            f"fold's model ({best}) is not here to score them again: delete {fold_dir} to train the fold "
+            f"again, or give --test-image-size {stored}"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        at_size = best if scoring_size(load_checkpoint(best)) == size else scored_at(best, size, Path(tmp) / "s.pt")
+        net = _loaded(at_size, fold_cfg, device)
+        calibration = calibration_of(net, net.scoring_config(fold_cfg), fold_data, device)
+        rows = fold_data.rows("test")
+        logits = predict_logits(net.model, rows_batches(net.scoring_config(fold_cfg), fold_data, rows, device), device)
+    record = {"scoring_size": size, "temperature": calibration["temperature"], "conformal": calibration["conformal"]}
+    return calibrate(logits, record["temperature"]).numpy(), record
 
 
 def _check_held_out(done: Path, listed: Path, held_out_paths: list[str]) -> None:
@@ -291,6 +331,7 @@ def run_label_audit(
         "epochs_per_fold": cfg.epochs,
         "testing_scored_by": str(test_checkpoint) if test_checkpoint else "the fold models",
         "image_size": cfg.image_size,
+        "scoring_size": cfg.scoring_size,
         "seed": cfg.seed,
     }
     write_text(root / "label_audit.json", json.dumps(summary, indent=2) + "\n")

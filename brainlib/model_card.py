@@ -27,7 +27,7 @@ from .evaluate import interval_table, prediction_set_table
 from .robustness import ShiftSummary, summary_of
 from .shortcuts import folder_report
 from .stats import interval_text
-from .verdicts import VERDICTS, accuracy_both_ways, how_read, read_verdicts
+from .verdicts import accuracy_both_ways, counted, how_read, read_verdicts
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -381,9 +381,11 @@ def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:
         return lines + ["No label audit was given to this card (`python -m brainlib audit-labels`).", ""]
     audit = json.loads(audit_file.read_text())
     pairs = ", ".join(f"{k}: {v}" for k, v in list(audit["given_to_suggested"].items())[:6])
+    scored_at = audit.get("scoring_size", audit["image_size"])  # an audit from before the side was recorded
     folds = (
         f"{audit['folds']} group-aware folds, each `{audit['recipe']}` at {audit['image_size']} px for "
         f"{audit['epochs_per_fold']} epoch{'s' if audit['epochs_per_fold'] != 1 else ''}"
+        + (f" and scoring at {scored_at} px" if scored_at != audit["image_size"] else "")
     )
     scored_apart = audit.get("testing_scored_by", "the fold models") != "the fold models"
     scoring = (
@@ -420,10 +422,9 @@ def _both_ways(verdicts_file: Path, predictions_file: Path) -> list[str]:
         return []
     verdicts = read_verdicts(verdicts_file)
     both = accuracy_both_ways(pd.read_csv(predictions_file), verdicts)
-    counts = verdicts["verdict"].value_counts()
     return [
         f"By-eye readings (`{verdicts_file}`, not a radiologist's) of {len(verdicts)} images: "
-        + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+        + counted(verdicts["verdict"], zeros=True)
         + f". With the {both['n_labels_read_as_wrong']} Testing label(s) read as wrong replaced by what the reader saw"
         + (
             f' and the {both["n_labels_wrong_class_unknown"]} "no tumour" images with a lesion of no class the reader '

@@ -60,8 +60,16 @@ def how_read(table: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[str, int, int
     the verdicts counted in VERDICTS order ("1 label wrong, 15 ambiguous, ..."), how many rows were read and
     how many in all."""
     read = with_verdicts(table, verdicts)["verdict"]
-    counts = read[read != ""].value_counts()
-    return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts), int(counts.sum()), len(read)
+    read_ones = read[read != ""]
+    return counted(read_ones), len(read_ones), len(read)
+
+
+def counted(verdicts: pd.Series, zeros: bool = False) -> str:
+    """'1 label wrong, 5 label wrong (class unknown), 15 ambiguous': readings counted in VERDICTS order
+    (with the verdicts no reading gave, as 0, when `zeros`)."""
+    counts = verdicts.value_counts()
+    named = {CLASS_UNKNOWN: "label wrong (class unknown)"}  # its comma would read as a list's
+    return ", ".join(f"{counts.get(v, 0)} {named.get(v, v)}" for v in VERDICTS if zeros or v in counts)
 
 
 def accuracy_both_ways(predictions: pd.DataFrame, verdicts: pd.DataFrame) -> dict:

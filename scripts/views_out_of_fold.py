@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from scipy.stats import binomtest
 
-from brainlib.checkpoint import best_checkpoint, ensemble_state, load_checkpoint, load_for_inference, save_checkpoint
+from brainlib.checkpoint import best_checkpoint, ensemble_state, load_for_inference, save_checkpoint, scored_at
 from brainlib.config import run_config
 from brainlib.infer import predict_logits
 from brainlib.label_audit import AUDIT_DIR, fold_run_data
@@ -35,10 +35,8 @@ def view_checkpoints(best: Path, sizes: list[int], flip: bool, tmp: Path) -> dic
     """{view name: checkpoint}: the fold model at each side (its recipe's test side set to it), then
     the mirror view at the model's own scoring side."""
     views = {}
-    state = load_checkpoint(best)
     for size in sizes:
-        copy = state | {"config": (state.get("config") or {}) | {"test_image_size": size}}
-        views[f"{size} px"] = save_checkpoint(copy, tmp / f"{best.parent.parent.name}-{size}.pt")
+        views[f"{size} px"] = scored_at(best, size, tmp / f"{best.parent.parent.name}-{size}.pt")
     if flip:
         views["mirror view"] = save_checkpoint(
             ensemble_state([best], flip=True), tmp / f"{best.parent.parent.name}-flip.pt"

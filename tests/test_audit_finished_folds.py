@@ -2,6 +2,7 @@
 the other scored "no tumour" images of their split, and leaves unscored ones out."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,8 @@ def test_coverage_report_uses_each_fold_models_own_thresholds(tmp_path, capsys):
     assert "meningioma 0.5000" in out and "glioma - (n=0)" in out and "Testing:" not in out
     # at 95 % both thresholds keep the top class alone: nothing covered
     assert "95% prediction sets out of fold" in out and "Training: every class 0.0000" in out
+    # a fold scored again at another side than its model's carries the thresholds fitted there: those count
+    record = {"scoring_size": 272, "temperature": 1.0, "conformal": {"thresholds": {"0.01": 0.9, "0.05": 0.0}}}
+    (audit / "fold0" / "held_out_calibration.json").write_text(json.dumps(record))
+    _script().coverage_report(audit, folds, manifest, probs, [0, 1])
+    assert "Training: every class 1.0000" in capsys.readouterr().out

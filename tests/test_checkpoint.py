@@ -164,3 +164,18 @@ def test_a_checkpoint_scores_at_its_test_side_and_drops_calibration_fitted_at_an
     plain = {**_state("resnet18_scratch"), "config": {"image_size": 96, "cache_size": 128}}
     assert checkpoint.load_for_inference(checkpoint.save_checkpoint(plain, tmp_path / "p.pt")).image_size == 96
     assert Config(image_size=96).scoring_size == 96 and Config(image_size=96, test_image_size=128).scoring_size == 128
+
+
+def test_a_copy_scored_at_another_side_drops_the_calibration_of_the_side_it_had(tmp_path):
+    """An older checkpoint (no calibrated_size: calibrated at its one side) copied to score at 128 px must
+    not pass its 96-px temperature off as fitted at 128; copied back to 96 it keeps it."""
+    fitted = {"temperature": 1.5, "conformal": {"score": "lac", "n_calibration": 9, "thresholds": {"0.01": 0.5}}}
+    old = {**_state("resnet18_scratch"), "config": {"image_size": 96, "cache_size": 128}, **fitted}
+    src = checkpoint.save_checkpoint(old, tmp_path / "old.pt")
+    larger = checkpoint.load_for_inference(checkpoint.scored_at(src, 128, tmp_path / "at128.pt"))
+    assert (larger.image_size, larger.temperature, larger.conformal) == (128, None, None)
+    assert larger.state["calibrated_size"] == 96 and torch.equal(
+        larger.state["model_state"]["fc.weight"], old["model_state"]["fc.weight"]
+    )
+    same = checkpoint.load_for_inference(checkpoint.scored_at(src, 96, tmp_path / "at96.pt"))
+    assert (same.image_size, same.temperature) == (96, 1.5)

@@ -50,3 +50,13 @@ def test_confident_learning_over_the_stored_probabilities_gives_the_committed_li
     assert set(table["path"].to_numpy()[flagged]) == set(listed["path"])
     assert len(listed) == summary["n_flagged"] and listed["p_given"].is_monotonic_increasing
     assert (listed["path"].str.startswith("Testing/")).sum() == summary["n_flagged_testing"]
+
+
+def test_every_fold_was_scored_at_the_summarys_side():
+    """The fold files and the summary describe one audit: each fold's probabilities were scored at the side
+    the summary names, with the temperature and conformal thresholds fitted there."""
+    summary = json.loads((AUDIT / "label_audit.json").read_text())
+    for fold in range(summary["folds"]):
+        record = json.loads((AUDIT / f"fold{fold}" / "held_out_calibration.json").read_text())
+        assert record["scoring_size"] == summary["scoring_size"] and record["temperature"] > 0
+        assert set(record["conformal"]["thresholds"]) == {"0.01", "0.05"}

@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from brainlib import label_audit
+from brainlib import checkpoint, label_audit
 from brainlib.cli import main
 from brainlib.config import CLASS_NAMES
 from brainlib.loader import load_run_data
@@ -139,6 +141,37 @@ def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run, 
     with open(listed, "w") as f:
         f.write("\n".join(paths[1:] + paths[:1]) + "\n")
     assert main(args) == 2
+
+
+def test_finished_folds_are_scored_again_at_a_new_scoring_side_without_training(prepared_run, capsys):
+    """A recipe that comes to score at a larger side (FixRes) re-scores an audit's finished folds with
+    their own models, each temperature fitted again at that side on the fold's validation images."""
+    args = ["audit-labels", "--run-dir", prepared_run.run_dir, "--folds", "3", "--epochs", "1"]
+    args += ["--model", "resnet18_scratch", "--image-size", "64", "--cache-size", "128"]
+    assert main(args) == 0
+    root = prepared_run.run_dir + "/label_audit"
+    probs = np.load(f"{root}/oof_probs.npy")
+    mtimes = [os.path.getmtime(f"{root}/fold{f}/checkpoints/best.pt") for f in range(3)]
+    assert all(label_audit.held_out_side(Path(f"{root}/fold{f}"), prepared_run) == 64 for f in range(3))
+    assert main(args + ["--test-image-size", "96"]) == 0
+    assert [os.path.getmtime(f"{root}/fold{f}/checkpoints/best.pt") for f in range(3)] == mtimes
+    assert all(label_audit.held_out_side(Path(f"{root}/fold{f}"), prepared_run) == 96 for f in range(3))
+    # each fold's record holds the temperature (and thresholds) fitted at 96 px, not the checkpoint's 64-px ones
+    record = json.loads(open(f"{root}/fold0/{label_audit.HELD_OUT_CALIBRATION}").read())
+    trained = checkpoint.load_checkpoint(f"{root}/fold0/checkpoints/best.pt")
+    assert record["temperature"] != trained["temperature"] and set(record["conformal"]["thresholds"]) == {
+        "0.01",
+        "0.05",
+    }
+    rescored = np.load(f"{root}/oof_probs.npy")
+    assert not np.allclose(rescored, probs) and np.allclose(rescored.sum(1), 1, atol=1e-4)
+    assert json.loads(open(f"{root}/label_audit.json").read())["scoring_size"] == 96
+    # back at the training side with a fold's model gone: one line that says what to do, nothing half-written
+    shutil.rmtree(f"{root}/fold0/checkpoints")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--test-image-size 96" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert np.array_equal(np.load(f"{root}/oof_probs.npy"), rescored)
 
 
 def test_testing_can_be_scored_by_a_checkpoint_trained_on_training_alone(trained_run):

@@ -66,7 +66,7 @@ def test_model_card_reports_accuracy_both_ways_from_the_audits_readings(trained_
     assert main([*args, "--out", str(out)]) == 0
     card = out.read_text()
     errors = int((pred["pred"] != pred["label"]).sum())
-    assert "of 2 images: 1 label wrong, 0 label wrong, class unknown, 1 ambiguous, 0 model wrong" in card
+    assert "of 2 images: 1 label wrong, 0 label wrong (class unknown), 1 ambiguous, 0 model wrong" in card
     assert "Flags read by eye: 1 of 2 (1 ambiguous)." in card
     assert f"makes {errors + 1} errors" in card and f"against {errors} (" in card
 
