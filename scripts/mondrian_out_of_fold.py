@@ -1,0 +1,99 @@
+"""Class-conditional (Mondrian) conformal sets judged out of fold: each label-audit fold model fits 99 %
+thresholds on its own validation carve twice, once over all classes (what checkpoints store) and once per
+class, and both are applied to the fold's held-out images; coverage per split on disk and class, with exact
+95 % intervals, and set size.
+
+    .venv/bin/python scripts/mondrian_out_of_fold.py runs/<audit run> [--alpha 0.01]
+
+The audit run is one made by `python -m brainlib audit-labels` whose folds' held-out probabilities are on disk
+(label_audit/fold<k>/held_out_probs.npy) with the models that made them; each fold is scored at the side and
+with the temperature its probabilities were (held_out_calibration.json, else the model's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from brainlib.calibration import calibrate, conformal_threshold, prediction_sets
+from brainlib.checkpoint import best_checkpoint, load_for_inference, scored_at
+from brainlib.config import CLASS_NAMES, run_config
+from brainlib.infer import predict_logits
+from brainlib.label_audit import AUDIT_DIR, HELD_OUT_CALIBRATION, fold_run_data
+from brainlib.loader import load_run_data, split_batches
+
+
+def coverage_lines(name: str, sets: np.ndarray, labels: np.ndarray, on_disk: np.ndarray) -> list[str]:
+    covered = sets[np.arange(len(labels)), labels]
+    lines = []
+    for split in ("Training", "Testing"):
+        part = on_disk == split
+        if not part.any():
+            continue
+        cells = []
+        for k, cls in enumerate(CLASS_NAMES):
+            rows = part & (labels == k)
+            n, hit = int(rows.sum()), int(covered[rows].sum())
+            low, high = stats.binomtest(hit, n).proportion_ci(0.95, "exact") if n else (np.nan, np.nan)
+            cells.append(f"{cls} {hit / max(n, 1):.4f} [{low:.3f}, {high:.3f}]")
+        size = sets[part].sum(1)
+        lines.append(
+            f"{name}, {split} ({part.sum()}): {covered[part].mean():.4f}; "
+            + "; ".join(cells)
+            + f"; mean size {size.mean():.3f}, {(size > 1).mean():.1%} uncertain"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("--alpha", type=float, default=0.01)
+    args = parser.parse_args()
+    cfg = run_config(args.run_dir)
+    data = load_run_data(cfg)
+    audit = Path(args.run_dir) / AUDIT_DIR
+    folds = pd.read_csv(audit / "folds.csv")["fold"].to_numpy()
+    labels = data.manifest["label_idx"].to_numpy()
+    on_disk = data.manifest["split_on_disk"].to_numpy()
+    probs = np.full((len(labels), len(CLASS_NAMES)), np.nan)
+    marginal = np.zeros(probs.shape, bool)
+    per_class = np.zeros(probs.shape, bool)
+    for fold in sorted(set(folds[folds >= 0])):
+        fold_dir = audit / f"fold{fold}"
+        rows = folds == fold
+        probs[rows] = np.load(fold_dir / "held_out_probs.npy")
+        recorded = fold_dir / HELD_OUT_CALIBRATION
+        record = json.loads(recorded.read_text()) if recorded.exists() else {}
+        fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            best = best_checkpoint(fold_dir)
+            path = scored_at(best, record["scoring_size"], Path(tmp) / "s.pt") if record else best
+            net = load_for_inference(path, "cpu")
+            val = split_batches(net.scoring_config(cfg), fold_data, "val", "cpu")
+            temperature = record.get("temperature", net.temperature)
+            val_probs = calibrate(predict_logits(net.model, val, "cpu"), temperature).numpy()
+            val_labels = val.labels.cpu().numpy()
+        one = conformal_threshold(val_probs, val_labels, args.alpha)
+        each = np.array(
+            [conformal_threshold(val_probs[val_labels == k], val_labels[val_labels == k], args.alpha) for k in range(4)]
+        )
+        counts = [int((val_labels == k).sum()) for k in range(len(CLASS_NAMES))]
+        print(
+            f"fold {fold}: threshold {one:.4f}; per class {np.round(each, 4).tolist()} from {counts} images", flush=True
+        )
+        marginal[rows] = prediction_sets(probs[rows], one)
+        per_class[rows] = prediction_sets(probs[rows], each)
+    print(f"{1 - args.alpha:.0%} sets out of fold:")
+    for name, sets in (("one threshold", marginal), ("per class (Mondrian)", per_class)):
+        print("\n".join(coverage_lines(name, sets, labels, on_disk)))
+
+
+if __name__ == "__main__":
+    main()
