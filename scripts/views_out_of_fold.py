@@ -1,11 +1,15 @@
 """Test-time choices judged without Testing: each label-audit fold model scores the Training images of
 its held-out fold in several views, through the one inference path, and every view is paired image by
 image with the first (McNemar's exact test). The views: the model at each side in --sizes (the first is
-the baseline; a checkpoint copy whose recipe scores at that side), and with --flip the mirror view too
-(a one-member ensemble with flip, at the model's own scoring side).
+the baseline; a checkpoint copy whose recipe scores at that side), with --flip the mirror view too
+(a one-member ensemble with flip, at the model's own scoring side), and with --averages the model at
+several sides at once (an ensemble of its copies at those sides: the mean of their log-probabilities).
 
     .venv/bin/python scripts/views_out_of_fold.py runs/<audit run> [--flip] [--sizes 224,256,272,288] \
-        [--folds 0,1,2,3,4]
+        [--averages 272+320,256+288+320] [--folds 0,1,2,3,4] [--split Testing]
+
+--split Testing scores the fold's held-out Testing images instead: the check, on images no choice looked at,
+of a view chosen on Training.
 
 The audit run is one made by `python -m brainlib audit-labels` (its fold models are kept under
 label_audit/fold<k>/checkpoints). Logits are not temperature-scaled: accuracy does not need it, and the
@@ -31,12 +35,18 @@ from brainlib.label_audit import AUDIT_DIR, fold_run_data
 from brainlib.loader import load_run_data, rows_batches
 
 
-def view_checkpoints(best: Path, sizes: list[int], flip: bool, tmp: Path) -> dict[str, Path]:
-    """{view name: checkpoint}: the fold model at each side (its recipe's test side set to it), then
-    the mirror view at the model's own scoring side."""
+def view_checkpoints(best: Path, sizes: list[int], flip: bool, averages: list[list[int]], tmp: Path) -> dict[str, Path]:
+    """{view name: checkpoint}: the fold model at each side (its recipe's test side set to it), the
+    mirror view at the model's own scoring side, then the model at several sides at once."""
     views = {}
+    name = best.parent.parent.name
     for size in sizes:
-        views[f"{size} px"] = scored_at(best, size, tmp / f"{best.parent.parent.name}-{size}.pt")
+        views[f"{size} px"] = scored_at(best, size, tmp / f"{name}-{size}.pt")
+    for sides in averages:
+        copies = [scored_at(best, size, tmp / f"{name}-{size}.pt") for size in sides]
+        views["+".join(map(str, sides)) + " px"] = save_checkpoint(
+            ensemble_state(copies), tmp / f"{name}-{'+'.join(map(str, sides))}.pt"
+        )
     if flip:
         views["mirror view"] = save_checkpoint(
             ensemble_state([best], flip=True), tmp / f"{best.parent.parent.name}-flip.pt"
@@ -50,6 +60,10 @@ def main() -> None:
     parser.add_argument("--folds", default="", help="comma-separated fold numbers (default: every fold on disk)")
     parser.add_argument("--sizes", default="", help="comma-separated sides to score at (default: the model's own)")
     parser.add_argument("--flip", action="store_true", help="the mirror view too")
+    parser.add_argument("--split", default="Training", choices=["Training", "Testing"], help="which held-out images")
+    parser.add_argument(
+        "--averages", default="", help="comma-separated groups of sides joined by +, each scored at once"
+    )
     args = parser.parse_args()
     cfg = run_config(args.run_dir)
     data = load_run_data(cfg)
@@ -60,16 +74,17 @@ def main() -> None:
     folds = listed["fold"].to_numpy()
     chosen = [int(k) for k in args.folds.split(",")] if args.folds else sorted(set(folds[folds >= 0]))
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else []
+    averages = [[int(s) for s in group.split("+")] for group in args.averages.split(",")] if args.averages else []
     labels = data.manifest["label_idx"].to_numpy()
-    training = (data.manifest["split_on_disk"] == "Training").to_numpy()
+    on_split = (data.manifest["split_on_disk"] == args.split).to_numpy()
     correct: dict[str, list] = {}
     nll: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for fold in chosen:
             best = best_checkpoint(audit / f"fold{fold}")
             views = {"as trained": best} if not sizes else {}
-            views |= view_checkpoints(best, sizes, args.flip, Path(tmp))
-            rows = np.flatnonzero((folds == fold) & training)
+            views |= view_checkpoints(best, sizes, args.flip, averages, Path(tmp))
+            rows = np.flatnonzero((folds == fold) & on_split)
             fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
             y = torch.as_tensor(labels[rows])
             line = []
@@ -81,7 +96,7 @@ def main() -> None:
                     torch.nn.functional.cross_entropy(logits.float(), y, reduction="none").numpy()
                 )
                 line.append(f"{view} {correct[view][-1].mean():.2%}")
-            print(f"fold {fold}: {len(rows)} Training images, " + ", ".join(line), flush=True)
+            print(f"fold {fold}: {len(rows)} {args.split} images, " + ", ".join(line), flush=True)
     first = next(iter(correct))
     base = np.concatenate(correct[first])
     print(f"{len(base)} images, each view against {first}:")
