@@ -17,10 +17,11 @@ The official labels are never changed: the suspects are a list for a person to l
 Testing suspects are reported on their own; what a person concludes looking at them is brainlib.verdicts.
 
 Files under <run>/label_audit/: fold<k>/ (each fold's training run and held-out probabilities with
-the list of files, side and calibration they belong to, so an interrupted audit resumes at the fold it was in, and a finished
-fold copied into another run folder is reused only for the same images), folds.csv, oof_probs.npy,
-label_issues.csv (ranked suspects), review.csv (the images each class's out-of-fold model doubts most
-that are not suspects), label_audit.json (summary), suspects.png and
+the list of files, side and calibration they belong to, so an interrupted audit resumes at the fold it
+was in, and a finished fold copied into another run folder is reused only for the same images),
+folds.csv, oof_probs.npy, label_issues.csv (ranked suspects), review.csv (the images each class's
+out-of-fold model doubts most that are not suspects), copies_of_flags.csv (the unflagged copies of the
+suspects, same label), label_audit.json (summary), suspects.png and
 testing_suspects.png (galleries: all suspects, Testing's alone).
 """
 
@@ -231,10 +232,11 @@ def suspects_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray)
 
 
 # Confident learning flags an image only when another class is confidently above its threshold. The nine
-# Testing "no tumour" images with an obvious lesion (docs/trust.md) were not flagged by either audit, the
+# Testing "no tumour" images with an obvious lesion (docs/trust.md) were not flagged by any audit, the
 # fold models being unsure rather than sure of a tumour type, yet they ranked low: among the 43 lowest of the
-# 405 Testing "no tumour" images in the 3-epoch audit, ranks 9-60 in the committed 10-epoch one (7 of the nine
-# in its review list). So the lowest of each class are worth reading too; 40 was set before the second audit.
+# 405 Testing "no tumour" images in the 3-epoch audit, ranks 9-60 in the 10-epoch one at 224 px (7 of the nine
+# in its review list), 6-29 at 272 px (all nine). So the lowest of each class are worth reading too; 40 was
+# set before the second audit.
 REVIEW_PER_CLASS = 40
 
 
@@ -262,6 +264,28 @@ def review_table(
             class_ranks.append(unflagged + 1)
     table = _rows_table(manifest, folds, probs, np.concatenate(chosen) if chosen else np.zeros(0, int))
     table.insert(0, "class_rank", np.concatenate(class_ranks) if class_ranks else np.zeros(0, int))
+    return table
+
+
+def copies_table(manifest: pd.DataFrame, folds: np.ndarray, probs: np.ndarray, suspects: pd.DataFrame) -> pd.DataFrame:
+    """The unflagged images that share a suspect's duplicate group (exact, near, mirrored or upside-down copies,
+    `near_group`) and its given label, each with `copy_of`, the best-ranked suspect of its group. A label
+    belongs to the slice, not the file: the dataset stores one slice up to 17 times, and confident learning
+    may flag some copies and not others (the committed audit flags five Training copies of a "no tumour"
+    slice with two enhancing nodules, and none of its three Testing copies)."""
+    groups = manifest["near_group"].to_numpy()
+    labels = manifest["label_idx"].to_numpy()
+    flagged = manifest["path"].isin(suspects["path"]).to_numpy()
+    position = pd.Index(manifest["path"])
+    rows, copy_of = [], []
+    for path in suspects["path"]:  # best-ranked first: a copy is listed under the first suspect of its group
+        i = position.get_loc(path)
+        members = np.flatnonzero((groups == groups[i]) & (labels == labels[i]) & ~flagged)
+        new = [m for m in members if m not in rows]
+        rows += new
+        copy_of += [path] * len(new)
+    table = _rows_table(manifest, folds, probs, np.array(rows, int))
+    table.insert(1, "copy_of", copy_of)
     return table
 
 
@@ -325,7 +349,12 @@ def run_label_audit(
         suspects.to_csv(tmp, index=False)
     with atomic_path(root / "review.csv") as tmp:
         review_table(data.manifest, folds, probs, suspects).to_csv(tmp, index=False)
+    copies = copies_table(data.manifest, folds, probs, suspects)
+    with atomic_path(root / "copies_of_flags.csv") as tmp:
+        copies.to_csv(tmp, index=False)
     summary |= {
+        "n_copies_of_flags": int(len(copies)),
+        "n_copies_of_flags_testing": int((copies["split_on_disk"] == "Testing").sum()),
         "recipe": cfg.recipe,
         "model": cfg.model,
         "epochs_per_fold": cfg.epochs,

@@ -401,7 +401,13 @@ def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:
         f"groups). Most frequent given -> suggested: {pairs}. A flag is only as good as the model behind it: where the "
         "out-of-fold accuracy is far below the checkpoint's, most flags are that model's own confusions. Labels were "
         f"not changed; the list is `{audit_file.parent / 'label_issues.csv'}`"
-        + (f", the images `{audit_file.parent / gallery}`." if gallery else "."),
+        + (f", the images `{audit_file.parent / gallery}`." if gallery else ".")
+        + (
+            f" {audit['n_copies_of_flags']} unflagged copies of flagged images carry the same label "
+            f"({audit['n_copies_of_flags_testing']} in Testing; `{audit_file.parent / 'copies_of_flags.csv'}`)."
+            if audit.get("n_copies_of_flags")
+            else ""
+        ),
         *_flags_read(audit_file.parent / "label_issues.csv", audit_file.parent / "verdicts.csv"),
         "",
         *_both_ways(audit_file.parent / "verdicts.csv", eval_run / "predictions.csv"),

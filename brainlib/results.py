@@ -268,7 +268,9 @@ def default_figures(eval_run: str | Path, out_dir: str | Path = "docs/figures") 
         table = with_verdicts(table, verdicts)
         both = accuracy_both_ways(pred, verdicts) | {"checkpoint": name, "verdicts": VERDICTS_FILE}
         written.append(write_text(REPO_ROOT / BOTH_WAYS_FILE, json.dumps(both, indent=2) + "\n"))
-        for listed in (verdicts_file.parent / name for name in ("label_issues.csv", "review.csv")):
+        for listed in (
+            verdicts_file.parent / name for name in ("label_issues.csv", "review.csv", "copies_of_flags.csv")
+        ):
             if listed.exists():  # the committed audit's lists, their verdict column filled from the same readings
                 filled = with_verdicts(pd.read_csv(listed), verdicts)
                 with atomic_path(listed) as tmp:  # rewritten in place: whole or not at all

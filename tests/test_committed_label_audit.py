@@ -60,3 +60,14 @@ def test_every_fold_was_scored_at_the_summarys_side():
         record = json.loads((AUDIT / f"fold{fold}" / "held_out_calibration.json").read_text())
         assert record["scoring_size"] == summary["scoring_size"] and record["temperature"] > 0
         assert set(record["conformal"]["thresholds"]) == {"0.01", "0.05"}
+
+
+def test_the_copies_list_hangs_off_the_committed_flags_and_is_read():
+    summary = json.loads((AUDIT / "label_audit.json").read_text())
+    copies = pd.read_csv(AUDIT / "copies_of_flags.csv", dtype=str, keep_default_na=False)
+    flags = pd.read_csv(AUDIT / "label_issues.csv")
+    assert len(copies) == summary["n_copies_of_flags"]
+    assert copies["copy_of"].isin(flags["path"]).all() and not copies["path"].isin(flags["path"]).any()
+    given_of_flag = flags.set_index("path")["given"]
+    assert (copies["given"].to_numpy() == given_of_flag[copies["copy_of"]].to_numpy()).all()
+    assert (copies["verdict"] != "").all(), "every copy of a flag has a by-eye reading"

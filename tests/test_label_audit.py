@@ -99,6 +99,28 @@ def test_review_lists_the_unsure_images_confident_learning_leaves_out():
     assert (training_class0["p_given"].diff().dropna() >= 0).all()
 
 
+def test_copies_of_a_flagged_image_are_listed_under_it_when_they_share_its_label():
+    # group 7: a slice stored four times, three filed "notumor" (two of them flagged) and one filed glioma;
+    # group 8: flagged alone; group 9: copies of an unflagged image
+    manifest = pd.DataFrame(
+        {
+            "path": [f"{split}/img{i}.jpg" for i, split in enumerate(["Training"] * 4 + ["Testing"] * 3)],
+            "split_on_disk": ["Training"] * 4 + ["Testing"] * 3,
+            "label_idx": [2, 2, 0, 1, 2, 3, 3],
+            "near_group": [7, 7, 7, 8, 7, 9, 9],
+            "exact_dup": False,
+            "near_dup": [True, True, True, False, True, True, True],
+        }
+    )
+    probs = np.full((7, 4), 0.25)
+    suspects = pd.DataFrame({"path": ["Training/img1.jpg", "Training/img3.jpg", "Training/img0.jpg"]})
+    copies = label_audit.copies_table(manifest, np.zeros(7, int), probs, suspects)
+    # img4 (Testing, same label) is listed once, under the best-ranked suspect of its group; img2 (another
+    # label) and group 9 (nothing flagged) are not
+    assert list(copies["path"]) == ["Testing/img4.jpg"] and list(copies["copy_of"]) == ["Training/img1.jpg"]
+    assert list(copies["given"]) == ["notumor"] and list(copies["split_on_disk"]) == ["Testing"]
+
+
 def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run, capsys):
     args = ["audit-labels", "--run-dir", prepared_run.run_dir, "--folds", "3", "--epochs", "1"]
     assert main(args) == 0
@@ -118,6 +140,11 @@ def test_audit_command_scores_every_image_out_of_fold_and_resumes(prepared_run, 
     assert all(f"{acc:.2%} of {size} held-out" in line for acc, size, line in zip(by_fold, sizes, fold_lines))
     assert pd.read_csv(f"{root}/label_issues.csv").shape[0] == summary["n_flagged"]
     assert not pd.read_csv(f"{root}/review.csv")["path"].isin(pd.read_csv(f"{root}/label_issues.csv")["path"]).any()
+    copies = pd.read_csv(f"{root}/copies_of_flags.csv")
+    assert (
+        len(copies) == summary["n_copies_of_flags"]
+        and copies["copy_of"].isin(pd.read_csv(f"{root}/label_issues.csv")["path"]).all()
+    )
     # the galleries: all suspects, and Testing's alone, each only when there is something to show
     assert os.path.exists(f"{root}/suspects.png") == (summary["n_flagged"] > 0)
     assert os.path.exists(f"{root}/testing_suspects.png") == (summary["n_flagged_testing"] > 0)
