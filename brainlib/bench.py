@@ -175,6 +175,17 @@ def run_benchmark(
     results["brainlib_eval_engine"] = engine_for(device)
     scored = as_scored(model, device, cfg.image_size)  # folded, and on the CPU run by ONNX Runtime, as evaluate does
     results["brainlib_eval_images_per_s"] = _time_eval(scored, test, steps, device, SCORING_PRECISION, warmup)
+    if cfg.scoring_size != cfg.image_size:  # the side evaluate, predict and the shift suite score this recipe at
+        at_side = cfg.replace(image_size=cfg.scoring_size)
+        results["scoring_size"] = cfg.scoring_size
+        results["brainlib_eval_at_scoring_size_images_per_s"] = _time_eval(
+            as_scored(model, device, cfg.scoring_size),
+            split_batches(at_side, data, "test", device),
+            steps,
+            device,
+            SCORING_PRECISION,
+            warmup,
+        )
     results["brainlib_bf16_autocast"] = use_bf16(device, cfg.precision)
     results["brainlib_compile"] = cfg.compile
     results["brainlib_cuda_graphs"] = isinstance(fast_model, GraphedTraining)
@@ -187,6 +198,11 @@ def run_benchmark(
             f"{name:<10} {results[f'{name}_train_images_per_s']:>12.1f} {results[f'{name}_eval_images_per_s']:>11.1f}"
         )
     print(f"speed-up: train x{results['train_speedup']:.2f}, eval x{results['eval_speedup']:.2f}")
+    if "scoring_size" in results:  # the ratio above compares both pipelines at the training side
+        print(
+            f"brainlib scoring at the recipe's scoring side, {results['scoring_size']} px: "
+            f"{results['brainlib_eval_at_scoring_size_images_per_s']:.1f} img/s"
+        )
     print(
         f"brainlib training: {counters['minor_faults_per_step']:,.0f} minor page faults and "
         f"{counters['system_seconds_per_step']:.2f} s system time per step (GLIBC_TUNABLES={results['glibc_tunables'] or 'unset'}"

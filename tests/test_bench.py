@@ -20,6 +20,17 @@ def test_benchmark_runs_both_pipelines(prepared_run, tmp_path):
         assert results[key] > 0
 
 
+def test_a_recipe_that_scores_at_a_larger_side_is_timed_there_too(prepared_run, capsys):
+    from brainlib.bench import run_benchmark
+
+    cfg = prepared_run.replace(model="resnet18_scratch", image_size=64, test_image_size=96, batch_size=4)
+    results = run_benchmark(cfg, steps=1, warmup=1, workers=0)
+    assert results["scoring_size"] == 96 and results["brainlib_eval_at_scoring_size_images_per_s"] > 0
+    assert "scoring side, 96 px" in capsys.readouterr().out
+    # a recipe scored at its training side reports one scoring speed, as before
+    assert "scoring_size" not in run_benchmark(cfg.replace(test_image_size=0), steps=1, warmup=1, workers=0)
+
+
 def test_benchmark_repeats_a_small_runs_batches(prepared_run):
     """More warm-up + timed steps than the run has batches: the batches are repeated, not a
     StopIteration stack trace (a `fast` run benchmarked with the default step count)."""
