@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import binomtest
 
 from brainlib.checkpoint import best_checkpoint, ensemble_state, load_for_inference, save_checkpoint, scored_at
 from brainlib.config import run_config
 from brainlib.infer import predict_logits
 from brainlib.label_audit import AUDIT_DIR, fold_run_data
 from brainlib.loader import load_run_data, rows_batches
+from brainlib.stats import paired_comparison
 
 
 def view_checkpoints(best: Path, sizes: list[int], flip: bool, averages: list[list[int]], tmp: Path) -> dict[str, Path]:
@@ -101,12 +101,10 @@ def main() -> None:
     base = np.concatenate(correct[first])
     print(f"{len(base)} images, each view against {first}:")
     for view in correct:
-        right = np.concatenate(correct[view])
-        fixed, broken = int((right & ~base).sum()), int((base & ~right).sum())
-        p = binomtest(fixed, fixed + broken).pvalue if fixed + broken else 1.0
+        paired = paired_comparison(np.concatenate(correct[view]), base)
         print(
-            f"  {view}: {right.mean():.2%}; {fixed} fixed, {broken} broken (McNemar p = {p:.3g}); "
-            f"log-loss {np.concatenate(nll[view]).mean():.4f}"
+            f"  {view}: {paired['accuracy_a']:.2%}; {paired['only_a_correct']} fixed, {paired['only_b_correct']} "
+            f"broken (McNemar p = {paired['mcnemar_exact_p']:.3g}); log-loss {np.concatenate(nll[view]).mean():.4f}"
         )
 
 
