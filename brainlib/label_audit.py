@@ -36,7 +36,7 @@ import pandas as pd
 
 from .atomic import atomic_path, save_npy, write_text
 from .calibration import calibrate, calibration_of
-from .checkpoint import InferenceModel, best_checkpoint, load_checkpoint, load_for_inference, scored_at, scoring_size
+from .checkpoint import InferenceModel, best_checkpoint, load_for_inference, scored_at
 from .config import CLASS_NAMES, Config
 from .data import assign_splits
 from .errors import SettingsError
@@ -117,17 +117,17 @@ def out_of_fold_probabilities(
         listed = fold_dir / "held_out_paths.txt"
         held_out_rows = folds == fold
         held_out_paths = data.manifest["path"].to_numpy()[held_out_rows].tolist()
-        fold_cfg = cfg.replace(run_dir=str(fold_dir))
-        fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
         if done.exists():
             _check_held_out(done, listed, held_out_paths)
-        else:
-            if progress:
-                print(
-                    f"label audit: fold {fold + 1}/{k}: train on {len(fold_data.rows('train'))}, score {len(fold_data.rows('test'))}"
-                )
-            train(fold_cfg, resume=True, progress=progress, data=fold_data)
-        if not done.exists() or held_out_side(fold_dir, cfg) != cfg.scoring_size:
+        if not done.exists() or held_out_side(fold_dir, cfg) != cfg.scoring_size:  # else reused as it is
+            fold_cfg = cfg.replace(run_dir=str(fold_dir))
+            fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
+            if not done.exists():
+                if progress:
+                    print(
+                        f"label audit: fold {fold + 1}/{k}: train on {len(fold_data.rows('train'))}, score {len(fold_data.rows('test'))}"
+                    )
+                train(fold_cfg, resume=True, progress=progress, data=fold_data)
             held_out, calibration = _fold_probabilities(fold_dir, fold_cfg, fold_data, device)
             write_text(listed, "\n".join(held_out_paths) + "\n")
             save_npy(held_out, done)
@@ -164,8 +164,8 @@ def _fold_probabilities(fold_dir: Path, fold_cfg: Config, fold_data: RunData, de
             f"again, or give --test-image-size {stored}"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        at_size = best if scoring_size(load_checkpoint(best)) == size else scored_at(best, size, Path(tmp) / "s.pt")
-        net = _loaded(at_size, fold_cfg, device)
+        # at the model's own side the copy keeps its calibration; at another it is fitted again below
+        net = _loaded(scored_at(best, size, Path(tmp) / "s.pt"), fold_cfg, device)
         calibration = calibration_of(net, net.scoring_config(fold_cfg), fold_data, device)
         rows = fold_data.rows("test")
         logits = predict_logits(net.model, rows_batches(net.scoring_config(fold_cfg), fold_data, rows, device), device)

@@ -381,11 +381,11 @@ def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:
         return lines + ["No label audit was given to this card (`python -m brainlib audit-labels`).", ""]
     audit = json.loads(audit_file.read_text())
     pairs = ", ".join(f"{k}: {v}" for k, v in list(audit["given_to_suggested"].items())[:6])
-    scored_at = audit.get("scoring_size", audit["image_size"])  # an audit from before the side was recorded
+    scoring_side = audit.get("scoring_size", audit["image_size"])  # an audit from before the side was recorded
     folds = (
         f"{audit['folds']} group-aware folds, each `{audit['recipe']}` at {audit['image_size']} px for "
         f"{audit['epochs_per_fold']} epoch{'s' if audit['epochs_per_fold'] != 1 else ''}"
-        + (f" and scoring at {scored_at} px" if scored_at != audit["image_size"] else "")
+        + (f" and scoring at {scoring_side} px" if scoring_side != audit["image_size"] else "")
     )
     scored_apart = audit.get("testing_scored_by", "the fold models") != "the fold models"
     scoring = (
