@@ -32,7 +32,14 @@ from . import cpu_engine
 from .atomic import atomic_path
 from .config import CLASS_NAMES, DEFAULT_CHECKPOINT, LOCATION_FIELDS, REPO_ROOT, Config, build_config
 from .errors import CheckpointError
-from .models import Ensemble, create_model, ensemble_name, fold_for_inference, model_entry
+from .models import (
+    Ensemble,
+    check_input_sides,
+    create_model,
+    ensemble_name,
+    fold_for_inference,
+    model_entry,
+)
 
 REQUIRED_FIELDS = ("model_name", "class_names")
 WEIGHT_FIELDS = ("model_state", "members")  # a model's weights, or an ensemble's members
@@ -276,6 +283,8 @@ def scored_at(src: str | Path, size: int, out: str | Path) -> Path:
     the side it was fitted at, so load_for_inference ignores it at another side (and callers fit it
     again there) instead of taking an old checkpoint's one side for this one."""
     state = load_checkpoint(src)
+    if not state.get("members"):  # an ensemble resizes the input to each member's own side
+        check_input_sides(state["model_name"], size)
     return save_checkpoint(
         state
         | {"config": (state.get("config") or {}) | {"test_image_size": int(size)}}

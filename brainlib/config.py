@@ -242,7 +242,7 @@ def read_run_config(run_dir: str | Path) -> dict:
 
 def prepare_config(run_dir: str, **params) -> Config:
     """01_data's config: the run's saved settings (if any) with the notebook's parameters applied
-    (see build_config). prepare.prepare_run writes it, with the manifest."""
+    (see build_config). data.prepare_run writes it, with the manifest."""
     run_dir = str(in_repo(run_dir))
     return build_config(read_run_config(run_dir), {**params, "run_dir": run_dir})
 

@@ -23,6 +23,7 @@ from .atomic import atomic_path, write_text
 from .config import CLASS_NAMES, SPLITS_ON_DISK, Config, write_run_config
 from .duplicates import AuditResult, audit_duplicates
 from .errors import DataError
+from .models import check_input_sides
 
 KAGGLE_HANDLE = "masoudnickparvar/brain-tumor-mri-dataset"
 EXPECTED_LAYOUT = "<data_dir>/Training/{glioma,meningioma,notumor,pituitary}/*.jpg and <data_dir>/Testing/{glioma,meningioma,notumor,pituitary}/*.jpg"
@@ -392,6 +393,7 @@ def prepare_run(cfg: Config, progress: bool = True) -> Prepared:
     """Prepare a run folder, the same way from the CLI (`prepare`) and from 01_data: scan the data,
     audit duplicates, carve validation from Training, and write the run's files: manifest.csv,
     audit.json (the duplicate audit's summary) and config.json (the run's settings, fixed here)."""
+    check_input_sides(cfg.model, cfg.image_size, cfg.scoring_size)
     root = resolve_data_dir(cfg.data_dir or None)
     manifest, dup, scan = build_manifest(
         root,

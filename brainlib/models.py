@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLASS_NAMES
+from .errors import SettingsError
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,15 @@ class ModelEntry:
     build: Callable[..., nn.Module]
     input_size: int  # the side it is trained at by default
     cam_layer: Callable[[nn.Module], nn.Module]  # built model -> the layer Grad-CAM looks at
+    fixed_input_size: bool = False  # its head is sized for input_size: it trains and scores at that side only
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register(input_size: int, cam_layer: Callable[[nn.Module], nn.Module]):
+def register(input_size: int, cam_layer: Callable[[nn.Module], nn.Module], fixed_input_size: bool = False):
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS[fn.__name__] = ModelEntry(fn, input_size, cam_layer)
+        MODELS[fn.__name__] = ModelEntry(fn, input_size, cam_layer, fixed_input_size)
         return fn
 
     return add
@@ -40,6 +42,21 @@ def model_entry(name: str) -> ModelEntry:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known: {sorted(MODELS)}")
     return MODELS[name]
+
+
+def check_input_sides(model: str, *sides: int) -> None:
+    """Refuse settings a model cannot run with, when they are fixed: an unknown model, or a side other
+    than its own for a model whose head fixes it (seed_cnn). Unchecked, a 256-px seed_cnn run failed
+    with a shape error at its first batch, and one scored at 272 px only after its last epoch."""
+    if model not in MODELS:
+        raise SettingsError(f"unknown model {model!r}; known: {', '.join(sorted(MODELS))}")
+    entry = MODELS[model]
+    other = sorted({int(side) for side in sides if side and int(side) != entry.input_size})
+    if entry.fixed_input_size and other:
+        raise SettingsError(
+            f"{model} takes {entry.input_size}-px input only (its linear head is sized for it), not "
+            f"{', '.join(map(str, other))} px: use image_size={entry.input_size} and test_image_size=0"
+        )
 
 
 def create_model(name: str, num_classes: int = len(CLASS_NAMES), **kwargs) -> nn.Module:
@@ -72,13 +89,15 @@ class SeedCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the flattened head fixes the input size: say so instead of a matmul error (skipped while add_graph traces)
         if not torch.jit.is_tracing() and x.shape[-2:] != (224, 224):
-            raise ValueError(
+            raise SettingsError(
                 f"seed_cnn takes 224x224 input (its linear head is sized for it), got {tuple(x.shape[-2:])}: use image_size=224"
             )
         return self.head(self.features(x))
 
 
-@register(input_size=224, cam_layer=lambda m: [x for x in m.features if isinstance(x, nn.ReLU)][-1])
+@register(
+    input_size=224, cam_layer=lambda m: [x for x in m.features if isinstance(x, nn.ReLU)][-1], fixed_input_size=True
+)
 def seed_cnn(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     return SeedCNN(num_classes)
 

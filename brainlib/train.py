@@ -34,7 +34,7 @@ from .ema import WeightAverage
 from .errors import SettingsError
 from .infer import autocast, predict_logits, setup_torch, use_bf16
 from .loader import CachedBatches, RunData, load_run_data, split_batches
-from .models import create_model
+from .models import check_input_sides, create_model
 from .progress import progress as progress_bar
 
 
@@ -322,6 +322,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
 def initial_model(cfg: Config, device: str) -> nn.Module:
     """The run's model, seeded, on `device`: its own initialisation, or a checkpoint's weights (read as
     data) for a fine-tune."""
+    check_input_sides(cfg.model, cfg.image_size, cfg.scoring_size)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
     if cfg.init_checkpoint:

@@ -8,7 +8,7 @@ import torch
 
 from brainlib import checkpoint
 from brainlib.config import CLASS_NAMES, Config
-from brainlib.errors import CheckpointError
+from brainlib.errors import CheckpointError, SettingsError
 from brainlib.models import create_model
 
 
@@ -164,6 +164,14 @@ def test_a_checkpoint_scores_at_its_test_side_and_drops_calibration_fitted_at_an
     plain = {**_state("resnet18_scratch"), "config": {"image_size": 96, "cache_size": 128}}
     assert checkpoint.load_for_inference(checkpoint.save_checkpoint(plain, tmp_path / "p.pt")).image_size == 96
     assert Config(image_size=96).scoring_size == 96 and Config(image_size=96, test_image_size=128).scoring_size == 128
+
+
+def test_a_model_whose_head_fixes_its_side_is_not_copied_to_score_at_another(tmp_path):
+    src = checkpoint.save_checkpoint({**_state("seed_cnn"), "config": {"image_size": 224}}, tmp_path / "s.pt")
+    with pytest.raises(SettingsError, match="224-px input only"):
+        checkpoint.scored_at(src, 272, tmp_path / "s272.pt")
+    assert not (tmp_path / "s272.pt").exists()
+    assert checkpoint.load_for_inference(checkpoint.scored_at(src, 224, tmp_path / "s224.pt")).image_size == 224
 
 
 def test_a_copy_scored_at_another_side_drops_the_calibration_of_the_side_it_had(tmp_path):

@@ -54,6 +54,24 @@ def test_evaluate_with_a_missing_checkpoint_is_one_line(tmp_path, fixture_root, 
     assert rc == 4 and capsys.readouterr().err.strip().count("\n") == 0
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--recipe", "reference", "--image-size", "256"], "seed_cnn takes 224-px input only"),
+        (["--recipe", "reference", "--test-image-size", "272"], "not 272 px"),
+        (["--model", "resnet50"], "unknown model 'resnet50'"),
+    ],
+    ids=["seed_cnn trained at 256", "seed_cnn scored at 272", "unknown model"],
+)
+def test_prepare_refuses_a_model_it_cannot_run_before_anything_is_written(tmp_path, capsys, flags, message):
+    """Before, a 256-px seed_cnn run was prepared and then failed with a shape error at its first batch
+    (one scored at 272 px only after its last epoch)."""
+    rc = main(["prepare", "--run-dir", str(tmp_path / "run"), "--fast", "true", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 def test_cli_refuses_an_unknown_recipe(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["prepare", "--recipe", "nope"])
