@@ -403,6 +403,13 @@ def prepare_run(cfg: Config, progress: bool = True) -> Prepared:
         progress=progress,
         exclude_list=cfg.exclude_list,
     )
+    trained_on = manifest[manifest["split"] == "train"]["label"].value_counts()
+    untrained = [name for name in CLASS_NAMES if not trained_on.get(name)]
+    if untrained:  # the carve takes at least one group per class, so a tiny sample can leave none to train on
+        raise DataError(
+            f"the validation carve leaves no Training image of {', '.join(untrained)} to train on: "
+            "use more images per class (fast_per_class) or a smaller val_fraction"
+        )
     write_manifest(manifest, cfg.run_dir)
     write_text(Path(cfg.run_dir) / "audit.json", json.dumps(dup.summary, indent=2) + "\n")
     write_run_config(cfg)

@@ -12,7 +12,7 @@ from brainlib.config import (
     run_config,
     write_run_config,
 )
-from brainlib.errors import DataError
+from brainlib.errors import DataError, SettingsError
 
 
 def test_from_dict_coerces_text_and_ignores_unknown_keys():
@@ -21,6 +21,47 @@ def test_from_dict_coerces_text_and_ignores_unknown_keys():
     assert Config.from_dict({"fast": "True"}).fast is True
     with pytest.raises(ValueError, match="boolean"):
         Config.from_dict({"fast": "maybe"})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"image_size": 0},
+        {"test_image_size": 16},
+        {"cache_size": 8},
+        {"epochs": 0},
+        {"batch_size": 0},
+        {"val_fraction": 0.0},
+        {"val_fraction": 1.5},
+        {"fast_per_class": 0},
+        {"seed": -1},
+        {"lr": 0.0},
+        {"weight_decay": -0.1},
+        {"label_smoothing": 1.0},
+        {"ema_decay": 1.0},
+        {"crop_scale_min": 0.0},
+        {"jitter": -0.5},
+        {"schedule": "cosine"},
+        {"precision": "fp16"},
+        {"device": "tpu"},
+        {"num_threads": -2},
+    ],
+    ids=lambda bad: f"{next(iter(bad))}={next(iter(bad.values()))}",
+)
+def test_a_setting_no_step_can_run_with_is_refused_where_settings_are_made(bad, tmp_path):
+    """Each of these used to pass prepare and end in a traceback from inside training."""
+    name = next(iter(bad))
+    with pytest.raises(SettingsError, match=f"^{name} must be"):
+        Config(**bad)
+    with pytest.raises(SettingsError, match=f"^{name} must be"):
+        prepare_config(str(tmp_path / "run"), **bad)
+    with pytest.raises(SettingsError, match=f"^{name} must be"):
+        Config.from_dict({**dataclasses.asdict(Config()), **bad})  # a saved config.json
+
+
+def test_the_edges_of_the_accepted_settings_are_accepted():
+    Config(test_image_size=0, ema_decay=0.0, label_smoothing=0.0, crop_scale_min=1.0, split_seed=-1, device="cuda:1")
+    Config(image_size=32, cache_size=32, batch_size=1, epochs=1, fast_per_class=1, val_fraction=0.5, device="")
 
 
 def test_prepare_writes_settings_and_a_recipe_replaces_them_explicit_values_winning(tmp_path):

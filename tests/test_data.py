@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from brainlib import data, duplicates
-from brainlib.config import CLASS_NAMES
+from brainlib.config import CLASS_NAMES, Config
 
 MANIFEST_COLUMNS = {
     "path", "split_on_disk", "split", "label", "label_idx", "width", "height", "mode", "format", "is_gray",
@@ -270,3 +270,12 @@ def test_a_dataset_attached_to_a_kaggle_notebook_is_found_under_any_name(tmp_pat
     assert data.attached_kaggle_dataset(tmp_path / "my-copy", max_depth=2) is None  # versions/2 is 3 levels down
     named = dataset(tmp_path / data.KAGGLE_SLUG)
     assert data.attached_kaggle_dataset(tmp_path) == named
+
+
+def test_a_sample_too_small_to_train_on_is_refused_before_anything_is_written(fixture_root, tmp_path):
+    """One image per class all go to the validation carve (it takes at least one group per class);
+    before, such a run was prepared and failed with a traceback at the learning-rate schedule."""
+    cfg = Config(run_dir=str(tmp_path / "run"), data_dir=str(fixture_root), fast=True, fast_per_class=1)
+    with pytest.raises(data.DataError, match="leaves no Training image of glioma, meningioma"):
+        data.prepare_run(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
