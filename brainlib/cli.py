@@ -241,6 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--axis",
         type=int,
+        choices=(0, 1, 2),
         default=2,
         help="NIfTI: slice along this axis of the canonical (RAS) volume: 2 axial, 1 coronal, 0 sagittal (default: 2)",
     )
@@ -292,6 +293,8 @@ def train_command(args: argparse.Namespace) -> int:
 def bench_command(args: argparse.Namespace) -> int:
     from .bench import run_benchmark
 
+    if args.steps < 1:
+        raise SettingsError(f"--steps must be at least 1, not {args.steps}")
     cfg = config_from_args(args)
     _prepare_if_new(cfg)
     run_benchmark(cfg, steps=args.steps, out=args.out)

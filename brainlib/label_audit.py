@@ -55,6 +55,12 @@ def assign_folds(manifest: pd.DataFrame, k: int, seed: int, group_column: str = 
     """Fold id (0..k-1) per manifest row: stratified by class, duplicate groups never split."""
     from sklearn.model_selection import StratifiedGroupKFold
 
+    groups_per_class = manifest.groupby("label_idx")[group_column].nunique()
+    if groups_per_class.min() < k:  # sklearn would stop with a traceback, or leave a fold without that class
+        raise SettingsError(
+            f"{k} folds need at least {k} separate images (duplicate groups) of every class; "
+            f"{CLASS_NAMES[groups_per_class.idxmin()]} has {groups_per_class.min()} in this run: use fewer folds"
+        )
     folds = np.full(len(manifest), -1)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     for fold, (_, held_out) in enumerate(

@@ -72,6 +72,11 @@ def test_prepare_refuses_a_model_it_cannot_run_before_anything_is_written(tmp_pa
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+def test_bench_with_no_steps_to_time_is_one_line(tmp_path, capsys):
+    assert main(["bench", "--run-dir", str(tmp_path / "b"), "--steps", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --steps must be at least 1, not 0"
+
+
 def test_cli_refuses_an_unknown_recipe(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["prepare", "--recipe", "nope"])

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from brainlib import checkpoint, label_audit
 from brainlib.cli import main
 from brainlib.config import CLASS_NAMES
+from brainlib.errors import SettingsError
 from brainlib.loader import load_run_data
 
 
@@ -228,3 +230,11 @@ def test_testing_can_be_scored_by_a_checkpoint_trained_on_training_alone(trained
     assert np.isfinite(probs).all()
     fold0 = label_audit.fold_run_data(load_run_data(trained_run), folds, 0, 0.1, trained_run.seed).manifest
     assert (fold0.loc[testing, "split"] == "unused").all() and not (fold0.loc[~testing, "split"] == "unused").any()
+
+
+def test_more_folds_than_a_class_has_separate_images_is_one_settings_error():
+    """sklearn stopped with a traceback (or, with groups, left a fold without the class)."""
+    frame = pd.DataFrame({"label_idx": np.repeat([0, 1, 2, 3], 6), "near_group": np.arange(24) // 2})
+    assert sorted(set(label_audit.assign_folds(frame, 3, seed=0))) == [0, 1, 2]
+    with pytest.raises(SettingsError, match="4 folds need .* glioma has 3 in this run"):
+        label_audit.assign_folds(frame, 4, seed=0)
