@@ -31,7 +31,7 @@ from torch import nn
 from . import cpu_engine
 from .atomic import atomic_path
 from .config import CLASS_NAMES, DEFAULT_CHECKPOINT, LOCATION_FIELDS, REPO_ROOT, Config, build_config
-from .errors import CheckpointError
+from .errors import CheckpointError, SettingsError
 from .models import (
     Ensemble,
     check_input_sides,
@@ -116,8 +116,8 @@ def model_from_state(state: dict, device: str = "cpu") -> nn.Module:
         raise CheckpointError(f"checkpoint classes {state['class_names']} differ from this code's {list(CLASS_NAMES)}")
     try:
         model = create_model(state["model_name"])
-    except KeyError as err:
-        raise CheckpointError(str(err).strip("\"'")) from None
+    except SettingsError as err:  # a model this code does not know
+        raise CheckpointError(str(err)) from None
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model_state"].items()}
     try:
         model.load_state_dict(weights)

@@ -40,7 +40,7 @@ def register(input_size: int, cam_layer: Callable[[nn.Module], nn.Module], fixed
 
 def model_entry(name: str) -> ModelEntry:
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+        raise SettingsError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     return MODELS[name]
 
 
@@ -48,9 +48,7 @@ def check_input_sides(model: str, *sides: int) -> None:
     """Refuse settings a model cannot run with, when they are fixed: an unknown model, or a side other
     than its own for a model whose head fixes it (seed_cnn). Unchecked, a 256-px seed_cnn run failed
     with a shape error at its first batch, and one scored at 272 px only after its last epoch."""
-    if model not in MODELS:
-        raise SettingsError(f"unknown model {model!r}; known: {', '.join(sorted(MODELS))}")
-    entry = MODELS[model]
+    entry = model_entry(model)
     other = sorted({int(side) for side in sides if side and int(side) != entry.input_size})
     if entry.fixed_input_size and other:
         raise SettingsError(

@@ -5,6 +5,7 @@ import torch
 
 from brainlib import models
 from brainlib.config import CLASS_NAMES
+from brainlib.errors import SettingsError
 from brainlib.models import MODELS, SeedCNN, count_parameters, create_model, model_entry
 
 
@@ -23,7 +24,7 @@ def test_seed_cnn_shape_and_parameter_count():
 
 def test_registry():
     assert "seed_cnn" in MODELS and isinstance(create_model("seed_cnn"), SeedCNN)
-    with pytest.raises(KeyError, match="unknown model"):
+    with pytest.raises(SettingsError, match="unknown model 'nope'; known: efficientnet_lite0, "):
         create_model("nope")
 
 
