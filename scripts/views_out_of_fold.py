@@ -2,7 +2,7 @@
 its held-out fold in several views, through the one inference path, and every view is paired image by
 image with the first (McNemar's exact test). The views: the model at each side in --sizes (the first is
 the baseline; a checkpoint copy whose recipe scores at that side), with --flip the mirror view too
-(a one-member ensemble with flip, at the model's own scoring side), and with --averages the model at
+(a one-member ensemble with flip, at the baseline's side: the first of --sizes, else the model's own), and with --averages the model at
 several sides at once (an ensemble of its copies at those sides: the mean of their log-probabilities).
 
     .venv/bin/python scripts/views_out_of_fold.py runs/<audit run> [--flip] [--sizes 224,256,272,288] \
@@ -37,7 +37,7 @@ from brainlib.stats import paired_comparison
 
 def view_checkpoints(best: Path, sizes: list[int], flip: bool, averages: list[list[int]], tmp: Path) -> dict[str, Path]:
     """{view name: checkpoint}: the fold model at each side (its recipe's test side set to it), the
-    mirror view at the model's own scoring side, then the model at several sides at once."""
+    model at several sides at once, and the mirror view too at the baseline's side."""
     views = {}
     name = best.parent.parent.name
     for size in sizes:
@@ -47,9 +47,9 @@ def view_checkpoints(best: Path, sizes: list[int], flip: bool, averages: list[li
         views["+".join(map(str, sides)) + " px"] = save_checkpoint(
             ensemble_state(copies), tmp / f"{name}-{'+'.join(map(str, sides))}.pt"
         )
-    if flip:
+    if flip:  # at the baseline's side: the first of --sizes, else the model's own
         views["mirror view"] = save_checkpoint(
-            ensemble_state([best], flip=True), tmp / f"{best.parent.parent.name}-flip.pt"
+            ensemble_state([views[f"{sizes[0]} px"] if sizes else best], flip=True), tmp / f"{name}-flip.pt"
         )
     return views
 
