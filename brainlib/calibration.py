@@ -28,7 +28,7 @@ from .data import split_digest
 from .errors import CheckpointError
 from .infer import predict_logits, predict_logits_and_features, setup_torch
 from .loader import RunData, split_batches
-from .stats import ECE_BINS, ece
+from .stats import ECE_BINS, ece, exact_interval
 
 CONFORMAL_ALPHAS = (0.01, 0.05)  # sets meant to hold the true class 99 % and 95 % of the time
 DEFAULT_ALPHA = 0.01  # the set predict prints and evaluate writes per image
@@ -112,6 +112,21 @@ def set_coverage(sets: np.ndarray, labels: np.ndarray) -> dict:
         "mean_set_size": float(size.mean()),
         "share_uncertain": float((size > 1).mean()),
     }
+
+
+def coverage_by_class(sets: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """Per class (CLASS_NAMES order): images, how many sets hold the true class, the share and its exact
+    95 % interval (None where the class has no image). A marginal coverage can hide an under-covered class."""
+    labels = np.asarray(labels, int)
+    covered = sets[np.arange(len(labels)), labels]
+    rows = []
+    for k, name in enumerate(CLASS_NAMES):
+        n, hit = int((labels == k).sum()), int(covered[labels == k].sum())
+        rows.append(
+            {"class": name, "n": n, "covered": hit}
+            | ({"coverage": hit / n, "interval": exact_interval(hit, n)} if n else {"coverage": None, "interval": None})
+        )
+    return rows
 
 
 def require_selection_split(net: InferenceModel, cfg: Config, data: RunData, name: str = "the checkpoint") -> None:

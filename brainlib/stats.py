@@ -112,6 +112,13 @@ def wilson_interval(k: int, n: int, level: float = CONFIDENCE) -> list[float]:
     return [float(ci.low), float(ci.high)]
 
 
+def exact_interval(k: int, n: int, level: float = CONFIDENCE) -> list[float]:
+    """Clopper-Pearson interval of k successes in n (scipy.stats): never narrower than its level
+    promises, the interval to hold a coverage guarantee against."""
+    ci = sps.binomtest(k, n).proportion_ci(level, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
 def paired_comparison(
     correct_a: np.ndarray,
     correct_b: np.ndarray,

@@ -23,12 +23,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from brainlib.calibration import expected_calibration_error, prediction_sets
+from brainlib.calibration import coverage_by_class, expected_calibration_error, prediction_sets
 from brainlib.checkpoint import best_checkpoint, load_checkpoint
 from brainlib.config import CLASS_NAMES
 from brainlib.errors import SettingsError
 from brainlib.label_audit import AUDIT_DIR, HELD_OUT_CALIBRATION, _check_held_out, audit_table
 from brainlib.ood import detection_auroc
+from brainlib.stats import exact_interval
 
 
 def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
@@ -113,15 +114,14 @@ def coverage_report(
             part = scored & ((on_disk == split) if split != "all" else True)
             if not part.any():
                 continue
-            cells = []
-            for k, name in enumerate(["every class", *CLASS_NAMES]):
-                rows = part & ((labels == k - 1) if k else True)
-                n, hit = int(rows.sum()), int(covered[rows].sum())
-                if not n:
-                    cells.append(f"{name} - (n=0)")
-                    continue
-                low, high = stats.binomtest(hit, n).proportion_ci(0.95, "exact")
-                cells.append(f"{name} {hit / n:.4f} [{low:.3f}, {high:.3f}] (n={n})")
+            n, hit = int(part.sum()), int(covered[part].sum())
+            every = {"class": "every class", "n": n, "coverage": hit / n, "interval": exact_interval(hit, n)}
+            cells = [
+                f"{c['class']} {c['coverage']:.4f} [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}] (n={c['n']})"
+                if c["n"]
+                else f"{c['class']} - (n=0)"
+                for c in [every, *coverage_by_class(sets[part], labels[part])]
+            ]
             size = sets[part].sum(1)
             print(
                 f"  {split}: " + "; ".join(cells) + f"; mean size {size.mean():.3f}, {(size > 1).mean():.1%} uncertain"

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from brainlib.calibration import calibrate, conformal_threshold, prediction_sets
+from brainlib.calibration import calibrate, conformal_threshold, coverage_by_class, prediction_sets
 from brainlib.checkpoint import best_checkpoint, load_for_inference, scored_at
 from brainlib.config import CLASS_NAMES, run_config
 from brainlib.infer import predict_logits
@@ -36,12 +35,12 @@ def coverage_lines(name: str, sets: np.ndarray, labels: np.ndarray, on_disk: np.
         part = on_disk == split
         if not part.any():
             continue
-        cells = []
-        for k, cls in enumerate(CLASS_NAMES):
-            rows = part & (labels == k)
-            n, hit = int(rows.sum()), int(covered[rows].sum())
-            low, high = stats.binomtest(hit, n).proportion_ci(0.95, "exact") if n else (np.nan, np.nan)
-            cells.append(f"{cls} {hit / max(n, 1):.4f} [{low:.3f}, {high:.3f}]")
+        cells = [
+            f"{c['class']} {c['coverage']:.4f} [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}]"
+            if c["n"]
+            else f"{c['class']} -"
+            for c in coverage_by_class(sets[part], labels[part])
+        ]
         size = sets[part].sum(1)
         lines.append(
             f"{name}, {split} ({part.sum()}): {covered[part].mean():.4f}; "

@@ -88,3 +88,18 @@ def test_too_few_calibration_images_give_every_class():
     assert calibration.conformal_threshold(probs, np.zeros(50, int), 0.01) == 1.0  # rank 51 of 50
     assert calibration.prediction_sets(probs, 1.0).all()
     assert calibration.set_coverage(np.zeros((0, 4), bool), np.zeros(0, int))["coverage"] is None
+
+
+def test_coverage_by_class_counts_each_class_with_an_exact_interval():
+    labels = np.array([0] * 10 + [1] * 4 + [3] * 6)  # no image of class 2
+    sets = np.zeros((len(labels), 4), bool)
+    sets[np.arange(len(labels)), labels] = True
+    sets[:3, 0] = False  # three glioma sets miss their class
+    rows = calibration.coverage_by_class(sets, labels)
+    assert [r["class"] for r in rows] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert [(r["n"], r["covered"]) for r in rows] == [(10, 7), (4, 4), (0, 0), (6, 6)]
+    assert rows[0]["coverage"] == 0.7 and rows[2]["coverage"] is None and rows[2]["interval"] is None
+    low, high = rows[0]["interval"]
+    assert low < 0.7 < high and math.isclose(low, 0.3475, abs_tol=1e-4) and math.isclose(high, 0.9333, abs_tol=1e-4)
+    # all 4 covered: the exact lower bound is (0.025)^(1/4), not the point a bootstrap collapses to
+    assert rows[1]["interval"][1] == 1.0 and math.isclose(rows[1]["interval"][0], 0.025 ** (1 / 4))
