@@ -10,7 +10,7 @@ from PIL import Image
 
 from brainlib import calibration, evaluate
 from brainlib.cli import main
-from brainlib.config import CLASS_NAMES
+from brainlib.config import CLASS_NAMES, REPO_ROOT
 from brainlib.loader import load_run_data
 from brainlib.predict import expand_inputs, predict_images
 
@@ -51,6 +51,20 @@ def test_predict_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path, fixture_root
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "bad.pt is not a checkpoint" in err and "\n" not in err
     assert "weights_only" not in err  # never torch's advice to unpickle it anyway
+
+
+def test_a_cam_folder_that_cannot_be_made_is_one_line_before_any_image(tmp_path, fixture_root, capsys):
+    (tmp_path / "a_file").write_text("")
+    image = str(next(fixture_root.rglob("*.jpg")))
+    seed_cnn = str(REPO_ROOT / "checkpoints" / "seed_cnn.pt")
+    rc = main(["predict", image, "--checkpoint", seed_cnn, "--cam", str(tmp_path / "a_file" / "cams")])
+    captured = capsys.readouterr()
+    assert (
+        rc == 2
+        and captured.err.strip()
+        == f"error: --cam {tmp_path / 'a_file' / 'cams'}: cannot make that folder (Not a directory)"
+    )
+    assert "glioma" not in captured.out  # refused before scoring, not after
 
 
 def test_predict_and_evaluate_agree_image_by_image(trained_run, fixture_root):
