@@ -26,7 +26,7 @@ from .config import (
     parse_bool,
     read_run_config,
 )
-from .errors import BrainlibError, SettingsError
+from .errors import BrainlibError, DataError, SettingsError
 
 # Each command's modules are imported when it runs, not here: importing them all (torch, MONAI,
 # TorchIO, scikit-learn, cleanlab) takes seconds, and `--help` or a bad flag should answer at once.
@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrainlibError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if err.filename is None:  # not about a path the user gave: a bug or the machine, keep the traceback
+            raise
+        # a run folder, --out or --cam under a file, on a read-only or missing mount, a full disk
+        print(f"error: {err.strerror or err}: {err.filename}", file=sys.stderr)
+        return DataError.exit_code
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -77,6 +77,14 @@ def test_bench_with_no_steps_to_time_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: --steps must be at least 1, not 0"
 
 
+def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, fixture_root, capsys):
+    (tmp_path / "a_file").write_text("")
+    run = tmp_path / "a_file" / "run"
+    assert main(["prepare", "--run-dir", str(run), "--data-dir", str(fixture_root), "--fast", "true"]) == 3
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"error: Not a directory: {run}" and "Traceback" not in err
+
+
 def test_cli_refuses_an_unknown_recipe(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["prepare", "--recipe", "nope"])
