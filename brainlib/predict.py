@@ -111,9 +111,8 @@ def predict_images(
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     net = load_for_inference(checkpoint, device)
     threshold = set_threshold(net, alpha)
-    if (
-        cam_dir
-    ):  # before any image is scored: a folder that cannot be made is one line, not a traceback at the first overlay
+    # before any image is scored: a folder that cannot be made is one line, not a traceback at the first overlay
+    if cam_dir:
         try:
             Path(cam_dir).mkdir(parents=True, exist_ok=True)
         except OSError as err:

@@ -113,8 +113,8 @@ def wilson_interval(k: int, n: int, level: float = CONFIDENCE) -> list[float]:
 
 
 def exact_interval(k: int, n: int, level: float = CONFIDENCE) -> list[float]:
-    """Clopper-Pearson interval of k successes in n (scipy.stats): never narrower than its level
-    promises, the interval to hold a coverage guarantee against."""
+    """Clopper-Pearson interval of k successes in n (scipy.stats): conservative (it covers at least its
+    level for every n), so a coverage guarantee is checked against it, not against an approximation."""
     ci = sps.binomtest(k, n).proportion_ci(level, method="exact")
     return [float(ci.low), float(ci.high)]
 
