@@ -38,18 +38,22 @@ from brainlib.stats import paired_comparison
 def view_checkpoints(best: Path, sizes: list[int], flip: bool, averages: list[list[int]], tmp: Path) -> dict[str, Path]:
     """{view name: checkpoint}: the fold model at each side (its recipe's test side set to it), the
     model at several sides at once, and the mirror view too at the baseline's side."""
-    views = {}
     name = best.parent.parent.name
-    for size in sizes:
-        views[f"{size} px"] = scored_at(best, size, tmp / f"{name}-{size}.pt")
+    copies: dict[int, Path] = {}  # one copy per side, shared by the views that use it
+
+    def at(size: int) -> Path:
+        if size not in copies:
+            copies[size] = scored_at(best, size, tmp / f"{name}-{size}.pt")
+        return copies[size]
+
+    views = {f"{size} px": at(size) for size in sizes}
     for sides in averages:
-        copies = [scored_at(best, size, tmp / f"{name}-{size}.pt") for size in sides]
         views["+".join(map(str, sides)) + " px"] = save_checkpoint(
-            ensemble_state(copies), tmp / f"{name}-{'+'.join(map(str, sides))}.pt"
+            ensemble_state([at(size) for size in sides]), tmp / f"{name}-{'+'.join(map(str, sides))}.pt"
         )
     if flip:  # at the baseline's side: the first of --sizes, else the model's own
         views["mirror view"] = save_checkpoint(
-            ensemble_state([views[f"{sizes[0]} px"] if sizes else best], flip=True), tmp / f"{name}-flip.pt"
+            ensemble_state([at(sizes[0]) if sizes else best], flip=True), tmp / f"{name}-flip.pt"
         )
     return views
 
