@@ -34,10 +34,10 @@
 #           kornia, cleanlab and termcolor wheels; then the fold models score their held-out Training
 #           images at six sides (scripts/views_out_of_fold.py), to choose the side the recipe scores at
 #
-# What travels is limited to 64 MiB: the tracked tree is 22 MB (16 MB of it the committed
-# checkpoints, which no part needs: move them out of the tree for the call and `git checkout
-# checkpoints` after), the data 34 MB, the Lite weight stand-ins 7-10 MB each; scripts/gpu_kit.sh
-# packs .gpu/ and checks the total.
+# What travels is limited to 64 MiB: the tracked tree is 25 MB (16 MB of it the committed
+# checkpoints and 7.8 MB docs/, which no part needs: both go out of the tree for the call and back
+# after), the data 34 MB, the Lite weight stand-ins 7-10 MB each; scripts/gpu_kit.sh packs .gpu/,
+# checks the total and prints the commands that move the two folders out and back.
 #
 # Run from the project root with a compact copy of the data in .gpu/ (every image resized to 256 px
 # and re-encoded as WebP, 34 MB packed; docs/reproduce.md). `make pipeline` needs none of this.
