@@ -35,7 +35,6 @@ from .errors import CheckpointError, SettingsError
 from .models import (
     Ensemble,
     check_input_sides,
-    create_model,
     ensemble_name,
     fold_for_inference,
     model_entry,
@@ -106,6 +105,15 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     return state
 
 
+def _entry(state: dict):
+    """The registry entry of a checkpoint's model: a name this code does not know makes the file a bad
+    checkpoint (exit 4), not bad settings."""
+    try:
+        return model_entry(state["model_name"])
+    except SettingsError as err:
+        raise CheckpointError(str(err)) from None
+
+
 def model_from_state(state: dict, device: str = "cpu") -> nn.Module:
     """The checkpoint's model with its weights, in eval mode (fp16 exports are upcast to fp32)."""
     if "model_state" not in state:
@@ -114,10 +122,7 @@ def model_from_state(state: dict, device: str = "cpu") -> nn.Module:
         )
     if tuple(state["class_names"]) != CLASS_NAMES:
         raise CheckpointError(f"checkpoint classes {state['class_names']} differ from this code's {list(CLASS_NAMES)}")
-    try:
-        model = create_model(state["model_name"])
-    except SettingsError as err:  # a model this code does not know
-        raise CheckpointError(str(err)) from None
+    model = _entry(state).build(num_classes=len(CLASS_NAMES))
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model_state"].items()}
     try:
         model.load_state_dict(weights)
@@ -262,7 +267,7 @@ def _scoring_model(state: dict, device: str) -> nn.Module:
 
 def _trained_size(state: dict) -> int:
     size = (state.get("config") or {}).get("image_size")
-    return int(size) if size else model_entry(state["model_name"]).input_size
+    return int(size) if size else _entry(state).input_size
 
 
 def scoring_size(state: dict) -> int:
@@ -284,6 +289,7 @@ def scored_at(src: str | Path, size: int, out: str | Path) -> Path:
     again there) instead of taking an old checkpoint's one side for this one."""
     state = load_checkpoint(src)
     if not state.get("members"):  # an ensemble resizes the input to each member's own side
+        _entry(state)
         check_input_sides(state["model_name"], size)
     return save_checkpoint(
         state

@@ -174,6 +174,18 @@ def test_a_model_whose_head_fixes_its_side_is_not_copied_to_score_at_another(tmp
     assert checkpoint.load_for_inference(checkpoint.scored_at(src, 224, tmp_path / "s224.pt")).image_size == 224
 
 
+def test_a_checkpoint_naming_a_model_this_code_does_not_know_is_a_bad_checkpoint(tmp_path):
+    """Not a settings error: the file is what is wrong (exit 4), wherever it is read."""
+    src = checkpoint.save_checkpoint({**_state("seed_cnn"), "model_name": "nope"}, tmp_path / "s.pt")
+    with pytest.raises(CheckpointError, match="unknown model"):
+        checkpoint.scored_at(src, 224, tmp_path / "s224.pt")
+    assert not (tmp_path / "s224.pt").exists()
+    with pytest.raises(CheckpointError, match="unknown model"):
+        checkpoint.scoring_size(checkpoint.load_checkpoint(src))
+    with pytest.raises(CheckpointError, match="unknown model"):
+        checkpoint.load_for_inference(src)
+
+
 def test_a_copy_scored_at_another_side_drops_the_calibration_of_the_side_it_had(tmp_path):
     """An older checkpoint (no calibrated_size: calibrated at its one side) copied to score at 128 px must
     not pass its 96-px temperature off as fitted at 128; copied back to 96 it keeps it."""
