@@ -73,6 +73,8 @@ class SeedCNN(nn.Module):
     """The reference network: three blocks of two 3x3 conv-BN-ReLU and a 2x2 max-pool
     (16, 32, 64 channels), then dropout 0.2 and one linear layer on the flattened 64x28x28."""
 
+    input_side = 224  # the flattened head is sized for it; the registry entry says so too
+
     def __init__(
         self, num_classes: int = len(CLASS_NAMES), widths: tuple[int, ...] = (16, 32, 64), dropout: float = 0.2
     ):
@@ -82,19 +84,24 @@ class SeedCNN(nn.Module):
             layers += [*conv_bn_relu(cin, width), *conv_bn_relu(width, width), nn.MaxPool2d(2)]
             cin = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin * 28 * 28, num_classes))
+        side = self.input_side >> len(widths)  # each block's max-pool halves the side
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin * side * side, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the flattened head fixes the input size: say so instead of a matmul error (skipped while add_graph traces)
-        if not torch.jit.is_tracing() and x.shape[-2:] != (224, 224):
+        side = self.input_side
+        if not torch.jit.is_tracing() and x.shape[-2:] != (side, side):
             raise SettingsError(
-                f"seed_cnn takes 224x224 input (its linear head is sized for it), got {tuple(x.shape[-2:])}: use image_size=224"
+                f"seed_cnn takes {side}x{side} input (its linear head is sized for it), got {tuple(x.shape[-2:])}: "
+                f"use image_size={side}"
             )
         return self.head(self.features(x))
 
 
 @register(
-    input_size=224, cam_layer=lambda m: [x for x in m.features if isinstance(x, nn.ReLU)][-1], fixed_input_size=True
+    input_size=SeedCNN.input_side,
+    cam_layer=lambda m: [x for x in m.features if isinstance(x, nn.ReLU)][-1],
+    fixed_input_size=True,
 )
 def seed_cnn(num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     return SeedCNN(num_classes)
