@@ -51,6 +51,13 @@ export PYTHONUNBUFFERED=1
 DEADLINE_S=${DEADLINE_S:-540}
 # Only a few files may come back from a rented machine: every result goes to a staging folder,
 # packed into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
+# At most 8 files come back: results.tgz, steps.tsv and the half exports (robust 4, top 6), so parts
+# whose exports add up to more than 6 are refused before anything runs rather than lost at the end.
+exports=0
+for PART in "$@"; do
+    case $PART in robust) exports=$((exports + 4)) ;; top) exports=$((exports + 6)) ;; esac
+done
+[ "$exports" -le 6 ] || { echo "these parts export $exports checkpoints, but only 6 come back beside results.tgz and steps.tsv: run robust and top in separate calls" >&2; exit 2; }
 RESULTS=${OUT:-/tmp/cuda-out}
 OUT=/tmp/cuda-stage
 mkdir -p "$OUT" "$RESULTS"
