@@ -289,7 +289,7 @@ def scored_at(src: str | Path, size: int, out: str | Path) -> Path:
     again there) instead of taking an old checkpoint's one side for this one."""
     state = load_checkpoint(src)
     if not state.get("members"):  # an ensemble resizes the input to each member's own side
-        _entry(state)
+        _entry(state)  # an unknown model makes the file a bad checkpoint, before the side check calls it bad settings
         check_input_sides(state["model_name"], size)
     return save_checkpoint(
         state
