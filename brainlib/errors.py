@@ -19,7 +19,8 @@ class SettingsError(BrainlibError, ValueError):
 
 
 class DataError(BrainlibError):
-    """The data folder is missing or not laid out as expected, or a run lacks its manifest."""
+    """The data folder is missing or not laid out as expected, a run lacks its manifest, or a folder to
+    write into cannot be made (the code the command line also gives an OSError naming a path)."""
 
     exit_code = 3
 

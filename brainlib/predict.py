@@ -116,7 +116,7 @@ def predict_images(
         try:
             Path(cam_dir).mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise SettingsError(f"--cam {cam_dir}: cannot make that folder ({err.strerror})") from None
+            raise DataError(f"--cam {cam_dir}: cannot make that folder ({err.strerror})") from None
     report = {
         "checkpoint": _shown(checkpoint),
         "model": net.model_name,

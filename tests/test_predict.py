@@ -60,7 +60,7 @@ def test_a_cam_folder_that_cannot_be_made_is_one_line_before_any_image(tmp_path,
     rc = main(["predict", image, "--checkpoint", seed_cnn, "--cam", str(tmp_path / "a_file" / "cams")])
     captured = capsys.readouterr()
     assert (
-        rc == 2
+        rc == 3  # as for any folder that cannot be made
         and captured.err.strip()
         == f"error: --cam {tmp_path / 'a_file' / 'cams'}: cannot make that folder (Not a directory)"
     )
