@@ -99,7 +99,8 @@ def validation_table(checkpoints: dict[str, Path], compact: Path, out: Path) -> 
                  "--out", str(path), "--run-dir", str(out / "carve"), "--device", "cpu"],
                 out / "logs" / f"ensemble-{name}.log", data_dir=str(compact),
             )  # fmt: skip
-            record.write_text(json.dumps(json.loads(printed[printed.index("{") :])["validation"]["ensemble"]))
+            report = json.loads(printed[printed.rfind("\n{") + 1 :])  # the JSON it prints last
+            record.write_text(json.dumps(report["validation"]["ensemble"]))
         scores = json.loads(record.read_text())
         rows.append({"name": name, "checkpoint": str(path), "passes": len(members) * (2 if flip else 1)} | scores)
         print(f"validation: ensemble {name} {scores['accuracy']:.2%}, log-loss {scores['nll']:.4f}")
