@@ -73,13 +73,14 @@ def validation_table(checkpoints: dict[str, Path], compact: Path, out: Path) -> 
     """Validation accuracy and log-loss of the exports and their ensembles, one row each."""
     # the carve the exports were selected on: their settings, on the compact copy they were trained on
     # (a smoke run of the batch selects on a sample of it: `fast`)
-    first = load_checkpoint(checkpoints[INCUMBENT])
-    here = Config(run_dir=str(out / "carve"), data_dir=str(compact), device="cpu", fast=first["config"]["fast"])
+    states = {name: load_checkpoint(path) for name, path in checkpoints.items()}
+    fast = states[INCUMBENT]["config"]["fast"]
+    here = Config(run_dir=str(out / "carve"), data_dir=str(compact), device="cpu", fast=fast)
     cfg = trained_config(checkpoints[INCUMBENT], here)
     if not (out / "carve" / "manifest.csv").exists():
         prepare_run(cfg)
     # scored only on a carve every one of them held out
-    check_one_carve([load_checkpoint(p) for p in checkpoints.values()], list(checkpoints))
+    check_one_carve(list(states.values()), list(states))
     data, device = load_run_data(cfg), setup_torch(cfg)
     rows = []
     for name, path in checkpoints.items():
@@ -131,7 +132,7 @@ def main() -> int:
     table = validation_table(found, args.compact_data, args.out)
     choice = choose_on_validation(table, INCUMBENT)
     (args.out / "choice.json").write_text(json.dumps(choice | {"scores": table.to_dict("records")}, indent=2))
-    shown = table.sort_values(["right", "nll", "passes"], ascending=[False, True, True])
+    shown = table.set_index("name").loc[choice["ranking"]].reset_index()  # in the rule's order
     (args.out / "choice.md").write_text(
         f"Validation ({int(table['n'].iloc[0])} images of the compact copy's carve, split seed 42), scored on "
         f"this machine; the rule in brainlib.compare.choose_on_validation:\n\n"
