@@ -74,13 +74,13 @@ def validation_table(checkpoints: dict[str, Path], compact: Path, out: Path) -> 
     # the carve the exports were selected on: their settings, on the compact copy they were trained on
     # (a smoke run of the batch selects on a sample of it: `fast`)
     states = {name: load_checkpoint(path) for name, path in checkpoints.items()}
+    # scored only on a carve every one of them held out: refused before the compact copy is scanned
+    check_one_carve(list(states.values()), list(states))
     fast = states[INCUMBENT]["config"]["fast"]
     here = Config(run_dir=str(out / "carve"), data_dir=str(compact), device="cpu", fast=fast)
     cfg = trained_config(checkpoints[INCUMBENT], here)
     if not (out / "carve" / "manifest.csv").exists():
         prepare_run(cfg)
-    # scored only on a carve every one of them held out
-    check_one_carve(list(states.values()), list(states))
     data, device = load_run_data(cfg), setup_torch(cfg)
     rows = []
     for name, path in checkpoints.items():
