@@ -1,9 +1,24 @@
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def script():
+    """Import one of scripts/*.py as a module, by its name without the suffix."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture

@@ -1,24 +1,13 @@
 """scripts/audit_finished_folds.py: the report on "no tumour" images a reader saw a lesion in compares them with
 the other scored "no tumour" images of their split, and leaves unscored ones out."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "audit_finished_folds.py"
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("audit_finished_folds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_lesion_report_counts_against_the_split_peers(capsys):
+def test_lesion_report_counts_against_the_split_peers(capsys, script):
     # rows 0-3 listed lesions (row 3 not scored yet), 4-11 other Testing "no tumour", 12-13 Training "no tumour"
     # (another split: not peers), 14 a Testing glioma (another class: not a peer)
     split = ["Testing"] * 12 + ["Training"] * 2 + ["Testing"]
@@ -35,14 +24,14 @@ def test_lesion_report_counts_against_the_split_peers(capsys):
     probs[12, 2], probs[12, 0] = 0.1, 0.9  # a Training image called glioma: not counted
     scored = np.ones(15, bool)
     scored[3] = False
-    _script().lesion_report(manifest, probs, scored, manifest["path"][:4].tolist())
+    script("audit_finished_folds").lesion_report(manifest, probs, scored, manifest["path"][:4].tolist())
     out = capsys.readouterr().out
     assert "lesion images scored: 3 of 4; called a tumour: 2 (0, 1) against 1 of the other 8" in out
     # p(notumor) of the lesions 0.2, 0.2, 0.6 against 0.4 and seven 0.97: 23 of 24 pairs ordered, none tied
     assert "AUROC 0.96" in out
 
 
-def test_coverage_report_uses_each_fold_models_own_thresholds(tmp_path, capsys):
+def test_coverage_report_uses_each_fold_models_own_thresholds(tmp_path, capsys, script):
     from brainlib.checkpoint import save_checkpoint
 
     # fold 0's 99 % threshold keeps only classes at p >= 0.7; fold 1's keeps every class at p >= 0.1
@@ -66,7 +55,7 @@ def test_coverage_report_uses_each_fold_models_own_thresholds(tmp_path, capsys):
         }
     )
     folds = pd.DataFrame({"path": manifest["path"], "fold": [0, 0, 1, 1]})
-    _script().coverage_report(audit, folds, manifest, probs, [0, 1])
+    script("audit_finished_folds").coverage_report(audit, folds, manifest, probs, [0, 1])
     out = capsys.readouterr().out
     # fold 0's sets hold class 0 alone (misses), fold 1's hold both classes (covers): half covered, sizes 1 and 2
     assert "99% prediction sets out of fold" in out
@@ -77,5 +66,5 @@ def test_coverage_report_uses_each_fold_models_own_thresholds(tmp_path, capsys):
     # a fold scored again at another side than its model's carries the thresholds fitted there: those count
     record = {"scoring_size": 272, "temperature": 1.0, "conformal": {"thresholds": {"0.01": 0.9, "0.05": 0.0}}}
     (audit / "fold0" / "held_out_calibration.json").write_text(json.dumps(record))
-    _script().coverage_report(audit, folds, manifest, probs, [0, 1])
+    script("audit_finished_folds").coverage_report(audit, folds, manifest, probs, [0, 1])
     assert "Training: every class 1.0000" in capsys.readouterr().out

@@ -1,22 +1,12 @@
 """scripts/cross_fold_coverage.py: a fold's cross-fold thresholds come from the other folds' Training images only,
 per class where asked, and each image's set uses its own fold's thresholds."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cross_fold_coverage.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("cross_fold_coverage", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fold(audit: Path, fold: int, rows: list[tuple[str, list[float]]], carve: float) -> None:
@@ -55,16 +45,16 @@ def audit(tmp_path):
     return audit
 
 
-def test_thresholds_from_the_other_folds_training_images(audit):
-    script = _script()
-    images, probs, carve = script.read_folds(audit)
+def test_thresholds_from_the_other_folds_training_images(audit, script):
+    module = script("cross_fold_coverage")
+    images, probs, carve = module.read_folds(audit)
     assert images["fold"].tolist() == [0, 0, 1, 1, 1, 1, 1, 2, 2]
     assert images["label_idx"].tolist() == [0, 1, 0, 0, 1, 1, 0, 0, 1]
-    one, per_class = script.cross_fold_thresholds(probs, images, 0, 0.5)
+    one, per_class = module.cross_fold_thresholds(probs, images, 0, 0.5)
     # glioma scores 0.1, 0.2, 0.3 and meningioma 0.4, 0.5, 0.6: the rank ceil((n + 1) * 0.5) of each
     assert one == pytest.approx(0.4)
     np.testing.assert_allclose(per_class, [0.2, 0.5, 1.0, 1.0])  # no calibration image of a class: every set
-    kinds = script.all_sets(probs, images, carve, 0.5)
+    kinds = module.all_sets(probs, images, carve, 0.5)
     # b (meningioma 0.5, glioma 0.45): fold 0's own carve 0.6 adds glioma (score 0.55), the cross-fold 0.4 does not
     assert kinds["fold carve"][1].tolist() == [True, True, False, False]
     assert kinds["cross-fold, one"][1].tolist() == [False, True, False, False]
@@ -72,16 +62,16 @@ def test_thresholds_from_the_other_folds_training_images(audit):
     assert kinds["cross-fold, per class"][1].tolist() == [False, True, True, True]
 
 
-def test_report_names_each_testing_image_outside_its_set(audit, monkeypatch, capsys):
+def test_report_names_each_testing_image_outside_its_set(audit, monkeypatch, capsys, script):
     monkeypatch.setattr(sys, "argv", ["cross_fold_coverage.py", str(audit), "--alpha", "0.5", "--verdicts", ""])
-    _script().main()
+    script("cross_fold_coverage").main()
     out = capsys.readouterr().out
     # fold 1's Testing glioma at p 0.01: folds 0 and 2 give glioma scores 0.95 and 0.3 (threshold 0.95), 0.99 is above
     assert "Testing images outside their per-class set: 1" in out
     assert "Testing/glioma/g.jpg: p(given) 0.010, answered meningioma 0.990; verdict: -" in out
 
 
-def test_a_missing_alpha_is_one_line(audit, monkeypatch):
+def test_a_missing_alpha_is_one_line(audit, monkeypatch, script):
     monkeypatch.setattr(sys, "argv", ["cross_fold_coverage.py", str(audit), "--alpha", "0.01"])
     with pytest.raises(SystemExit, match="no carve threshold at alpha 0.01"):
-        _script().main()
+        script("cross_fold_coverage").main()
