@@ -36,7 +36,7 @@ import pandas as pd
 
 from .atomic import atomic_path, save_npy, write_text
 from .calibration import calibrate, calibration_of
-from .checkpoint import InferenceModel, best_checkpoint, load_for_inference, scored_at
+from .checkpoint import InferenceModel, best_checkpoint, load_checkpoint, load_for_inference, scored_at
 from .config import CLASS_NAMES, Config
 from .data import assign_splits
 from .errors import SettingsError
@@ -49,6 +49,16 @@ AUDIT_DIR = "label_audit"
 # the side a fold's held_out_probs.npy were scored at, with the temperature and conformal thresholds fitted there
 HELD_OUT_CALIBRATION = "held_out_calibration.json"
 DEFAULT_FOLDS = 5
+
+
+def held_out_thresholds(fold_dir: Path) -> dict:
+    """The conformal thresholds (by alpha) that go with a fold's stored held-out probabilities: those fitted at
+    the side they were scored at (recorded when a fold is scored at another side than its model's), else the
+    fold model's own."""
+    recorded = Path(fold_dir) / HELD_OUT_CALIBRATION
+    if recorded.exists():
+        return json.loads(recorded.read_text())["conformal"]["thresholds"]
+    return load_checkpoint(best_checkpoint(fold_dir))["conformal"]["thresholds"]
 
 
 def assign_folds(manifest: pd.DataFrame, k: int, seed: int, group_column: str = "near_group") -> np.ndarray:

@@ -24,10 +24,9 @@ import pandas as pd
 from scipy import stats
 
 from brainlib.calibration import coverage_by_class, expected_calibration_error, prediction_sets
-from brainlib.checkpoint import best_checkpoint, load_checkpoint
 from brainlib.config import CLASS_NAMES
 from brainlib.errors import SettingsError
-from brainlib.label_audit import AUDIT_DIR, HELD_OUT_CALIBRATION, _check_held_out, audit_table
+from brainlib.label_audit import AUDIT_DIR, _check_held_out, audit_table, held_out_thresholds
 from brainlib.ood import detection_auroc
 from brainlib.stats import exact_interval
 
@@ -80,16 +79,6 @@ def lesion_report(manifest: pd.DataFrame, probs: np.ndarray, scored: np.ndarray,
     )
 
 
-def fold_thresholds(fold_dir: Path) -> dict:
-    """The conformal thresholds that go with a fold's stored probabilities: those fitted at the side they
-    were scored at (the audit records them when it scores a fold at another side than its model's), else
-    the fold model's own."""
-    recorded = fold_dir / HELD_OUT_CALIBRATION
-    if recorded.exists():
-        return json.loads(recorded.read_text())["conformal"]["thresholds"]
-    return load_checkpoint(best_checkpoint(fold_dir))["conformal"]["thresholds"]
-
-
 def coverage_report(
     audit: Path, folds: pd.DataFrame, manifest: pd.DataFrame, probs: np.ndarray, done: list[int]
 ) -> None:
@@ -101,7 +90,7 @@ def coverage_report(
     labels = manifest["label_idx"].to_numpy()
     on_disk = manifest["split_on_disk"].to_numpy()
     fold_of = folds["fold"].to_numpy()
-    thresholds = {fold: fold_thresholds(audit / f"fold{fold}") for fold in done}
+    thresholds = {fold: held_out_thresholds(audit / f"fold{fold}") for fold in done}
     scored = np.isin(fold_of, done)
     for alpha in sorted(thresholds[done[0]], key=float):
         sets = np.zeros(probs.shape, bool)

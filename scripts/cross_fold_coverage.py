@@ -8,7 +8,8 @@ checkpoint stores).
         [--verdicts docs/label_audit/verdicts.csv]
 
 Reads only what the audit commits per fold (held_out_paths.txt, held_out_probs.npy, already
-temperature-scaled, and held_out_calibration.json), so it runs from a fresh clone in seconds. The calibration
+temperature-scaled, and held_out_calibration.json; in a run folder without that file, the fold model's own
+thresholds), so it runs from a fresh clone in seconds. The calibration
 scores come from other fold models than the one scoring the image (cross-conformal), whose guarantee is
 1 - 2 alpha in the worst case rather than 1 - alpha; the Training rows check it where the images are
 exchangeable with the calibration ones.
@@ -17,7 +18,6 @@ exchangeable with the calibration ones.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import pandas as pd
 
 from brainlib.calibration import conformal_threshold, coverage_by_class, prediction_sets
 from brainlib.config import CLASS_NAMES
-from brainlib.label_audit import HELD_OUT_CALIBRATION
+from brainlib.label_audit import held_out_thresholds
 
 
 def read_folds(audit: Path) -> tuple[pd.DataFrame, np.ndarray, dict[int, dict]]:
@@ -41,7 +41,7 @@ def read_folds(audit: Path) -> tuple[pd.DataFrame, np.ndarray, dict[int, dict]]:
         fold_probs = np.load(fold_dir / "held_out_probs.npy")
         if len(fold_probs) != len(paths):
             raise SystemExit(f"error: {fold_dir} holds {len(fold_probs)} probabilities for {len(paths)} paths")
-        carve[fold] = json.loads((fold_dir / HELD_OUT_CALIBRATION).read_text())["conformal"]["thresholds"]
+        carve[fold] = held_out_thresholds(fold_dir)
         rows += [(p, p.split("/")[0], CLASS_NAMES.index(p.split("/")[1]), fold) for p in paths]
         probs.append(fold_probs)
     return pd.DataFrame(rows, columns=["path", "split_on_disk", "label_idx", "fold"]), np.concatenate(probs), carve
