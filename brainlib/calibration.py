@@ -85,6 +85,18 @@ def conformal_threshold(calibration_probs: np.ndarray, calibration_labels: np.nd
     return 1.0 if rank > len(scores) else float(scores[rank - 1])
 
 
+def class_conditional_thresholds(
+    calibration_probs: np.ndarray, calibration_labels: np.ndarray, alpha: float
+) -> np.ndarray:
+    """One split-conformal threshold per class (Mondrian), each from that class's calibration images alone;
+    `prediction_sets` takes the array in place of the one threshold. A class with too few images gets 1."""
+    probs = np.asarray(calibration_probs, float)
+    labels = np.asarray(calibration_labels, int)
+    return np.array(
+        [conformal_threshold(probs[labels == k], labels[labels == k], alpha) for k in range(probs.shape[1])]
+    )
+
+
 def prediction_sets(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Boolean (n, C): class k is in image i's set when 1 - p_ik <= threshold. Never empty: the
     most probable class is always kept (it changes coverage only upwards)."""

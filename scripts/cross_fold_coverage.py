@@ -23,7 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainlib.calibration import conformal_threshold, coverage_by_class, prediction_sets
+from brainlib.calibration import (
+    class_conditional_thresholds,
+    conformal_threshold,
+    coverage_by_class,
+    prediction_sets,
+)
 from brainlib.config import CLASS_NAMES
 from brainlib.label_audit import held_out_thresholds
 
@@ -53,21 +58,18 @@ def cross_fold_thresholds(probs: np.ndarray, images: pd.DataFrame, fold: int, al
     labels = images["label_idx"].to_numpy()
     calibration = (images["fold"] != fold).to_numpy() & (images["split_on_disk"] == "Training").to_numpy()
     one = conformal_threshold(probs[calibration], labels[calibration], alpha)
-    per_class = np.array(
-        [
-            conformal_threshold(probs[calibration & (labels == k)], labels[calibration & (labels == k)], alpha)
-            for k in range(len(CLASS_NAMES))
-        ]
-    )
-    return one, per_class
+    return one, class_conditional_thresholds(probs[calibration], labels[calibration], alpha)
 
 
-def all_sets(probs: np.ndarray, images: pd.DataFrame, carve: dict[int, dict], alpha: float) -> dict[str, np.ndarray]:
-    """Each image's set under the three calibrations, each from its own fold's thresholds."""
+def all_sets(
+    probs: np.ndarray, images: pd.DataFrame, carve: dict[int, dict], cross: dict[int, tuple], alpha: float
+) -> dict[str, np.ndarray]:
+    """Each image's set under the three calibrations, each from its own fold's thresholds (`cross`: each
+    fold's `cross_fold_thresholds`)."""
     kinds = {name: np.zeros(probs.shape, bool) for name in ("fold carve", "cross-fold, one", "cross-fold, per class")}
     for fold in sorted(carve):
         rows = (images["fold"] == fold).to_numpy()
-        one, per_class = cross_fold_thresholds(probs, images, fold, alpha)
+        one, per_class = cross[fold]
         kinds["fold carve"][rows] = prediction_sets(probs[rows], carve[fold][str(alpha)])
         kinds["cross-fold, one"][rows] = prediction_sets(probs[rows], one)
         kinds["cross-fold, per class"][rows] = prediction_sets(probs[rows], per_class)
@@ -95,13 +97,13 @@ def main() -> None:
     if any(str(args.alpha) not in thresholds for thresholds in carve.values()):
         raise SystemExit(f"error: the folds store no carve threshold at alpha {args.alpha}")
     labels = images["label_idx"].to_numpy()
-    for fold in sorted(carve):
-        one, per_class = cross_fold_thresholds(probs, images, fold, args.alpha)
+    cross = {fold: cross_fold_thresholds(probs, images, fold, args.alpha) for fold in sorted(carve)}
+    for fold, (one, per_class) in cross.items():
         print(
             f"fold {fold}: carve {carve[fold][str(args.alpha)]:.4f}; cross-fold one {one:.4f}, "
             f"per class {np.round(per_class, 4).tolist()}"
         )
-    kinds = all_sets(probs, images, carve, args.alpha)
+    kinds = all_sets(probs, images, carve, cross, args.alpha)
     for name, sets in kinds.items():
         print(f"{1 - args.alpha:.0%} sets, {name}:")
         for split in ("Training", "Testing"):

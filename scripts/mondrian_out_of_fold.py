@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainlib.calibration import calibrate, conformal_threshold, coverage_by_class, prediction_sets
+from brainlib.calibration import (
+    calibrate,
+    class_conditional_thresholds,
+    conformal_threshold,
+    coverage_by_class,
+    prediction_sets,
+)
 from brainlib.checkpoint import best_checkpoint, load_for_inference, scored_at
 from brainlib.config import CLASS_NAMES, run_config
 from brainlib.infer import predict_logits
@@ -80,9 +86,7 @@ def main() -> None:
             val_probs = calibrate(predict_logits(net.model, val, "cpu"), temperature).numpy()
             val_labels = val.labels.cpu().numpy()
         one = conformal_threshold(val_probs, val_labels, args.alpha)
-        each = np.array(
-            [conformal_threshold(val_probs[val_labels == k], val_labels[val_labels == k], args.alpha) for k in range(4)]
-        )
+        each = class_conditional_thresholds(val_probs, val_labels, args.alpha)
         counts = [int((val_labels == k).sum()) for k in range(len(CLASS_NAMES))]
         print(
             f"fold {fold}: threshold {one:.4f}; per class {np.round(each, 4).tolist()} from {counts} images", flush=True

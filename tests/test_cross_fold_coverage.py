@@ -54,7 +54,8 @@ def test_thresholds_from_the_other_folds_training_images(audit, script):
     # glioma scores 0.1, 0.2, 0.3 and meningioma 0.4, 0.5, 0.6: the rank ceil((n + 1) * 0.5) of each
     assert one == pytest.approx(0.4)
     np.testing.assert_allclose(per_class, [0.2, 0.5, 1.0, 1.0])  # no calibration image of a class: every set
-    kinds = module.all_sets(probs, images, carve, 0.5)
+    cross = {fold: module.cross_fold_thresholds(probs, images, fold, 0.5) for fold in carve}
+    kinds = module.all_sets(probs, images, carve, cross, 0.5)
     # b (meningioma 0.5, glioma 0.45): fold 0's own carve 0.6 adds glioma (score 0.55), the cross-fold 0.4 does not
     assert kinds["fold carve"][1].tolist() == [True, True, False, False]
     assert kinds["cross-fold, one"][1].tolist() == [False, True, False, False]
