@@ -141,6 +141,23 @@ def coverage_by_class(sets: np.ndarray, labels: np.ndarray) -> list[dict]:
     return rows
 
 
+def coverage_text(sets: np.ndarray, labels: np.ndarray) -> str:
+    """One line for a report: coverage over every class and per class, each with its exact 95 % interval
+    and its count, then the mean set size and the share of sets with more than one class."""
+    labels = np.asarray(labels, int)
+    n, hit = len(labels), int(sets[np.arange(len(labels)), labels].sum())
+    every = {"class": "every class", "n": n} | ({"coverage": hit / n, "interval": exact_interval(hit, n)} if n else {})
+    cells = [
+        f"{c['class']} {c['coverage']:.4f} [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}] (n={c['n']})"
+        if c["n"]
+        else f"{c['class']} - (n=0)"
+        for c in [every, *coverage_by_class(sets, labels)]
+    ]
+    size = sets.sum(1)
+    spread = f"mean size {size.mean():.3f}, {(size > 1).mean():.1%} uncertain" if n else "no sets"
+    return "; ".join(cells) + f"; {spread}"
+
+
 def require_selection_split(net: InferenceModel, cfg: Config, data: RunData, name: str = "the checkpoint") -> None:
     """Refuse to fit on a validation split other than the one that selected the checkpoint (where it
     records it, `val_digest`): on another carve, some "validation" images would be images it trained

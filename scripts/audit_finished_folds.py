@@ -23,12 +23,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from brainlib.calibration import coverage_by_class, expected_calibration_error, prediction_sets
+from brainlib.calibration import coverage_text, expected_calibration_error, prediction_sets
 from brainlib.config import CLASS_NAMES
 from brainlib.errors import SettingsError
 from brainlib.label_audit import AUDIT_DIR, _check_held_out, audit_table, held_out_thresholds
 from brainlib.ood import detection_auroc
-from brainlib.stats import exact_interval
 
 
 def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
@@ -97,24 +96,12 @@ def coverage_report(
         for fold in done:
             rows = fold_of == fold
             sets[rows] = prediction_sets(probs[rows], thresholds[fold][alpha])
-        covered = sets[np.arange(len(labels)), np.where(scored, labels, 0)]
         print(f"{1 - float(alpha):.0%} prediction sets out of fold (each fold model's own thresholds):")
         for split in ("Training", "Testing", "all"):
             part = scored & ((on_disk == split) if split != "all" else True)
             if not part.any():
                 continue
-            n, hit = int(part.sum()), int(covered[part].sum())
-            every = {"class": "every class", "n": n, "coverage": hit / n, "interval": exact_interval(hit, n)}
-            cells = [
-                f"{c['class']} {c['coverage']:.4f} [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}] (n={c['n']})"
-                if c["n"]
-                else f"{c['class']} - (n=0)"
-                for c in [every, *coverage_by_class(sets[part], labels[part])]
-            ]
-            size = sets[part].sum(1)
-            print(
-                f"  {split}: " + "; ".join(cells) + f"; mean size {size.mean():.3f}, {(size > 1).mean():.1%} uncertain"
-            )
+            print(f"  {split}: {coverage_text(sets[part], labels[part])}")
     for split in ("Training", "Testing", "all"):
         part = scored & ((on_disk == split) if split != "all" else True)
         if not part.any():

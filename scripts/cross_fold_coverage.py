@@ -26,7 +26,7 @@ import pandas as pd
 from brainlib.calibration import (
     class_conditional_thresholds,
     conformal_threshold,
-    coverage_by_class,
+    coverage_text,
     prediction_sets,
 )
 from brainlib.config import CLASS_NAMES
@@ -76,17 +76,6 @@ def all_sets(
     return kinds
 
 
-def coverage_line(sets: np.ndarray, labels: np.ndarray) -> str:
-    covered = sets[np.arange(len(labels)), labels]
-    cells = [
-        f"{c['class']} {c['coverage']:.3f} [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}]"
-        for c in coverage_by_class(sets, labels)
-        if c["n"]
-    ]
-    size = sets.sum(1)
-    return f"{covered.mean():.4f}; " + "; ".join(cells) + f"; mean size {size.mean():.3f}, {(size > 1).mean():.1%} two+"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("audit_dir", help="a label audit's folder: docs/label_audit or runs/<audit>/label_audit")
@@ -108,7 +97,7 @@ def main() -> None:
         print(f"{1 - args.alpha:.0%} sets, {name}:")
         for split in ("Training", "Testing"):
             part = (images["split_on_disk"] == split).to_numpy()
-            print(f"  {split} ({part.sum()}): {coverage_line(sets[part], labels[part])}")
+            print(f"  {split}: {coverage_text(sets[part], labels[part])}")
     verdicts = (
         pd.read_csv(args.verdicts) if Path(args.verdicts).is_file() else pd.DataFrame(columns=["path", "verdict"])
     )

@@ -24,7 +24,7 @@ from brainlib.calibration import (
     calibrate,
     class_conditional_thresholds,
     conformal_threshold,
-    coverage_by_class,
+    coverage_text,
     prediction_sets,
 )
 from brainlib.checkpoint import best_checkpoint, load_for_inference, scored_at
@@ -32,28 +32,6 @@ from brainlib.config import CLASS_NAMES, run_config
 from brainlib.infer import predict_logits
 from brainlib.label_audit import AUDIT_DIR, HELD_OUT_CALIBRATION, fold_run_data
 from brainlib.loader import load_run_data, split_batches
-
-
-def coverage_lines(name: str, sets: np.ndarray, labels: np.ndarray, on_disk: np.ndarray) -> list[str]:
-    covered = sets[np.arange(len(labels)), labels]
-    lines = []
-    for split in ("Training", "Testing"):
-        part = on_disk == split
-        if not part.any():
-            continue
-        cells = [
-            f"{c['class']} {c['coverage']:.4f} [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}]"
-            if c["n"]
-            else f"{c['class']} -"
-            for c in coverage_by_class(sets[part], labels[part])
-        ]
-        size = sets[part].sum(1)
-        lines.append(
-            f"{name}, {split} ({part.sum()}): {covered[part].mean():.4f}; "
-            + "; ".join(cells)
-            + f"; mean size {size.mean():.3f}, {(size > 1).mean():.1%} uncertain"
-        )
-    return lines
 
 
 def main() -> None:
@@ -95,7 +73,10 @@ def main() -> None:
         per_class[rows] = prediction_sets(probs[rows], each)
     print(f"{1 - args.alpha:.0%} sets out of fold:")
     for name, sets in (("one threshold", marginal), ("per class (Mondrian)", per_class)):
-        print("\n".join(coverage_lines(name, sets, labels, on_disk)))
+        for split in ("Training", "Testing"):
+            part = on_disk == split
+            if part.any():
+                print(f"{name}, {split}: {coverage_text(sets[part], labels[part])}")
 
 
 if __name__ == "__main__":

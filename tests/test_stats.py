@@ -103,3 +103,17 @@ def test_coverage_by_class_counts_each_class_with_an_exact_interval():
     assert low < 0.7 < high and math.isclose(low, 0.3475, abs_tol=1e-4) and math.isclose(high, 0.9333, abs_tol=1e-4)
     # all 4 covered: the exact lower bound is (0.025)^(1/4), not the point a bootstrap collapses to
     assert rows[1]["interval"][1] == 1.0 and math.isclose(rows[1]["interval"][0], 0.025 ** (1 / 4))
+
+
+def test_coverage_text_gives_every_class_each_class_and_the_set_sizes_in_one_line():
+    labels = np.array([0] * 10 + [1] * 4 + [3] * 6)  # no image of class 2
+    sets = np.zeros((len(labels), 4), bool)
+    sets[np.arange(len(labels)), labels] = True
+    sets[:3, 0] = False  # three glioma sets miss their class
+    sets[10:12, 2] = True  # two meningioma sets also hold "no tumour"
+    text = calibration.coverage_text(sets, labels)
+    assert text.startswith("every class 0.8500 [")
+    assert "(n=20); glioma 0.7000 [0.348, 0.933] (n=10); meningioma 1.0000" in text
+    assert "; notumor - (n=0); pituitary 1.0000" in text
+    assert text.endswith("; mean size 0.950, 10.0% uncertain")  # 3 empty sets, 2 of two classes
+    assert calibration.coverage_text(np.zeros((0, 4), bool), np.zeros(0, int)).endswith("no sets")
