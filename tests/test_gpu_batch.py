@@ -45,3 +45,80 @@ def test_taking_up_the_top_part_needs_the_run_that_stands_in_for_the_committed_d
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: no default-s42.pt in {fetched}: the choice is made against it"
     assert not (tmp_path / "top").exists()
+
+
+FAKE_PYTHON = r"""#!/bin/bash
+# stands in for python: records each brainlib command and leaves the files the next step reads
+[ "$1" = -m ] || exit 0  # the machine report's `python -c` probes
+shift 2
+echo "$*" >>"$CALLS"
+run=
+for ((i = 1; i <= $#; i++)); do [ "${!i}" = --run-dir ] && j=$((i + 1)) && run=${!j}; done
+case $1 in
+prepare) mkdir -p "$run" ;;
+train) mkdir -p "$run/checkpoints" && touch "$run/checkpoints/best.pt" ;;
+evaluate) touch "$run/metrics.json" ;;
+export) cp "$2" "$3" ;;
+esac
+"""
+
+
+def run_top_part(tmp_path, deadline_s: int):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    out, calls = tmp_path / "out", tmp_path / "calls.txt"
+    env = {**os.environ, "OUT": str(out), "PY": str(fake), "CALLS": str(calls), "DEADLINE_S": str(deadline_s)}
+    env |= {"RUNS": str(tmp_path / "runs"), "BRAIN_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        ["bash", "scripts/cuda_session.sh", "top"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return out, calls.read_text().splitlines(), result.stdout
+
+
+def test_the_top_part_runs_the_plan_that_after_top_takes_up(tmp_path, script):
+    after_top = script("after_top")
+    from brainlib.config import RECIPES
+
+    out, calls, _ = run_top_part(tmp_path, deadline_s=10_000)
+    runs = tmp_path / "runs"
+    plan = {
+        line.split("\t")[1]: line.split("\t") for line in after_top.TOP_PLAN.read_text().splitlines() if line[:1] != "#"
+    }
+    trained = [c.split()[2] for c in calls if c.startswith("train ")]
+    assert [Path(t).name for t in trained] == list(after_top.EXPORTS)
+    for name in after_top.EXPORTS:  # each with its recipe and seed, on the shared carve, exported for the CPU
+        recipe, seed = plan[name][2:4]
+        assert recipe in RECIPES
+        assert f"prepare --run-dir {runs / name} --recipe {recipe} --seed {seed} --split-seed 42" in calls
+        assert (out / f"{name}.pt").exists()
+    assert len(after_top.EXPORTS) <= 6  # what comes back beside results.tgz and steps.tsv
+    ensembles = [c.split() for c in calls if c.startswith("ensemble ")]
+    assert [e[e.index("--out") + 1] for e in ensembles] == [
+        str(runs / "ensembles" / f"{n}.pt") for n in after_top.ENSEMBLES
+    ]
+    for call, (members, flip) in zip(ensembles, after_top.ENSEMBLES.values()):
+        assert call[1 : 1 + len(members)] == [str(runs / m / "checkpoints" / "best.pt") for m in members]
+        assert ("--flip" in call) == flip
+        assert call[call.index("--run-dir") + 1] == str(runs / after_top.INCUMBENT)
+    assert calls[-1] == "compare " + " ".join(str(runs / n) for n in after_top.EXPORTS)
+
+
+def test_a_top_part_cut_by_its_deadline_skips_the_ensembles_whose_members_did_not_train(tmp_path, script):
+    after_top = script("after_top")
+    steps = [line.split("\t") for line in after_top.TOP_PLAN.read_text().splitlines() if line[:1] != "#"]
+    need = {name: int(fields[-1]) for _, name, *fields in steps}
+    deadline = (
+        max(need[name] for name in after_top.EXPORTS) - 1
+    )  # the longest runs do not fit; the steps here take no time
+    out, calls, printed = run_top_part(tmp_path, deadline_s=deadline)
+    trained = [name for name in after_top.EXPORTS if need[name] <= deadline]
+    assert after_top.INCUMBENT in trained and len(trained) < len(after_top.EXPORTS)
+    assert sorted(p.name for p in out.glob("*.pt")) == sorted(f"{name}.pt" for name in trained)
+    built = [c.split()[c.split().index("--out") + 1] for c in calls if c.startswith("ensemble ")]
+    for name, (members, _) in after_top.ENSEMBLES.items():
+        complete = set(members) <= set(trained)
+        assert (str(tmp_path / "runs" / "ensembles" / f"{name}.pt") in built) == complete
+        assert (f"ensemble-{name}\tskipped\t(not every member trained" in printed) == (not complete)
+    assert calls[-1] == "compare " + " ".join(str(tmp_path / "runs" / n) for n in trained)
