@@ -95,7 +95,9 @@ class Config:
     precision: str = _setting(
         "auto", "training precision: auto (bf16 autocast on CUDA and on CPUs with bf16 instructions) | bf16 | fp32"
     )
-    compile: bool = _setting(False, "torch.compile the training step (+25 % in fp32 on a CPU, slower than bf16 eager)")
+    compile: bool = _setting(
+        False, "torch.compile the training step (+25 % in fp32 on a CPU; slower than bf16 eager for both models)"
+    )
     cuda_graphs: bool = _setting(True, "on CUDA, replay the training forward/backward from CUDA graphs")
     num_threads: int = _setting(0, "CPU threads for torch (0: torch's default)")
 
