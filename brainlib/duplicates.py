@@ -48,11 +48,16 @@ def hamming_pairs(
     """All pairs i < j with Hamming distance <= max_distance, as columns i, j, distance; with
     `other` (the same images hashed another way), the distance between bits[i] and other[j] for
     every i != j, each unordered pair once at its smallest distance."""
-    against = bits if other is None else other
+    # the 32 bytes of a hash as four 64-bit words, one chunk-by-all XOR and popcount per word, summed
+    # in place (7,023 images in four orientations: 7.1 s byte by byte, 1.6 s so, on 2 cores; the same pairs)
+    words = _as_words(bits)
+    against = np.ascontiguousarray(_as_words(bits if other is None else other).T)  # word k of every hash in a row
     found = []
     for start in range(0, len(bits), chunk):
-        block = bits[start : start + chunk]
-        dist = np.bitwise_count(block[:, None, :] ^ against[None, :, :]).sum(axis=2, dtype=np.int32)
+        block = words[start : start + chunk]
+        dist = np.zeros((len(block), against.shape[1]), np.int32)
+        for k in range(len(against)):
+            dist += np.bitwise_count(block[:, k, None] ^ against[k][None, :])
         ii, jj = np.nonzero(dist <= max_distance)
         ii = ii + start
         keep = ii < jj if other is None else ii != jj
@@ -62,6 +67,13 @@ def hamming_pairs(
         return pd.DataFrame(pairs, columns=["i", "j", "distance"])
     pairs = np.concatenate([np.sort(pairs[:, :2], axis=1), pairs[:, 2:]], axis=1)
     return _each_pair_once(pd.DataFrame(pairs, columns=["i", "j", "distance"]))
+
+
+def _as_words(bits: np.ndarray) -> np.ndarray:
+    """N x B packed bytes -> N x ceil(B / 8) uint64 words (zero-padded; zeros add no distance)."""
+    padded = np.zeros((len(bits), -(-bits.shape[1] // 8) * 8), np.uint8)
+    padded[:, : bits.shape[1]] = bits
+    return padded.view(np.uint64)
 
 
 def _each_pair_once(pairs: pd.DataFrame) -> pd.DataFrame:

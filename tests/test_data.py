@@ -183,6 +183,17 @@ def test_hamming_pairs_matches_brute_force():
     other[40] = bits[12] ^ np.array([3] + [0] * 31, dtype=np.uint8)  # 12 ~ 40 at distance 2
     got = duplicates.hamming_pairs(bits, 2, chunk=16, other=other)
     assert [tuple(r) for r in got[["i", "j", "distance"]].to_numpy()] == [(12, 40, 0)]
+    # every pair against distances counted bit by bit, for hashes of 32 bytes and of 5 (not whole 64-bit words)
+    for width, threshold in ((32, 120), (5, 17)):
+        bits, other = rng.integers(0, 256, size=(2, 40, width), dtype=np.uint8)
+        unpacked = np.unpackbits(bits, axis=1).astype(int)
+        flipped = np.unpackbits(other, axis=1).astype(int)
+        same = (unpacked[:, None] != unpacked[None]).sum(2)
+        cross = np.minimum((unpacked[:, None] != flipped[None]).sum(2), (flipped[:, None] != unpacked[None]).sum(2))
+        for against, dist in ((None, same), (other, cross)):
+            want = [(i, j, dist[i, j]) for i in range(40) for j in range(i + 1, 40) if dist[i, j] <= threshold]
+            got = duplicates.hamming_pairs(bits, threshold, chunk=16, other=against)
+            assert len(want) > 20 and [tuple(r) for r in got[["i", "j", "distance"]].to_numpy()] == want
 
 
 def test_images_above_the_pixel_limit_are_skipped_and_large_ones_scanned_reduced(data_copy, monkeypatch):
