@@ -23,7 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The default, named once. DEFAULT_RECIPE is what a new run trains (`make pipeline`, `prepare`, 01_data
 # without a recipe). DEFAULT_CHECKPOINT is the committed model that `predict`, `make evaluate` and the
 # model card use: the same recipe at 256 px for 20 epochs (efficientnet_lite0_robust_256), trained on a
-# GPU; on a 2-core CPU that recipe would take an estimated 3.5-4 h, so the pipeline trains the 224-px one.
+# GPU; on a 2-core CPU that recipe trains 2.3 times as long (60 min against ≈26 on the fastest one met, seed 42
+# level with the 224-px recipe's seeds: docs/trust.md), so the pipeline trains the 224-px one.
 DEFAULT_RECIPE = "efficientnet_lite0_robust"
 DEFAULT_CHECKPOINT = "checkpoints/efficientnet_lite0_robust.pt"
 CLASS_NAMES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
@@ -197,7 +198,7 @@ RECIPES: dict[str, dict] = {
     "efficientnet_lite0_robust": {**EFFNET_LITE0, "acquisition_aug": True, "test_image_size": 272},
     # the same at 256 px for 20 epochs: best validation of the three robust variants trained on a GPU
     # (98.60 % against 98.08 % for 224 px/10 epochs and 98.43 % for 256 px/30); about 2 minutes of
-    # training on an H200, an estimated 3.5-4 hours on a 2-core CPU (not run)
+    # training on an H200, 60 minutes on a 2-core AMD EPYC with bf16 kernels (docs/trust.md)
     "efficientnet_lite0_robust_256": {**EFFNET_LITE0, "acquisition_aug": True, "image_size": 256, "epochs": 20},
     "seed_cnn_robust": {**SEED_CNN_ONECYCLE, "acquisition_aug": True},
     # larger backbones with the same shifts, for selection on validation against the default (GPU-sized:
