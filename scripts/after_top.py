@@ -6,8 +6,7 @@ on validation, then every candidate on the original Testing files, for the recor
         [--shift-severities 2]
 
 <fetched folder> is what came back from the machine: the half exports of the runs in scripts/top_plan.tsv
-(default-s42, default-s43, default-s44, lite2-robust, lite1-robust, ema-256, as far as the batch got),
-results.tgz and steps.tsv.
+(the default's recipe at three seeds, then the candidates, as far as the batch got), results.tgz and steps.tsv.
 
 1. Validation, to choose. Every candidate is scored here, in one precision, on the carve they were all
    selected on (the compact copy's, split seed 42): each export, and the plan's ensembles rebuilt
