@@ -144,17 +144,16 @@ def coverage_by_class(sets: np.ndarray, labels: np.ndarray) -> list[dict]:
 def coverage_text(sets: np.ndarray, labels: np.ndarray) -> str:
     """One line for a report: coverage over every class and per class, each with its exact 95 % interval
     and its count, then the mean set size and the share of sets with more than one class."""
-    labels = np.asarray(labels, int)
-    n, hit = len(labels), int(sets[np.arange(len(labels)), labels].sum())
+    per_class, whole = coverage_by_class(sets, labels), set_coverage(sets, labels)
+    n, hit = whole["n"], sum(c["covered"] for c in per_class)
     every = {"class": "every class", "n": n} | ({"coverage": hit / n, "interval": exact_interval(hit, n)} if n else {})
     cells = [
         f"{c['class']} {c['coverage']:.4f} [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}] (n={c['n']})"
         if c["n"]
         else f"{c['class']} - (n=0)"
-        for c in [every, *coverage_by_class(sets, labels)]
+        for c in [every, *per_class]
     ]
-    size = sets.sum(1)
-    spread = f"mean size {size.mean():.3f}, {(size > 1).mean():.1%} uncertain" if n else "no sets"
+    spread = f"mean size {whole['mean_set_size']:.3f}, {whole['share_uncertain']:.1%} uncertain" if n else "no sets"
     return "; ".join(cells) + f"; {spread}"
 
 
