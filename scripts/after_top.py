@@ -50,14 +50,16 @@ from brainlib.loader import load_run_data
 TOP_PLAN = Path(__file__).with_name("top_plan.tsv")  # the `top` part's steps, as the GPU batch runs them
 
 
+def top_plan_steps(path: Path = TOP_PLAN) -> list[list[str]]:
+    """The plan's steps in order, each its tab-separated fields (kind, name, ...); comments left out."""
+    return [line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+
 def read_top_plan(path: Path = TOP_PLAN) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, ...], bool]]]:
     """The runs the `top` part trains and exports (in order; the first stands in for the committed
     default) and the ensembles it builds of them (name: members, with the mirror view or not)."""
     runs, ensembles = [], {}
-    for line in path.read_text().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        kind, name, *fields = line.split("\t")
+    for kind, name, *fields in top_plan_steps(path):
         if kind == "run":
             runs.append(name)
         elif kind == "ensemble":

@@ -153,12 +153,13 @@ train_and_score() {
 # train_and_export NAME RECIPE SEED: prepare (adding PREPARE_EXTRA), train and export the best checkpoint
 # (calibrated by `train` on its validation carve) in half precision beside results.tgz, with the run's small
 # files; not scored here: the exports are scored on the original files on a CPU.
+best() { echo "$RUNS/$1/checkpoints/best.pt"; } # NAME: the run's best checkpoint
 train_and_export() {
     local name=$1 run=$RUNS/$1
     fits "$name" "${NEED:-75}" || return 1
     step "$name-prepare" prepare --run-dir "$run" --recipe "$2" --seed "$3" "${PREPARE_EXTRA[@]}" "${SMOKE[@]}" &&
         step "$name-train" train --run-dir "$run" &&
-        step "$name-export" export "$run/checkpoints/best.pt" "$RESULTS/$name.pt" --half
+        step "$name-export" export "$(best "$name")" "$RESULTS/$name.pt" --half
     local rc=$?
     mkdir -p "$OUT/$name"
     cp "$run"/{config.json,history.csv,train_summary.json} "$OUT/$name/" 2>/dev/null
@@ -195,7 +196,7 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
             IFS=: read -r name recipe seed need extra <<<"$run"
             IFS=, read -r -a PREPARE_EXTRA <<<"$extra"
             NEED=$need train_and_score "$name" "$recipe" "$seed" --shift-severities "" &&
-                step "$name-export" export "$RUNS/$name/checkpoints/best.pt" "$RESULTS/$name.pt" --half
+                step "$name-export" export "$(best "$name")" "$RESULTS/$name.pt" --half
         done
         PREPARE_EXTRA=()
         ;;
@@ -228,7 +229,6 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         # here: 14 s each on the compact copy, which decides nothing). Each ensemble step's log holds its
         # and its members' validation accuracy and log-loss.
         PREPARE_EXTRA=(--split-seed 42)
-        best() { echo "$RUNS/$1/checkpoints/best.pt"; }
         mapfile -t plan < <(grep -E '^(run|ensemble)'$'\t' "$TOP_PLAN")
         incumbent=
         mkdir -p "$RUNS/ensembles"
@@ -275,7 +275,7 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
     audit)
         train_and_score effnet-s42 efficientnet_lite0 42 --shift-severities ""
         fits audit 240 && step audit audit-labels --run-dir "$RUNS/label-audit" --recipe efficientnet_lite0 --seed 42 "${SMOKE[@]}" \
-            --folds 5 --epochs "$AUDIT_EPOCHS" --test-checkpoint "$RUNS/effnet-s42/checkpoints/best.pt"
+            --folds 5 --epochs "$AUDIT_EPOCHS" --test-checkpoint "$(best effnet-s42)"
         mkdir -p "$OUT/label-audit" && cp "$RUNS"/label-audit/label_audit/*.{csv,json,png} "$OUT/label-audit/" 2>/dev/null
         if [ -f "$RUNS/label-audit/label_audit/label_issues.csv" ]; then
             PREPARE_EXTRA=(--exclude-list "$RUNS/label-audit/label_audit/label_issues.csv")

@@ -84,9 +84,7 @@ def test_the_top_part_runs_the_plan_that_after_top_takes_up(tmp_path, script):
 
     out, calls, _ = run_top_part(tmp_path, deadline_s=10_000)
     runs = tmp_path / "runs"
-    plan = {
-        line.split("\t")[1]: line.split("\t") for line in after_top.TOP_PLAN.read_text().splitlines() if line[:1] != "#"
-    }
+    plan = {step[1]: step for step in after_top.top_plan_steps()}
     trained = [c.split()[2] for c in calls if c.startswith("train ")]
     assert [Path(t).name for t in trained] == list(after_top.EXPORTS)
     for name in after_top.EXPORTS:  # each with its recipe and seed, on the shared carve, exported for the CPU
