@@ -195,6 +195,10 @@ def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
             "recipe": min(group["_recipe_label"], key=len),
             "seeds": ", ".join(str(s) for s in sorted(seeds["seed"])),
         }
+        # a second run of a seed (another device, data copy or carve) is named, not dropped without a word
+        repeats = group[group.duplicated("seed")]
+        if len(repeats):
+            row["not counted"] = ", ".join(f"{r.run} (seed {r.seed} again)" for r in repeats.itertuples())
         subsets = sorted(set(seeds["_n_leakage_free"].dropna().astype(int))) if "_n_leakage_free" in seeds else []
         for column, name in SEED_SUMMARY_COLUMNS.items():
             values = pd.to_numeric(seeds[column], errors="coerce").dropna() if column in seeds else []

@@ -95,19 +95,22 @@ def test_seeds_of_one_recipe_are_summarised_by_their_settings_not_their_names():
     rows = [(1, 98.0, 0), (42, 99.0, 1), (2, 97.0, 0), (42, 50.0, 1)]  # the second run of seed 42 does not count
     table = pd.DataFrame(
         {
+            "run": ["a", "b", "c", "d"],
             "seed": [seed for seed, _, _ in rows],
             "test_acc_%": [acc for _, acc, _ in rows],
             "_recipe_key": [keys[k][0] for _, _, k in rows],
             "_recipe_label": [keys[k][1] for _, _, k in rows],
         }
     )
-    table.loc[len(table)] = [7, 90.0, keys[2][0], keys[2][1]]  # one seed of another recipe: no summary row
+    table.loc[len(table)] = ["e", 7, 90.0, keys[2][0], keys[2][1]]  # one seed of another recipe: no summary row
     summary = compare.seed_summary(table)
     assert len(summary) == 1
     row = summary.iloc[0]
     assert row["recipe"] == "efficientnet_lite0_robust" and row["seeds"] == "1, 2, 42"
     assert row["test %"] == "98.00 ± 1.00 (97.00–99.00)"
     assert "shift mean %" not in summary  # numbers the runs do not have are left out
+    assert row["not counted"] == "d (seed 42 again)"  # the second run of seed 42 is named, not dropped silently
+    assert "not counted" not in compare.seed_summary(table.drop(index=3))
 
     # leakage-free accuracy is averaged only over seeds scored on one leakage-free subset
     table["leakage_free_%"] = [97.0, 98.0, 96.0, 10.0, 90.0]
