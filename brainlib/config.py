@@ -23,8 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The default, named once. DEFAULT_RECIPE is what a new run trains (`make pipeline`, `prepare`, 01_data
 # without a recipe). DEFAULT_CHECKPOINT is the committed model that `predict`, `make evaluate` and the
 # model card use: the same recipe at 256 px for 20 epochs (efficientnet_lite0_robust_256), trained on a
-# GPU; on a 2-core CPU that recipe trains 2.3 times as long (60 min against ≈26 on the fastest one met, seed 42
-# level with the 224-px recipe's seeds: docs/trust.md), so the pipeline trains the 224-px one.
+# GPU; on a 2-core CPU that recipe trains 2-2.3 times as long (51-60 min over three seeds against ≈26 on the
+# fastest one met) for 99.36 ± 0.05 % against the 224-px recipe's 99.19 ± 0.19 %, a difference three seeds each
+# cannot establish (docs/trust.md), so the pipeline trains the 224-px one.
 DEFAULT_RECIPE = "efficientnet_lite0_robust"
 DEFAULT_CHECKPOINT = "checkpoints/efficientnet_lite0_robust.pt"
 CLASS_NAMES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
