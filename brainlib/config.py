@@ -199,7 +199,7 @@ RECIPES: dict[str, dict] = {
     "efficientnet_lite0_robust": {**EFFNET_LITE0, "acquisition_aug": True, "test_image_size": 272},
     # the same at 256 px for 20 epochs: best validation of the three robust variants trained on a GPU
     # (98.60 % against 98.08 % for 224 px/10 epochs and 98.43 % for 256 px/30); about 2 minutes of
-    # training on an H200, 60 minutes on a 2-core AMD EPYC with bf16 kernels (docs/trust.md)
+    # training on an H200, 51-60 minutes (three seeds) on a 2-core AMD EPYC with bf16 kernels (docs/trust.md)
     "efficientnet_lite0_robust_256": {**EFFNET_LITE0, "acquisition_aug": True, "image_size": 256, "epochs": 20},
     "seed_cnn_robust": {**SEED_CNN_ONECYCLE, "acquisition_aug": True},
     # larger backbones with the same shifts, for selection on validation against the default (GPU-sized:
