@@ -45,7 +45,7 @@ def _recalls_and_macro_f1(y: np.ndarray, y_hat: np.ndarray, n_classes: int) -> t
 def _bootstrap(statistic, n: int, seed: int, n_resamples: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap of `statistic(indices)` (vectorised over a leading resample axis)."""
     if n < 2:
-        nan = np.full(np.shape(statistic(np.arange(n))), np.nan)
+        nan = np.atleast_1d(np.full(np.shape(statistic(np.arange(n))), np.nan))  # shaped as below
         return nan, nan
     res = sps.bootstrap(
         (np.arange(n),),

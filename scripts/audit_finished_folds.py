@@ -2,11 +2,16 @@
 validation choice, confident learning over the images scored so far, the flags of an earlier audit found
 again, how the fold models answer the images a reader has looked at, and whether each fold model's
 temperature and 99 % / 95 % prediction sets (fitted on its own validation carve) keep their promise on the
-images it never saw a copy of, per class.
+images it never saw a copy of, per class; with --against, image by image against another audit's folds.
 
     .venv/bin/python scripts/audit_finished_folds.py runs/<audit run> \
         [--earlier docs/label_audit/three_epochs/label_issues.csv] [--verdicts docs/label_audit/verdicts.csv] \
-        [--lesions docs/label_audit/notumor_with_lesion.txt]
+        [--lesions docs/label_audit/notumor_with_lesion.txt] [--against docs/label_audit]
+
+--against reads another audit's fold folders (fold<k>/held_out_probs.npy with held_out_paths.txt, as the
+committed audit keeps them) and pairs the two audits' out-of-fold answers on the images both have scored
+(paired bootstrap interval, McNemar's exact test), per split on disk: two recipes compared on thousands of
+images that neither's fold model saw a copy of, where Testing's leakage-free part has 316.
 
 The audit run is one made by `python -m brainlib audit-labels` (pooled Training and Testing). Confident
 learning's per-class thresholds are learnt from the images scored so far, so its flags can move when the
@@ -28,6 +33,7 @@ from brainlib.config import CLASS_NAMES
 from brainlib.errors import SettingsError
 from brainlib.label_audit import AUDIT_DIR, _check_held_out, audit_table, held_out_thresholds
 from brainlib.ood import detection_auroc
+from brainlib.stats import paired_comparison
 
 
 def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
@@ -47,6 +53,47 @@ def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[i
         probs[rows] = np.load(stored)
         done.append(fold)
     return probs, done
+
+
+def held_out_by_path(audit: Path) -> pd.DataFrame:
+    """Every finished fold's held-out probabilities under an audit folder, one row per image path (a fold
+    whose list and probabilities disagree in length is an error, not a silent shift of rows)."""
+    parts = []
+    for stored in sorted(audit.glob("fold*/held_out_probs.npy")):
+        paths = (stored.parent / "held_out_paths.txt").read_text().splitlines()
+        probs = np.load(stored)
+        if len(paths) != len(probs):
+            raise SystemExit(f"error: {stored} holds {len(probs)} rows for {len(paths)} listed images")
+        parts.append(pd.DataFrame(probs, index=pd.Index(paths, name="path")))
+    if not parts:
+        raise SystemExit(f"error: no finished fold under {audit}")
+    return pd.concat(parts)
+
+
+def against_report(
+    manifest: pd.DataFrame, probs: np.ndarray, scored: np.ndarray, other: pd.DataFrame, name: str
+) -> None:
+    """This audit's out-of-fold answers against another audit's on the images both have scored, per split
+    on disk: accuracy of each, the paired difference (this - other) with its bootstrap interval, and
+    McNemar's exact test on the images only one of them gets right."""
+    labels = manifest["label_idx"].to_numpy()
+    position = other.index.get_indexer(manifest["path"])
+    both = scored & (position >= 0)
+    other_probs = np.full_like(probs, np.nan)
+    other_probs[both] = other.to_numpy()[position[both]]
+    this_right, other_right = probs.argmax(1) == labels, other_probs.argmax(1) == labels
+    print(f"against {name}: {both.sum()} images scored by both")
+    for split in ("Training", "Testing", "all"):
+        part = both & ((manifest["split_on_disk"] == split).to_numpy() if split != "all" else True)
+        if not part.any():
+            continue
+        paired = paired_comparison(this_right[part], other_right[part])
+        low, high = paired["difference_interval"]
+        print(
+            f"  {split} ({paired['n']}): {paired['accuracy_a']:.2%} against {paired['accuracy_b']:.2%}, "
+            f"{paired['difference']:+.2%} [{low:+.2%}, {high:+.2%}]; right only here {paired['only_a_correct']}, "
+            f"only there {paired['only_b_correct']} (McNemar p = {paired['mcnemar_exact_p']:.2g})"
+        )
 
 
 def lesion_report(manifest: pd.DataFrame, probs: np.ndarray, scored: np.ndarray, lesions: list[str]) -> None:
@@ -122,6 +169,7 @@ def main() -> None:
         default="docs/label_audit/notumor_with_lesion.txt",
         help="'no tumour' images a reader saw a lesion in",
     )
+    parser.add_argument("--against", default="", help="another audit's folder of fold<k>/ folders, to pair with")
     args = parser.parse_args()
     audit = Path(args.run_dir) / AUDIT_DIR
     manifest = pd.read_csv(Path(args.run_dir) / "manifest.csv")
@@ -184,6 +232,8 @@ def main() -> None:
         lines = Path(args.lesions).read_text().splitlines()
         lesion_report(manifest, probs, scored, [line for line in lines if line and not line.startswith("#")])
     coverage_report(audit, folds, manifest, probs, done)
+    if args.against:
+        against_report(manifest, probs, scored, held_out_by_path(Path(args.against)), args.against)
 
 
 if __name__ == "__main__":

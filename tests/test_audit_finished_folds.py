@@ -68,3 +68,44 @@ def test_coverage_report_uses_each_fold_models_own_thresholds(tmp_path, capsys, 
     (audit / "fold0" / "held_out_calibration.json").write_text(json.dumps(record))
     script("audit_finished_folds").coverage_report(audit, folds, manifest, probs, [0, 1])
     assert "Training: every class 1.0000" in capsys.readouterr().out
+
+
+def test_against_pairs_two_audits_image_by_image_over_what_both_scored(tmp_path, capsys, script):
+    # five images, labels all glioma; this audit scored rows 0-3 (row 4 not yet), the other audit rows 1-4
+    manifest = pd.DataFrame(
+        {
+            "path": ["Training/g/0.jpg", "Training/g/1.jpg", "Testing/g/2.jpg", "Testing/g/3.jpg", "Testing/g/4.jpg"],
+            "split_on_disk": ["Training", "Training", "Testing", "Testing", "Testing"],
+            "label_idx": [0] * 5,
+        }
+    )
+    right, wrong = [0.9, 0.1, 0.0, 0.0], [0.1, 0.9, 0.0, 0.0]
+    probs = np.array([right, right, right, wrong, right])
+    scored = np.array([True, True, True, True, False])
+    # the other audit's folds in another order: image 2 wrong there, image 3 right there, image 1 right in both
+    other = tmp_path / "other"
+    for fold, rows in (
+        (0, {"Testing/g/3.jpg": right, "Training/g/1.jpg": right}),
+        (1, {"Testing/g/2.jpg": wrong, "Testing/g/4.jpg": wrong}),
+    ):
+        (other / f"fold{fold}").mkdir(parents=True)
+        (other / f"fold{fold}" / "held_out_paths.txt").write_text("\n".join(rows) + "\n")
+        np.save(other / f"fold{fold}" / "held_out_probs.npy", np.array(list(rows.values())))
+    module = script("audit_finished_folds")
+    module.against_report(manifest, probs, scored, module.held_out_by_path(other), "other")
+    out = capsys.readouterr().out
+    # image 0 is not in the other audit and image 4 not scored here: three images paired
+    assert "against other: 3 images scored by both" in out
+    assert "Training (1): 100.00% against 100.00%" in out
+    assert "Testing (2): 50.00% against 50.00%, +0.00%" in out and "right only here 1, only there 1" in out
+    assert "all (3): 66.67% against 66.67%" in out
+
+
+def test_a_fold_whose_list_and_probabilities_disagree_is_one_error(tmp_path, script):
+    import pytest
+
+    (tmp_path / "fold0").mkdir()
+    (tmp_path / "fold0" / "held_out_paths.txt").write_text("a.jpg\nb.jpg\n")
+    np.save(tmp_path / "fold0" / "held_out_probs.npy", np.zeros((3, 4)))
+    with pytest.raises(SystemExit, match="3 rows for 2 listed images"):
+        script("audit_finished_folds").held_out_by_path(tmp_path)

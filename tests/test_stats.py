@@ -60,6 +60,9 @@ def test_mcnemar_exact_and_the_paired_difference():
     assert same["mcnemar_exact_p"] == 1.0 and same["difference_interval"] == [0.0, 0.0]
     with pytest.raises(ValueError, match="same images"):
         stats.paired_comparison(a, a[:50])
+    # one image has no interval, but still a difference and a test (a part of a split can be that small)
+    one = stats.paired_comparison(a[:1], b[:1])
+    assert one["difference"] == 1.0 and np.isnan(one["difference_interval"]).all() and one["only_a_correct"] == 1
 
 
 def _calibrated_scores(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
