@@ -71,3 +71,16 @@ def test_the_copies_list_hangs_off_the_committed_flags_and_is_read():
     given_of_flag = flags.set_index("path")["given"]
     assert (copies["given"].to_numpy() == given_of_flag[copies["copy_of"]].to_numpy()).all()
     assert (copies["verdict"] != "").all(), "every copy of a flag has a by-eye reading"
+
+
+def test_the_256px_recipes_folds_hold_out_the_committed_audits_images():
+    # the two audits are compared image by image (docs/trust.md), which needs the same held-out images per fold
+    folds = sorted((AUDIT / "recipe_256").glob("fold*"))
+    assert folds, "no fold of the 256-px recipe's audit is committed"
+    for fold in folds:
+        paths = (fold / "held_out_paths.txt").read_text().split()
+        assert paths == (AUDIT / fold.name / "held_out_paths.txt").read_text().split(), fold.name
+        probs = np.load(fold / "held_out_probs.npy")
+        assert probs.shape == (len(paths), len(CLASS_NAMES)) and np.allclose(probs.sum(1), 1, atol=1e-4)
+        calibration = json.loads((fold / "held_out_calibration.json").read_text())
+        assert calibration["scoring_size"] == 256, f"{fold.name} scored at another side than its recipe's"
