@@ -189,6 +189,16 @@ def _fold_probabilities(fold_dir: Path, fold_cfg: Config, fold_data: RunData, de
     return calibrate(logits, record["temperature"]).numpy(), record
 
 
+def read_held_out(fold_dir: Path) -> tuple[list[str], np.ndarray]:
+    """A finished fold's held-out image paths and probabilities as the audit stores them (also in a committed
+    copy of its folds), checked to be as many: otherwise one image's probabilities would sit on another's row."""
+    paths = (Path(fold_dir) / "held_out_paths.txt").read_text().splitlines()
+    probs = np.load(Path(fold_dir) / "held_out_probs.npy")
+    if len(probs) != len(paths):
+        raise SettingsError(f"{fold_dir} holds {len(probs)} rows for {len(paths)} listed images")
+    return paths, probs
+
+
 def _check_held_out(done: Path, listed: Path, held_out_paths: list[str]) -> None:
     """A fold's stored probabilities are reused only for the images they were computed on: a fold
     folder copied from another audit, or the same seed over another copy of the data, would otherwise

@@ -31,7 +31,7 @@ from scipy import stats
 from brainlib.calibration import coverage_text, expected_calibration_error, prediction_sets
 from brainlib.config import CLASS_NAMES
 from brainlib.errors import SettingsError
-from brainlib.label_audit import AUDIT_DIR, _check_held_out, audit_table, held_out_thresholds
+from brainlib.label_audit import AUDIT_DIR, _check_held_out, audit_table, held_out_thresholds, read_held_out
 from brainlib.ood import detection_auroc
 from brainlib.stats import paired_comparison
 
@@ -60,10 +60,10 @@ def held_out_by_path(audit: Path) -> pd.DataFrame:
     whose list and probabilities disagree in length is an error, not a silent shift of rows)."""
     parts = []
     for stored in sorted(audit.glob("fold*/held_out_probs.npy")):
-        paths = (stored.parent / "held_out_paths.txt").read_text().splitlines()
-        probs = np.load(stored)
-        if len(paths) != len(probs):
-            raise SystemExit(f"error: {stored} holds {len(probs)} rows for {len(paths)} listed images")
+        try:
+            paths, probs = read_held_out(stored.parent)
+        except SettingsError as error:
+            raise SystemExit(f"error: {error}") from None
         parts.append(pd.DataFrame(probs, index=pd.Index(paths, name="path")))
     if not parts:
         raise SystemExit(f"error: no finished fold under {audit}")

@@ -30,7 +30,8 @@ from brainlib.calibration import (
     prediction_sets,
 )
 from brainlib.config import CLASS_NAMES
-from brainlib.label_audit import held_out_thresholds
+from brainlib.errors import SettingsError
+from brainlib.label_audit import held_out_thresholds, read_held_out
 
 
 def read_folds(audit: Path) -> tuple[pd.DataFrame, np.ndarray, dict[int, dict]]:
@@ -42,10 +43,10 @@ def read_folds(audit: Path) -> tuple[pd.DataFrame, np.ndarray, dict[int, dict]]:
         raise SystemExit(f"error: no fold folder under {audit}")
     for fold_dir in fold_dirs:
         fold = int(fold_dir.name[4:])
-        paths = (fold_dir / "held_out_paths.txt").read_text().split()
-        fold_probs = np.load(fold_dir / "held_out_probs.npy")
-        if len(fold_probs) != len(paths):
-            raise SystemExit(f"error: {fold_dir} holds {len(fold_probs)} probabilities for {len(paths)} paths")
+        try:
+            paths, fold_probs = read_held_out(fold_dir)
+        except SettingsError as error:
+            raise SystemExit(f"error: {error}") from None
         carve[fold] = held_out_thresholds(fold_dir)
         rows += [(p, p.split("/")[0], CLASS_NAMES.index(p.split("/")[1]), fold) for p in paths]
         probs.append(fold_probs)
