@@ -9,7 +9,9 @@ several sides at once (an ensemble of its copies at those sides: the mean of the
         [--averages 272+320,256+288+320] [--folds 0,1,2,3,4] [--split Testing]
 
 --split Testing scores the fold's held-out Testing images instead: the check, on images no choice looked at,
-of a view chosen on Training.
+of a view chosen on Training. With two or more --sizes it also names the side the rule picks: the smallest side
+within one standard error of the most accurate one (the rule that chose the 224-px recipe's 272 px, as in
+docs/results.md), so a choice never rests on a difference the images cannot resolve.
 
 The audit run is one made by `python -m brainlib audit-labels` (its fold models are kept under
 label_audit/fold<k>/checkpoints). Logits are not temperature-scaled: accuracy does not need it, and the
@@ -56,6 +58,14 @@ def view_checkpoints(best: Path, sizes: list[int], flip: bool, averages: list[li
             ensemble_state([at(sizes[0]) if sizes else best], flip=True), tmp / f"{name}-flip.pt"
         )
     return views
+
+
+def smallest_within_one_se(right_by_side: dict[int, float], n: int) -> tuple[int, float]:
+    """(side, standard error): the smallest side whose accuracy is within one binomial standard error of the
+    best side's, and that standard error (a fraction), over n images."""
+    best = max(right_by_side.values())
+    se = float(np.sqrt(best * (1 - best) / n))
+    return min(side for side, right in right_by_side.items() if right >= best - se), se
 
 
 def main() -> None:
@@ -109,6 +119,14 @@ def main() -> None:
         print(
             f"  {view}: {paired['accuracy_a']:.2%}; {paired['only_a_correct']} fixed, {paired['only_b_correct']} "
             f"broken (McNemar p = {paired['mcnemar_exact_p']:.3g}); log-loss {np.concatenate(nll[view]).mean():.4f}"
+        )
+    if len(sizes) > 1:
+        right = {size: float(np.concatenate(correct[f"{size} px"]).mean()) for size in sizes}
+        side, se = smallest_within_one_se(right, len(base))
+        best = max(right, key=right.get)
+        print(
+            f"the smallest side within one standard error ({se:.2%}) of the best ({best} px, {right[best]:.2%}): "
+            f"{side} px ({right[side]:.2%})"
         )
 
 
