@@ -171,6 +171,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="the calibrated copy (may be the same path: written atomically)")
+    p.add_argument(
+        "--scoring-size",
+        type=int,
+        default=0,
+        help="a copy that scores at this side (FixRes: a side chosen out of fold), its temperature, conformal "
+        "thresholds and OOD detector fitted there on the val split (default: the side it scores at now)",
+    )
     p = command(
         "ensemble",
         "one checkpoint from several (seeds or backbones) and/or flip test-time augmentation, with its own "
@@ -336,7 +343,18 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
     cfg = _scoring_config(args)
     _prepare_if_new(cfg)
-    print(json.dumps(calibrate_checkpoint(cfg, load_run_data(cfg), args.checkpoint, args.out), indent=2))
+    data = load_run_data(cfg)
+    if not args.scoring_size:
+        print(json.dumps(calibrate_checkpoint(cfg, data, args.checkpoint, args.out), indent=2))
+        return 0
+    import tempfile
+
+    from .checkpoint import scored_at
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # the copy keeps the side its calibration was fitted at, so calibrate_checkpoint fits all of it again
+        at_side = scored_at(args.checkpoint, args.scoring_size, Path(tmp) / "at_side.pt")
+        print(json.dumps(calibrate_checkpoint(cfg, data, at_side, args.out), indent=2))
     return 0
 
 

@@ -173,6 +173,39 @@ def test_calibrate_adds_conformal_thresholds_to_an_old_checkpoint(trained_run, t
     )  # same val split, same weights
 
 
+def test_calibrate_at_another_side_fits_everything_again_there(trained_run, tmp_path, capsys):
+    from brainlib.checkpoint import load_checkpoint, load_for_inference, save_checkpoint, scoring_size
+    from brainlib.models import create_model
+
+    state = load_checkpoint(f"{trained_run.run_dir}/checkpoints/best.pt")
+    loc = ["--run-dir", trained_run.run_dir, "--num-threads", "1"]
+    # the reference CNN's head fixes its side: one line, no copy
+    refused = [
+        "calibrate",
+        "--checkpoint",
+        f"{trained_run.run_dir}/checkpoints/best.pt",
+        "--out",
+        str(tmp_path / "x.pt"),
+    ]
+    assert main([*refused, "--scoring-size", "256", *loc]) == 2
+    assert "takes" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    # a model of any side, selected on the same carve, calibrated at its training side (224)
+    resnet = {
+        **state,
+        "model_name": "resnet18_scratch",
+        "model_state": create_model("resnet18_scratch").state_dict(),
+        "config": state["config"] | {"model": "resnet18_scratch", "image_size": 224, "test_image_size": 0},
+    }
+    src = save_checkpoint(resnet, tmp_path / "resnet.pt")
+    out = tmp_path / "at256.pt"
+    assert main(["calibrate", "--checkpoint", str(src), "--out", str(out), "--scoring-size", "256", *loc]) == 0
+    new = load_checkpoint(out)
+    assert scoring_size(new) == 256 and new["calibrated_size"] == 256
+    net = load_for_inference(out)
+    assert net.image_size == 256 and net.temperature is not None and net.ood is not None  # used at 256, not ignored
+    assert new["temperature"] != state["temperature"]  # fitted again for these weights, not copied
+
+
 def fixture_root_images(cfg):
     from pathlib import Path
 
