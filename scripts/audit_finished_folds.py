@@ -228,6 +228,10 @@ def main() -> None:
         with pd.option_context("display.width", 200, "display.max_rows", 200):
             print(f"the reader's {len(verdicts)} images among the scored ones:")
             print(verdicts[columns].to_string(index=False))
+            unread = suspects[~suspects["path"].isin(verdicts["path"])]
+            print(f"flags the reader has not read: {len(unread)}")
+            if len(unread):
+                print(unread[["path", "given", "suggested", "p_given", "p_suggested"]].round(3).to_string(index=False))
     if Path(args.lesions).exists():
         lines = Path(args.lesions).read_text().splitlines()
         lesion_report(manifest, probs, scored, [line for line in lines if line and not line.startswith("#")])
