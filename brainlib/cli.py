@@ -338,23 +338,20 @@ def _scoring_config(args: argparse.Namespace) -> Config:
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
+    import tempfile
+
     from .calibration import calibrate_checkpoint
+    from .checkpoint import scored_at
     from .loader import load_run_data
 
     cfg = _scoring_config(args)
-    _prepare_if_new(cfg)
-    data = load_run_data(cfg)
-    if not args.scoring_size:
-        print(json.dumps(calibrate_checkpoint(cfg, data, args.checkpoint, args.out), indent=2))
-        return 0
-    import tempfile
-
-    from .checkpoint import scored_at
-
     with tempfile.TemporaryDirectory() as tmp:
-        # the copy keeps the side its calibration was fitted at, so calibrate_checkpoint fits all of it again
-        at_side = scored_at(args.checkpoint, args.scoring_size, Path(tmp) / "at_side.pt")
-        print(json.dumps(calibrate_checkpoint(cfg, data, at_side, args.out), indent=2))
+        checkpoint = args.checkpoint
+        if args.scoring_size:  # checked before the data load: a fixed-side model gets its one line at once
+            # the copy keeps the side its calibration was fitted at, so calibrate_checkpoint fits all of it again
+            checkpoint = scored_at(args.checkpoint, args.scoring_size, Path(tmp) / "at_side.pt")
+        _prepare_if_new(cfg)
+        print(json.dumps(calibrate_checkpoint(cfg, load_run_data(cfg), checkpoint, args.out), indent=2))
     return 0
 
 
