@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from brainlib.config import CLASS_NAMES
-from brainlib.label_audit import find_label_issues
+from brainlib.label_audit import find_label_issues, read_held_out
 
 AUDIT = Path(__file__).resolve().parents[1] / "docs" / "label_audit"
 
@@ -19,8 +19,7 @@ def held_out():
     summary = json.loads((AUDIT / "label_audit.json").read_text())
     parts = []
     for fold in range(summary["folds"]):
-        paths = (AUDIT / f"fold{fold}" / "held_out_paths.txt").read_text().split()
-        probs = np.load(AUDIT / f"fold{fold}" / "held_out_probs.npy")
+        paths, probs = read_held_out(AUDIT / f"fold{fold}")
         assert probs.shape == (len(paths), len(CLASS_NAMES)), f"fold {fold}: probabilities and image list disagree"
         parts.append(pd.DataFrame({"path": paths, "fold": fold, "probs": list(probs)}))
     # in the run's manifest order (Training, then Testing, each by path): confident learning breaks ties
@@ -78,9 +77,8 @@ def test_the_256px_recipes_folds_hold_out_the_committed_audits_images():
     folds = sorted((AUDIT / "recipe_256").glob("fold*"))
     assert folds, "no fold of the 256-px recipe's audit is committed"
     for fold in folds:
-        paths = (fold / "held_out_paths.txt").read_text().split()
-        assert paths == (AUDIT / fold.name / "held_out_paths.txt").read_text().split(), fold.name
-        probs = np.load(fold / "held_out_probs.npy")
+        paths, probs = read_held_out(fold)
+        assert paths == read_held_out(AUDIT / fold.name)[0], fold.name
         assert probs.shape == (len(paths), len(CLASS_NAMES)) and np.allclose(probs.sum(1), 1, atol=1e-4)
         calibration = json.loads((fold / "held_out_calibration.json").read_text())
         assert calibration["scoring_size"] == 256, f"{fold.name} scored at another side than its recipe's"
