@@ -25,7 +25,7 @@ from .plots import confusion_matrices, image_grid, reliability_diagram, robustne
 from .robustness import summary_of
 from .shifts import SHIFTS
 from .stats import interval_text
-from .verdicts import accuracy_both_ways, how_read, read_verdicts, with_verdicts
+from .verdicts import accuracy_both_ways, fill_verdict_columns, how_read, read_verdicts, with_verdicts
 
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 # by-eye readings of images whose label a model contradicts, and what they change in the default's accuracy
@@ -268,14 +268,8 @@ def default_figures(eval_run: str | Path, out_dir: str | Path = "docs/figures") 
         table = with_verdicts(table, verdicts)
         both = accuracy_both_ways(pred, verdicts) | {"checkpoint": name, "verdicts": VERDICTS_FILE}
         written.append(write_text(REPO_ROOT / BOTH_WAYS_FILE, json.dumps(both, indent=2) + "\n"))
-        for listed in (
-            verdicts_file.parent / name for name in ("label_issues.csv", "review.csv", "copies_of_flags.csv")
-        ):
-            if listed.exists():  # the committed audit's lists, their verdict column filled from the same readings
-                filled = with_verdicts(pd.read_csv(listed), verdicts)
-                with atomic_path(listed) as tmp:  # rewritten in place: whole or not at all
-                    filled.to_csv(tmp, index=False)
-                written.append(listed)
+        # the committed audits' lists, their verdict column filled from the same readings
+        written += fill_verdict_columns(verdicts_file.parent, verdicts)
     with atomic_path(out_dir / "default_errors.csv") as tmp:
         table.to_csv(tmp, index=False)
     return [p.relative_to(REPO_ROOT) for p in written]

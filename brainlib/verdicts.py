@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import atomic_path
 from .config import CLASS_NAMES
 from .errors import DataError
 
@@ -53,6 +54,25 @@ def with_verdicts(table: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
     out["verdict"] = out["path"].map(read).fillna("")
     return out
+
+
+AUDIT_LISTS = ("label_issues.csv", "review.csv", "copies_of_flags.csv")
+
+
+def fill_verdict_columns(folder: str | Path, verdicts: pd.DataFrame) -> list[Path]:
+    """Rewrite the verdict column of every label-audit list (AUDIT_LISTS) in `folder` and in its direct
+    subfolders (an audit kept beside another, such as one with another recipe) from the readings, each
+    file whole or not at all. Lists written before the audit had a verdict column are left as they are."""
+    folder = Path(folder)
+    written = []
+    for listed in sorted(p for name in AUDIT_LISTS for p in (*folder.glob(name), *folder.glob(f"*/{name}"))):
+        table = pd.read_csv(listed)
+        if "verdict" not in table.columns:
+            continue
+        with atomic_path(listed) as tmp:
+            with_verdicts(table, verdicts).to_csv(tmp, index=False)
+        written.append(listed)
+    return written
 
 
 def how_read(table: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[str, int, int]:

@@ -8,7 +8,13 @@ import pytest
 
 from brainlib import results
 from brainlib.errors import DataError
-from brainlib.verdicts import VERDICT_COLUMNS, accuracy_both_ways, read_verdicts, with_verdicts
+from brainlib.verdicts import (
+    VERDICT_COLUMNS,
+    accuracy_both_ways,
+    fill_verdict_columns,
+    read_verdicts,
+    with_verdicts,
+)
 
 ROOT = Path(__file__).parents[1]
 
@@ -108,3 +114,27 @@ def test_committed_readings_are_valid_and_the_generated_counts_follow_them():
     suspects = pd.read_csv(ROOT / "docs/label_audit/label_issues.csv")
     assert (suspects["verdict"].fillna("") == with_verdicts(suspects, verdicts)["verdict"]).all(), "stale: make figures"
     assert suspects[suspects["split_on_disk"] == "Testing"]["verdict"].notna().all(), "every Testing flag is read"
+
+
+def test_every_audit_list_beside_the_readings_gets_their_verdicts(tmp_path):
+    """The lists of the audit in the readings' folder and of one kept in a subfolder are filled; a list
+    written before lists had a verdict column, and other CSVs, are left as they were."""
+    verdicts = read_verdicts(
+        _write(tmp_path, [["Testing/a.jpg", "meningioma", "glioma", "label wrong", "intra-axial ring"]])
+    )
+    flags = pd.DataFrame({"path": ["Testing/a.jpg", "Testing/b.jpg"], "verdict": ["", "stale"]})
+    (tmp_path / "other_recipe").mkdir()
+    flags.to_csv(tmp_path / "label_issues.csv", index=False)
+    flags.to_csv(tmp_path / "other_recipe" / "review.csv", index=False)
+    flags.drop(columns="verdict").to_csv(tmp_path / "other_recipe" / "copies_of_flags.csv", index=False)
+    flags.to_csv(tmp_path / "other_recipe" / "history.csv", index=False)
+    written = fill_verdict_columns(tmp_path, verdicts)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "label_issues.csv",
+        "other_recipe/review.csv",
+    ]
+    for listed in written:
+        assert pd.read_csv(listed, keep_default_na=False)["verdict"].tolist() == ["label wrong", ""]
+    assert "verdict" not in pd.read_csv(tmp_path / "other_recipe" / "copies_of_flags.csv").columns
+    history = pd.read_csv(tmp_path / "other_recipe" / "history.csv", keep_default_na=False)
+    assert history["verdict"].tolist() == ["", "stale"]
