@@ -48,7 +48,7 @@ CARVE_FIELDS = ("val_fraction", "exclude_list", "cache_size")
 # what an inference-only copy keeps: no optimizer, scheduler or RNG state
 EXPORT_FIELDS = (
     "model_name", "class_names", "config", "epoch", "best_val_acc", "history", "temperature", "conformal", "ood",
-    "val_digest",
+    "calibrated_size", "val_digest",
 )  # fmt: skip
 
 

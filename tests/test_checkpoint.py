@@ -117,11 +117,20 @@ def test_training_checkpoints_load_as_data(tmp_path):
 def test_export_is_small_and_predicts_what_its_source_predicts(tmp_path, half):
     src = tmp_path / "best.pt"
     checkpoint.save_checkpoint(
-        {**_state("efficientnet_lite0"), "optimizer_state": {"big": torch.zeros(2_000_000)}, "temperature": 1.3}, src
+        {
+            **_state("efficientnet_lite0"),
+            "optimizer_state": {"big": torch.zeros(2_000_000)},
+            "temperature": 1.3,
+            "calibrated_size": 224,
+            "val_digest": "0123456789abcdef",
+        },
+        src,
     )
     out = checkpoint.export_checkpoint(src, tmp_path / "small.pt", half=half)
     small = checkpoint.load_checkpoint(out)
     assert "optimizer_state" not in small and small["temperature"] == 1.3
+    # the side its calibration was fitted at and the carve that selected it travel with the weights
+    assert (small["calibrated_size"], small["val_digest"]) == (224, "0123456789abcdef")
     assert out.stat().st_size < (0.6 if half else 0.9) * src.stat().st_size
     x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
