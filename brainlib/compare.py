@@ -37,14 +37,22 @@ def _parameter_count(model_name: str) -> int:
 
 
 def scored_checkpoint(metrics: dict) -> tuple[dict, Path | None]:
-    """(the checkpoint a run folder scored, {} when its file is gone or unreadable; its path)."""
+    """(the checkpoint a run folder scored, {} when its file is gone, unreadable or replaced; its path).
+    A file at the same path with another selected epoch or stored temperature than the folder scored is
+    another model (a committed default replaced in place), so its settings are not this folder's."""
     checkpoint = metrics.get("checkpoint")
     if not checkpoint or not in_repo(checkpoint).is_file():
         return {}, None
     try:
-        return load_checkpoint(in_repo(checkpoint)), in_repo(checkpoint)
+        state = load_checkpoint(in_repo(checkpoint))
     except BrainlibError:
         return {}, None
+    stored = state.get("temperature")
+    if state.get("epoch") != metrics.get("epoch", state.get("epoch")) or (
+        stored is not None and metrics.get("temperature") is not None and abs(stored - metrics["temperature"]) > 1e-6
+    ):
+        return {}, None
+    return state, in_repo(checkpoint)
 
 
 def trained_settings(run_dir: Path, state: dict) -> tuple[dict, list[dict]]:

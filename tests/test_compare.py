@@ -169,3 +169,20 @@ def test_a_new_default_needs_strictly_more_validation_images_right_than_the_incu
         compare.choose_on_validation(scores(("old", 564, 572, 0.06, 1), ("new", 500, 575, 0.05, 1)), "old")
     with pytest.raises(BrainlibError, match="no validation score"):
         compare.choose_on_validation(scores(("new", 564, 572, 0.05, 1)), "old")
+
+
+def test_a_checkpoint_replaced_at_the_scored_path_is_not_taken_for_the_scored_one(tmp_path):
+    """A committed default replaced in place: the old evaluation folder's metrics name the path, but the
+    file there was selected at another epoch with another temperature, so its settings are not used."""
+    from brainlib.checkpoint import save_checkpoint
+
+    path = tmp_path / "default.pt"
+    weights = {"model_name": "seed_cnn", "class_names": ["a"], "model_state": {}}
+    save_checkpoint({**weights, "epoch": 14, "temperature": 0.40, "config": {"seed": 2}}, path)
+    assert compare.scored_checkpoint({"checkpoint": str(path), "epoch": 14, "temperature": 0.40})[0]["epoch"] == 14
+    assert compare.scored_checkpoint({"checkpoint": str(path), "epoch": 15, "temperature": 0.59}) == ({}, None)
+    assert compare.scored_checkpoint({"checkpoint": str(path), "epoch": 14, "temperature": 0.59}) == ({}, None)
+    # metrics written before they recorded the epoch, and checkpoints without a temperature, still match
+    assert compare.scored_checkpoint({"checkpoint": str(path)})[1] == path
+    save_checkpoint({**weights, "epoch": 14, "config": {}}, path)
+    assert compare.scored_checkpoint({"checkpoint": str(path), "epoch": 14, "temperature": 1.3})[1] == path
