@@ -56,8 +56,9 @@ def _confusions(metrics: dict, top: int = 3) -> list[str]:
 def _reproduce_flags(cfg: dict) -> str:
     """`prepare` flags for the checkpoint's recipe and what differs from it."""
     recipe, _, changes = recipe_and_changes(cfg).partition(" + ")
-    extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in (c.split("=", 1) for c in changes.split()) if changes)
-    return f"--recipe {recipe}{extra} --seed {cfg.get('seed', 42)}"
+    flags = dict(c.split("=", 1) for c in changes.split())
+    flags.setdefault("seed", cfg.get("seed", 42))  # always given, once: a recipe's default seed may change
+    return f"--recipe {recipe}" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in flags.items())
 
 
 def _near_rule(audit_file: Path) -> str:

@@ -104,3 +104,17 @@ def test_model_card_says_how_the_model_meets_the_tumour_type_shortcut():
     assert "names the type of 45.00 % of the tumour test images" in line
     assert "2 of 40 whose format names their type and 3 of 50 whose format names another, 1 of them" in line
     assert "Inside the tumour classes" not in _file_shortcut(report | {"tumour_type": None})[0]
+
+
+def test_the_reproduce_command_names_each_setting_once():
+    """A checkpoint trained at another seed than its recipe's: `prepare` gets --seed once, with its value."""
+    from brainlib.config import build_config
+    from brainlib.model_card import _reproduce_flags
+
+    cfg = build_config({}, {"recipe": "efficientnet_lite0_robust_256", "seed": 2, "split_seed": 42}).__dict__
+    flags = _reproduce_flags(cfg).split()
+    assert flags[:2] == ["--recipe", "efficientnet_lite0_robust_256"]
+    assert flags.count("--seed") == 1 and flags[flags.index("--seed") + 1] == "2"
+    assert flags[flags.index("--split-seed") + 1] == "42"
+    plain = _reproduce_flags(build_config({}, {"recipe": "efficientnet_lite0"}).__dict__).split()
+    assert plain == ["--recipe", "efficientnet_lite0", "--seed", "42"]
