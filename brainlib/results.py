@@ -35,7 +35,7 @@ BOTH_WAYS_FILE = "docs/label_audit/default_both_ways.json"
 AUDIT_FILE = "docs/label_audit/label_audit.json"
 # committed checkpoint -> what it is; the metrics file sits beside it (<name>.metrics.json)
 ROWS = {
-    DEFAULT_CHECKPOINT: "**default**: EfficientNet-Lite0, acquisition augmentation, 256 px",
+    DEFAULT_CHECKPOINT: "**default**: EfficientNet-Lite0, acquisition augmentation, 256 px scored at 320",
     "checkpoints/efficientnet_lite0.pt": "EfficientNet-Lite0, same recipe without acquisition augmentation",
     "checkpoints/seed_cnn_robust.pt": "small CNN (273 k parameters), acquisition augmentation",
     "checkpoints/seed_cnn.pt": "small CNN, no augmentation, one-cycle",

@@ -16,9 +16,11 @@ CHECKPOINTS = sorted((Path(__file__).resolve().parents[1] / "checkpoints").glob(
 def test_committed_checkpoint_loads_and_predicts(path, fixture_root):
     state = load_checkpoint(path)
     assert state["class_names"] == list(CLASS_NAMES) and "optimizer_state" not in state
-    assert 0.5 < state["temperature"] < 2.0
+    # a fitted temperature, not a default: label smoothing (0.1) leaves these models underconfident, the
+    # more so scored larger than trained (the default: 0.53 at its 256-px training side, 0.40 at 320)
+    assert 0.25 < state["temperature"] < 2.0 and state["temperature"] != 1.0
     assert set(state["conformal"]["thresholds"]) == {"0.01", "0.05"}
-    # calibrated on the run's validation carve, about 10 % of Training's 5,712 images (578 on the
+    # calibrated on the run's validation carve, about 10 % of Training's 5,712 images (575-578 on the
     # original files, 572 on the GPU machine's WebP copy, whose duplicate groups differ slightly)
     assert 540 <= state["conformal"]["n_calibration"] <= 620
     images = sorted((fixture_root / "Testing").rglob("*.jpg"))
@@ -44,8 +46,11 @@ def test_the_default_checkpoint_declines_what_is_not_a_brain_mri(fixture_root, t
     from brainlib.ood_suite import TEXT, _rendered_text
 
     state = load_checkpoint(default_checkpoint())
-    assert (
-        state["ood"]["score"] == "mahalanobis" and state["ood"]["n_fit"] == 5134 and state["ood"]["n_threshold"] == 578
+    # fitted on the train split and thresholded on the validation carve that selected it (its val_digest)
+    n_train, n_val = 5712 - state["conformal"]["n_calibration"], state["conformal"]["n_calibration"]
+    assert state["ood"]["score"] == "mahalanobis" and (state["ood"]["n_fit"], state["ood"]["n_threshold"]) == (
+        n_train,
+        n_val,
     )
     noise = np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)
     for name, image in {
