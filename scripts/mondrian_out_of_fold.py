@@ -29,8 +29,9 @@ from brainlib.calibration import (
 )
 from brainlib.checkpoint import best_checkpoint, load_for_inference, scored_at
 from brainlib.config import CLASS_NAMES, run_config
+from brainlib.errors import SettingsError
 from brainlib.infer import predict_logits
-from brainlib.label_audit import AUDIT_DIR, HELD_OUT_CALIBRATION, fold_run_data
+from brainlib.label_audit import AUDIT_DIR, HELD_OUT_CALIBRATION, fold_run_data, read_held_out
 from brainlib.loader import load_run_data, split_batches
 
 
@@ -51,7 +52,13 @@ def main() -> None:
     for fold in sorted(set(folds[folds >= 0])):
         fold_dir = audit / f"fold{fold}"
         rows = folds == fold
-        probs[rows] = np.load(fold_dir / "held_out_probs.npy")
+        try:
+            paths, fold_probs = read_held_out(fold_dir)
+        except SettingsError as error:
+            raise SystemExit(f"error: {error}") from None
+        if paths != data.manifest["path"].to_numpy()[rows].tolist():  # rows in another order or of other images
+            raise SystemExit(f"error: {fold_dir} holds other images than fold {fold} of {args.run_dir}")
+        probs[rows] = fold_probs
         recorded = fold_dir / HELD_OUT_CALIBRATION
         record = json.loads(recorded.read_text()) if recorded.exists() else {}
         fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)
