@@ -60,12 +60,13 @@ AUDIT_LISTS = ("label_issues.csv", "review.csv", "copies_of_flags.csv")
 
 
 def fill_verdict_columns(folder: str | Path, verdicts: pd.DataFrame) -> list[Path]:
-    """Rewrite the verdict column of every label-audit list (AUDIT_LISTS) in `folder` and in its direct
-    subfolders (an audit kept beside another, such as one with another recipe) from the readings, each
-    file whole or not at all. Lists written before the audit had a verdict column are left as they are."""
+    """Rewrite the verdict column of every label-audit list (AUDIT_LISTS) in `folder` and in the folders
+    below it (an audit kept beside another, such as one with another recipe or scored at another side)
+    from the readings, each file whole or not at all. Lists written before the audit had a verdict column
+    are left as they are."""
     folder = Path(folder)
     written = []
-    for listed in sorted(p for name in AUDIT_LISTS for p in (*folder.glob(name), *folder.glob(f"*/{name}"))):
+    for listed in sorted(p for name in AUDIT_LISTS for p in folder.rglob(name)):
         table = pd.read_csv(listed)
         if "verdict" not in table.columns:
             continue

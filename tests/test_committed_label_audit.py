@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainlib.config import CLASS_NAMES
+from brainlib.config import CLASS_NAMES, build_config
 from brainlib.label_audit import find_label_issues, read_held_out
 
 AUDIT = Path(__file__).resolve().parents[1] / "docs" / "label_audit"
@@ -81,4 +81,5 @@ def test_the_256px_recipes_folds_hold_out_the_committed_audits_images():
         assert paths == read_held_out(AUDIT / fold.name)[0], fold.name
         assert probs.shape == (len(paths), len(CLASS_NAMES)) and np.allclose(probs.sum(1), 1, atol=1e-4)
         calibration = json.loads((fold / "held_out_calibration.json").read_text())
-        assert calibration["scoring_size"] == 256, f"{fold.name} scored at another side than its recipe's"
+        side = build_config({}, {"recipe": "efficientnet_lite0_robust_256"}).scoring_size
+        assert calibration["scoring_size"] == side, f"{fold.name} scored at another side than its recipe's"

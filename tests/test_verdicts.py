@@ -117,7 +117,7 @@ def test_committed_readings_are_valid_and_the_generated_counts_follow_them():
 
 
 def test_every_audit_list_beside_the_readings_gets_their_verdicts(tmp_path):
-    """The lists of the audit in the readings' folder and of one kept in a subfolder are filled; a list
+    """The lists of the audit in the readings' folder and of those kept in folders below it are filled; a list
     written before lists had a verdict column, and other CSVs, are left as they were."""
     verdicts = read_verdicts(
         _write(tmp_path, [["Testing/a.jpg", "meningioma", "glioma", "label wrong", "intra-axial ring"]])
@@ -126,12 +126,15 @@ def test_every_audit_list_beside_the_readings_gets_their_verdicts(tmp_path):
     (tmp_path / "other_recipe").mkdir()
     flags.to_csv(tmp_path / "label_issues.csv", index=False)
     flags.to_csv(tmp_path / "other_recipe" / "review.csv", index=False)
+    (tmp_path / "other_recipe" / "scored_256px").mkdir()
+    flags.to_csv(tmp_path / "other_recipe" / "scored_256px" / "label_issues.csv", index=False)
     flags.drop(columns="verdict").to_csv(tmp_path / "other_recipe" / "copies_of_flags.csv", index=False)
     flags.to_csv(tmp_path / "other_recipe" / "history.csv", index=False)
     written = fill_verdict_columns(tmp_path, verdicts)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
         "label_issues.csv",
         "other_recipe/review.csv",
+        "other_recipe/scored_256px/label_issues.csv",
     ]
     for listed in written:
         assert pd.read_csv(listed, keep_default_na=False)["verdict"].tolist() == ["label wrong", ""]
