@@ -24,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # without a recipe). DEFAULT_CHECKPOINT is the committed model that `predict`, `make evaluate` and the
 # model card use: the same recipe at 256 px for 20 epochs, scored at 320 (efficientnet_lite0_robust_256), the
 # seed that validation chose among three trained on one carve of the original files (a 2-core CPU). That recipe
-# trains 2-2.3 times as long as the 224-px one on most CPUs met (51-60 min on the fastest) for 99.67 ± 0.09 %
+# is 2.6 times the 224-px one's training compute (20 epochs at 256 px against 10 at 224; 51-60 min on a 2-core
+# CPU with bf16 kernels, not timed on one without, where the 224-px recipe alone trains ≈78 min) for 99.67 ± 0.09 %
 # against 99.19 ± 0.19 % over three seeds each (Welch p = 0.03, docs/trust.md); the pipeline still trains the
 # 224-px one for time.
 DEFAULT_RECIPE = "efficientnet_lite0_robust"
