@@ -76,10 +76,10 @@ def test_the_256px_recipes_folds_hold_out_the_committed_audits_images():
     # the two audits are compared image by image (docs/trust.md), which needs the same held-out images per fold
     folds = sorted((AUDIT / "recipe_256").glob("fold*"))
     assert folds, "no fold of the 256-px recipe's audit is committed"
+    side = build_config({}, {"recipe": "efficientnet_lite0_robust_256"}).scoring_size
     for fold in folds:
         paths, probs = read_held_out(fold)
         assert paths == read_held_out(AUDIT / fold.name)[0], fold.name
         assert probs.shape == (len(paths), len(CLASS_NAMES)) and np.allclose(probs.sum(1), 1, atol=1e-4)
         calibration = json.loads((fold / "held_out_calibration.json").read_text())
-        side = build_config({}, {"recipe": "efficientnet_lite0_robust_256"}).scoring_size
         assert calibration["scoring_size"] == side, f"{fold.name} scored at another side than its recipe's"
