@@ -21,14 +21,15 @@ from .errors import DataError, SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The default, named once. DEFAULT_RECIPE is what a new run trains (`make pipeline`, `prepare`, 01_data
-# without a recipe). DEFAULT_CHECKPOINT is the committed model that `predict`, `make evaluate` and the
-# model card use: the same recipe at 256 px for 20 epochs, scored at 320 (efficientnet_lite0_robust_256), the
-# seed that validation chose among three trained on one carve of the original files (a 2-core CPU). That recipe
-# takes ≈2.4 times the 224-px one's training time (20 epochs at 256 px against 10 at 224; `plan` on a 2-core
-# CPU with bf16 kernels: ≈48 against ≈20 min; not timed on one without, where the 224-px recipe trains ≈78 min)
-# for 99.67 ± 0.09 % against 99.19 ± 0.19 % over three seeds each (Welch p = 0.03, docs/trust.md); the pipeline
-# still trains the 224-px one for time.
-DEFAULT_RECIPE = "efficientnet_lite0_robust"
+# without a recipe); DEFAULT_CHECKPOINT is the committed model of that recipe that `predict`, `make evaluate`
+# and the model card use: the seed that validation chose among three trained on one carve of the original
+# files (a 2-core CPU). Over three seeds the recipe scores 99.67 ± 0.09 % against 99.19 ± 0.19 % for the
+# 224-px/10-epoch one (Welch p = 0.03, docs/trust.md) for about 2.4 times its training time (`plan` on a
+# 2-core CPU with bf16 kernels: ~48 against ~20 min); `plan` offers the shorter one where the default's
+# estimate is long.
+DEFAULT_RECIPE = "efficientnet_lite0_robust_256"
+# what `plan` suggests where DEFAULT_RECIPE would take hours on the machine it found
+SHORTER_RECIPE = "efficientnet_lite0_robust"
 DEFAULT_CHECKPOINT = "checkpoints/efficientnet_lite0_robust.pt"
 CLASS_NAMES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
 SPLITS_ON_DISK: tuple[str, ...] = ("Training", "Testing")

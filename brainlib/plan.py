@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .augment import augment_params
-from .config import Config
+from .config import DEFAULT_RECIPE, SHORTER_RECIPE, Config, build_config
 from .cpu_engine import as_scored
 from .infer import autocast, cpu_has_native_bf16, predict_logits, resolve_device, use_bf16
 from .loader import CachedBatches
@@ -30,6 +30,9 @@ GRADCAM_IMAGES = 400  # 05's faithfulness sample
 # above this estimate the shift suite scores the middle severity on a stratified sample (04's "auto")
 FULL_SUITE_BUDGET_S = 20 * 60
 SAMPLED_SUITE = {"severities": (2,), "sample": 400}
+# above this estimate for the default recipe the plan also times SHORTER_RECIPE and offers it: on a 2-core
+# CPU without bf16 instructions the 224-px recipe alone trained for 78 min, and the default's takes ~2.4x that
+LONG_PIPELINE_S = 2 * 3600
 
 
 @dataclass
@@ -180,4 +183,17 @@ def print_plan(cfg: Config) -> dict:
         print(
             f"  the full shift suite instead: ~{_minutes(times['full_shift_suite_s'])} more (make pipeline SHIFTS=1,2,3)"
         )
+    if cfg.recipe == DEFAULT_RECIPE and total > LONG_PIPELINE_S:
+        print(shorter_recipe_line(cfg, device))
     return times
+
+
+def shorter_recipe_line(cfg: Config, device: str) -> str:
+    """SHORTER_RECIPE timed the same way on this machine, as one line a user can act on before the wait."""
+    shorter = build_config({}, {"recipe": SHORTER_RECIPE, "device": cfg.device, "precision": cfg.precision})
+    times = estimate(shorter, measure_rates(shorter, device))
+    total = sum(v for k, v in times.items() if k[:2].isdigit())
+    return (
+        f"  shorter: make pipeline RECIPE={SHORTER_RECIPE} ({shorter.image_size} px, {shorter.epochs} epochs) "
+        f"~{_minutes(total)} here, and less accurate (docs/trust.md, seeds)"
+    )

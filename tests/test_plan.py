@@ -3,7 +3,7 @@
 import pytest
 
 from brainlib import infer, plan
-from brainlib.config import build_config
+from brainlib.config import DEFAULT_RECIPE, SHORTER_RECIPE, build_config
 from brainlib.shifts import SEVERITIES
 
 
@@ -68,3 +68,23 @@ def test_plain_progress_lines_under_make_pipeline(monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines() == [f"shift suite: {k}/3 in 0 s" for k in (1, 2, 3)]
     monkeypatch.delenv("BRAIN_PROGRESS")
     assert hasattr(progress(range(3), "bar", disable=True), "set_postfix")  # a tqdm bar otherwise
+
+
+def test_a_long_default_plan_offers_the_shorter_recipe_timed_here(monkeypatch, capsys):
+    """Where the default recipe would take hours, the plan times the shorter one too and names it."""
+    cfg = build_config({}, {"device": "cpu"})  # the default recipe
+    measured = []
+
+    def rates(c, device):
+        measured.append(c.recipe)
+        return plan.Rates(train_images_per_s=5, score_images_per_s=50)  # a slow CPU: hours
+
+    monkeypatch.setattr(plan, "measure_rates", rates)
+    monkeypatch.setattr(plan, "machine_load", lambda: {"busy": False})
+    plan.print_plan(cfg)
+    out = capsys.readouterr().out
+    assert measured == [DEFAULT_RECIPE, SHORTER_RECIPE]
+    assert f"make pipeline RECIPE={SHORTER_RECIPE} (224 px, 10 epochs)" in out
+    monkeypatch.setattr(plan, "measure_rates", lambda c, device: plan.Rates(1000, 2000))
+    plan.print_plan(cfg)
+    assert "shorter" not in capsys.readouterr().out  # a fast machine: no second measurement, no offer
