@@ -409,10 +409,19 @@ def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:
             if audit.get("n_copies_of_flags")
             else ""
         ),
-        *_flags_read(audit_file.parent / "label_issues.csv", audit_file.parent / "verdicts.csv"),
+        *_flags_read(audit_file.parent / "label_issues.csv", _verdicts_file(audit_file.parent)),
         "",
-        *_both_ways(audit_file.parent / "verdicts.csv", eval_run / "predictions.csv"),
+        *_both_ways(_verdicts_file(audit_file.parent), eval_run / "predictions.csv"),
     ]
+
+
+def _verdicts_file(audit_dir: Path) -> Path:
+    """The by-eye readings for an audit folder: its own verdicts.csv, else the nearest one above it (the
+    audits under docs/label_audit/ share one file, each image read once whichever audit flagged it)."""
+    for folder in (audit_dir, *audit_dir.parents[:2]):
+        if (folder / "verdicts.csv").exists():
+            return folder / "verdicts.csv"
+    return audit_dir / "verdicts.csv"
 
 
 def _flags_read(flags_file: Path, verdicts_file: Path) -> list[str]:

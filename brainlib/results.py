@@ -31,8 +31,10 @@ START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 # by-eye readings of images whose label a model contradicts, and what they change in the default's accuracy
 VERDICTS_FILE = "docs/label_audit/verdicts.csv"
 BOTH_WAYS_FILE = "docs/label_audit/default_both_ways.json"
-# the committed label audit: its summary and its list of flagged images (their verdicts from VERDICTS_FILE)
-AUDIT_FILE = "docs/label_audit/label_audit.json"
+# the label audit the front door cites: the one whose fold models are the default checkpoint's recipe (five
+# folds of efficientnet_lite0_robust_256 scoring at 320 px); its summary and its list of flagged images (their
+# verdicts from VERDICTS_FILE). The 224-px recipe's audit stays beside it in docs/label_audit/.
+AUDIT_FILE = "docs/label_audit/recipe_256/label_audit.json"
 # committed checkpoint -> what it is; the metrics file sits beside it (<name>.metrics.json)
 ROWS = {
     DEFAULT_CHECKPOINT: "**default**: EfficientNet-Lite0, acquisition augmentation, 256 px scored at 320",
@@ -121,7 +123,8 @@ def _audit_sentence() -> str:
     unread = n_flags - n_read
     return (
         f" A label audit (each of the {audit['n_images']:,} images of Training and Testing scored by one of "
-        f"{audit['folds']} models that never saw any copy of it, {_pct(audit['oof_accuracy'])} right) flags "
+        f"{audit['folds']} models of `{audit['recipe']}` that never saw any copy of it, {_pct(audit['oof_accuracy'])} "
+        "right) flags "
         f"{audit['n_flagged']} ({audit['n_flagged_testing']} in Testing); read by eye: {read}"
         f"{f', {unread} not read' if unread else ''} "
         "([docs/trust.md](docs/trust.md#are-the-labels-right))."

@@ -118,3 +118,15 @@ def test_the_reproduce_command_names_each_setting_once():
     assert flags[flags.index("--split-seed") + 1] == "42"
     plain = _reproduce_flags(build_config({}, {"recipe": "efficientnet_lite0"}).__dict__).split()
     assert plain == ["--recipe", "efficientnet_lite0", "--seed", "42"]
+
+
+def test_an_audit_in_a_subfolder_reads_the_shared_verdicts_above_it(tmp_path):
+    """The audits under docs/label_audit/ share one verdicts.csv; a folder's own file comes first."""
+    from brainlib.model_card import _verdicts_file
+
+    sub = tmp_path / "label_audit" / "recipe_256"
+    sub.mkdir(parents=True)
+    (tmp_path / "label_audit" / "verdicts.csv").write_text("path,verdict\n")
+    assert _verdicts_file(sub) == tmp_path / "label_audit" / "verdicts.csv"
+    (sub / "verdicts.csv").write_text("path,verdict\n")
+    assert _verdicts_file(sub) == sub / "verdicts.csv"

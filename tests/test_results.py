@@ -36,12 +36,14 @@ def test_the_label_audit_sentence_follows_its_files(tmp_path, monkeypatch):
     sentence = results._audit_sentence()
     assert f"flags {audit['n_flagged']} ({audit['n_flagged_testing']} in Testing)" in sentence
     assert f"{100 * audit['oof_accuracy']:.2f} % right" in sentence and "not read" not in sentence
+    assert f"models of `{audit['recipe']}`" in sentence
     # an unread flag is counted as such
-    (tmp_path / "docs" / "label_audit").mkdir(parents=True)
+    audit_dir = (tmp_path / results.AUDIT_FILE).parent
+    audit_dir.mkdir(parents=True)
     (tmp_path / results.AUDIT_FILE).write_text(json.dumps(audit))
-    flags = pd.read_csv(ROOT / "docs" / "label_audit" / "label_issues.csv")
+    flags = pd.read_csv((ROOT / results.AUDIT_FILE).parent / "label_issues.csv")
     pd.concat([flags, flags.head(1).assign(path="Training/glioma/unread.jpg")]).to_csv(
-        tmp_path / "docs" / "label_audit" / "label_issues.csv", index=False
+        audit_dir / "label_issues.csv", index=False
     )
     (tmp_path / results.VERDICTS_FILE).write_text((ROOT / results.VERDICTS_FILE).read_text())
     monkeypatch.setattr(results, "REPO_ROOT", tmp_path)
