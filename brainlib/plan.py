@@ -31,7 +31,7 @@ GRADCAM_IMAGES = 400  # 05's faithfulness sample
 FULL_SUITE_BUDGET_S = 20 * 60
 SAMPLED_SUITE = {"severities": (2,), "sample": 400}
 # above this estimate for the default recipe the plan also times SHORTER_RECIPE and offers it: on a 2-core
-# CPU without bf16 instructions the 224-px recipe alone trained for 78 min, and the default's takes ~2.4x that
+# CPU without AVX-512 the plan put the 224-px recipe's training at 78 min, and the default's takes ~2.4x that
 LONG_PIPELINE_S = 2 * 3600
 
 
