@@ -199,6 +199,18 @@ def read_held_out(fold_dir: Path) -> tuple[list[str], np.ndarray]:
     return paths, probs
 
 
+def held_out_of_fold(fold_dir: Path, fold_paths: list[str]) -> np.ndarray:
+    """A finished fold's held-out probabilities, one row per image of `fold_paths` in that order, for a
+    reader of an audit's folds (a script, a test): the stored list must be exactly those images and the
+    probabilities as many, else a SettingsError names the folder."""
+    stored = Path(fold_dir) / "held_out_probs.npy"
+    _check_held_out(stored, stored.parent / "held_out_paths.txt", fold_paths)
+    probs = np.load(stored)
+    if len(probs) != len(fold_paths):
+        raise SettingsError(f"{fold_dir} holds {len(probs)} rows for {len(fold_paths)} listed images")
+    return probs
+
+
 def _check_held_out(done: Path, listed: Path, held_out_paths: list[str]) -> None:
     """A fold's stored probabilities are reused only for the images they were computed on: a fold
     folder copied from another audit, or the same seed over another copy of the data, would otherwise

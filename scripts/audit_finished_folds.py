@@ -31,7 +31,7 @@ from scipy import stats
 from brainlib.calibration import coverage_text, expected_calibration_error, prediction_sets
 from brainlib.config import CLASS_NAMES
 from brainlib.errors import SettingsError
-from brainlib.label_audit import AUDIT_DIR, _check_held_out, audit_table, held_out_thresholds, read_held_out
+from brainlib.label_audit import AUDIT_DIR, audit_table, held_out_of_fold, held_out_thresholds, read_held_out
 from brainlib.ood import detection_auroc
 from brainlib.stats import paired_comparison
 
@@ -47,10 +47,9 @@ def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[i
             continue
         rows = (folds["fold"] == fold).to_numpy()
         try:
-            _check_held_out(stored, stored.parent / "held_out_paths.txt", folds["path"][rows].tolist())
+            probs[rows] = held_out_of_fold(stored.parent, folds["path"][rows].tolist())
         except SettingsError as error:
             raise SystemExit(f"error: {error}") from None
-        probs[rows] = np.load(stored)
         done.append(fold)
     return probs, done
 

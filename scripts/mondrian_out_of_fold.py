@@ -31,7 +31,7 @@ from brainlib.checkpoint import best_checkpoint, load_for_inference, scored_at
 from brainlib.config import CLASS_NAMES, run_config
 from brainlib.errors import SettingsError
 from brainlib.infer import predict_logits
-from brainlib.label_audit import AUDIT_DIR, HELD_OUT_CALIBRATION, fold_run_data, read_held_out
+from brainlib.label_audit import AUDIT_DIR, HELD_OUT_CALIBRATION, fold_run_data, held_out_of_fold
 from brainlib.loader import load_run_data, split_batches
 
 
@@ -53,12 +53,9 @@ def main() -> None:
         fold_dir = audit / f"fold{fold}"
         rows = folds == fold
         try:
-            paths, fold_probs = read_held_out(fold_dir)
+            probs[rows] = held_out_of_fold(fold_dir, data.manifest["path"].to_numpy()[rows].tolist())
         except SettingsError as error:
             raise SystemExit(f"error: {error}") from None
-        if paths != data.manifest["path"].to_numpy()[rows].tolist():  # rows in another order or of other images
-            raise SystemExit(f"error: {fold_dir} holds other images than fold {fold} of {args.run_dir}")
-        probs[rows] = fold_probs
         recorded = fold_dir / HELD_OUT_CALIBRATION
         record = json.loads(recorded.read_text()) if recorded.exists() else {}
         fold_data = fold_run_data(data, folds, fold, cfg.val_fraction, cfg.seed)

@@ -238,3 +238,21 @@ def test_more_folds_than_a_class_has_separate_images_is_one_settings_error():
     assert sorted(set(label_audit.assign_folds(frame, 3, seed=0))) == [0, 1, 2]
     with pytest.raises(SettingsError, match="4 folds need .* glioma has 3 in this run"):
         label_audit.assign_folds(frame, 4, seed=0)
+
+
+def test_a_fold_is_read_only_for_the_images_it_was_computed_on(tmp_path):
+    """held_out_of_fold, the one reader scripts use: its rows are the fold's images in order, or an error."""
+    from brainlib.errors import SettingsError
+
+    fold = tmp_path / "fold0"
+    fold.mkdir()
+    paths = ["Training/glioma/a.jpg", "Testing/notumor/b.jpg"]
+    probs = np.eye(len(CLASS_NAMES))[:2]
+    np.save(fold / "held_out_probs.npy", probs)
+    (fold / "held_out_paths.txt").write_text("\n".join(paths) + "\n")
+    assert np.array_equal(label_audit.held_out_of_fold(fold, paths), probs)
+    with pytest.raises(SettingsError, match="other images"):
+        label_audit.held_out_of_fold(fold, paths[::-1])  # the same images in another order: rows would swap
+    np.save(fold / "held_out_probs.npy", probs[:1])
+    with pytest.raises(SettingsError, match="1 rows for 2 listed images"):
+        label_audit.held_out_of_fold(fold, paths)
