@@ -149,6 +149,11 @@ def estimate(cfg: Config, rates: Rates, counts: dict = FULL) -> dict:
     }
 
 
+def notebooks_total(times: dict) -> float:
+    """Seconds of the five notebooks in an estimate (its other entries describe the shift suite)."""
+    return sum(v for k, v in times.items() if k[:2].isdigit())
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
@@ -164,7 +169,7 @@ def print_plan(cfg: Config) -> dict:
         print(busy_warning(load))
     rates = measure_rates(cfg, device)
     times = estimate(cfg, rates)
-    total = sum(v for k, v in times.items() if k[:2].isdigit())
+    total = notebooks_total(times)
     suite = times["shift_suite"]
     print(
         f"pipeline plan: recipe {cfg.recipe} ({cfg.model}, {cfg.image_size} px{f', scored at {cfg.scoring_size}' if cfg.scoring_size != cfg.image_size else ''}, {cfg.epochs} epochs) on {machine_kind(device)}"
@@ -192,7 +197,7 @@ def shorter_recipe_line(cfg: Config, device: str) -> str:
     """SHORTER_RECIPE timed the same way on this machine, as one line a user can act on before the wait."""
     shorter = build_config({}, {"recipe": SHORTER_RECIPE, "device": cfg.device, "precision": cfg.precision})
     times = estimate(shorter, measure_rates(shorter, device))
-    total = sum(v for k, v in times.items() if k[:2].isdigit())
+    total = notebooks_total(times)
     return (
         f"  shorter: make pipeline RECIPE={SHORTER_RECIPE} ({shorter.image_size} px, {shorter.epochs} epochs) "
         f"~{_minutes(total)} here, and less accurate (docs/trust.md, seeds)"
