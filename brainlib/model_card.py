@@ -396,6 +396,7 @@ def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:
         else f"every image out of fold by {folds} ({_pct(audit['oof_accuracy'])} right)"
     )
     gallery = next((p.name for p in sorted(audit_file.parent.glob("suspects.*"))), None)
+    verdicts_file = _verdicts_file(audit_file.parent)
     return lines + [
         f"Label audit ({scoring}): cleanlab flags {audit['n_flagged_training']} Training and "
         f"{audit['n_flagged_testing']} Testing images ({audit['n_flagged_in_duplicate_groups']} of them in duplicate "
@@ -409,9 +410,9 @@ def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:
             if audit.get("n_copies_of_flags")
             else ""
         ),
-        *_flags_read(audit_file.parent / "label_issues.csv", _verdicts_file(audit_file.parent)),
+        *_flags_read(audit_file.parent / "label_issues.csv", verdicts_file),
         "",
-        *_both_ways(_verdicts_file(audit_file.parent), eval_run / "predictions.csv"),
+        *_both_ways(verdicts_file, eval_run / "predictions.csv"),
     ]
 
 
