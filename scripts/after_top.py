@@ -13,11 +13,11 @@ on validation, then every candidate on the original Testing files, for the recor
    gives `prepare`), read from the original files ($BRAIN_DATA_DIR), the pixels the default was selected
    on and every scoring path reads (on the compact copy's WebP pixels the default gets 568 of the 575
    right instead of 570, log-loss 0.051 instead of 0.040: a copy's pixels favour the runs trained on
-   them). Scored: the committed default itself, each export, and the plan's ensembles rebuilt from the exports by `ensemble` (the three seeds;
-   seed 42 with the mirror view; Lite0 + Lite1 + Lite2; the weight-averaged Lite0 + Lite1 + Lite2). The
-   rule (compare.choose_on_validation), fixed before any candidate was trained: the most validation
-   images right, ties to the lower log-loss, then to fewer forward passes; a candidate replaces the
-   committed default only with strictly more images right. Where the exports were selected on another
+   them). Scored: the committed default itself, each export, and the plan's ensembles rebuilt from the
+   exports by `ensemble` (the three seeds; seed 42 with the mirror view; Lite0 + Lite1 + Lite2; the
+   weight-averaged Lite0 + Lite1 + Lite2). The rule (compare.choose_on_validation), fixed before any
+   candidate was trained: the most validation images right, ties to the lower log-loss, then to fewer
+   forward passes; a candidate replaces the committed default only with strictly more images right. Where the exports were selected on another
    carve (a smoke run draws its own), the plan's first run, the default's recipe at seed 42, stands in
    for the committed default, and the carve is read from the compact copy, the only one it exists on.
    <out>/choice.md and choice.json.
@@ -151,7 +151,13 @@ def validation_table(checkpoints: dict[str, Path], data_dir: Path | None, out: P
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("fetched", type=Path, help="the folder the machine's results came back to")
-    parser.add_argument("--compact-data", type=Path, required=True, help="the compact copy the batch trained on")
+    parser.add_argument(
+        "--compact-data",
+        type=Path,
+        required=True,
+        help="the compact copy the batch trained on (validation reads it only where the exports were not "
+        "selected on the committed default's carve)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/top"))
     parser.add_argument("--default", type=Path, default=Path("checkpoints/efficientnet_lite0_robust.pt"))
     parser.add_argument("--shift-severities", default="2", help="for single checkpoints on Testing ('' skips)")
@@ -174,7 +180,7 @@ def main() -> int:
     (args.out / "choice.json").write_text(json.dumps(choice | {"scores": table.to_dict("records")}, indent=2))
     shown = table.set_index("name").loc[choice["ranking"]].reset_index()  # in the rule's order
     (args.out / "choice.md").write_text(
-        f"Validation ({int(table['n'].iloc[0])} images, the carve the exports were selected on, read from the "
+        f"Validation ({int(table['n'].iloc[0])} images, the carve the exports were selected on, read from "
         f"{validation_data or 'the original files'}; the incumbent: {incumbent}), scored on this machine; the rule in "
         f"brainlib.compare.choose_on_validation:\n\n"
         + shown[["name", "right", "n", "accuracy", "nll", "passes"]].to_markdown(index=False, floatfmt=".4f")
