@@ -370,11 +370,7 @@ def carve_from_file(manifest: pd.DataFrame, carve_file: str | Path) -> pd.DataFr
     are not Training images here are an error. Duplicate groups are this copy's: validation images whose
     near twins on this copy would train are counted in one line, since the carve was drawn on another."""
     path = in_repo(carve_file)  # a file of the repo, as scripts/default_carve.csv, from any folder
-    if not path.is_file():
-        raise DataError(f"carve file {path} not found")
-    listed = pd.read_csv(path)
-    if "path" not in listed:
-        raise DataError(f"carve file {path} has no 'path' column")
+    listed = _read_image_list(path, "carve file")
     training = manifest["split_on_disk"] == "Training"
     labels = manifest.loc[training].set_index("path")["label"]
     unknown = sorted(set(listed["path"]) - set(labels.index))
@@ -405,16 +401,23 @@ def carve_from_file(manifest: pd.DataFrame, carve_file: str | Path) -> pd.DataFr
     return out
 
 
+def _read_image_list(path: Path, what: str) -> pd.DataFrame:
+    """A CSV of images named by a `path` column (a carve file, an exclude list); `what` names it in the
+    one-line errors."""
+    if not path.is_file():
+        raise DataError(f"{what} {path} not found")
+    listed = pd.read_csv(path)
+    if "path" not in listed:
+        raise DataError(f"{what} {path} has no 'path' column")
+    return listed
+
+
 def exclude_images(manifest: pd.DataFrame, exclude_list: str | Path) -> pd.DataFrame:
     """Training images listed in the CSV's `path` column move to split `excluded`; Testing images
     are never removed (the official test split is not edited), and listed paths not in the
     manifest are an error."""
     path = Path(exclude_list)
-    if not path.is_file():
-        raise DataError(f"exclude list {path} not found")
-    listed = pd.read_csv(path)
-    if "path" not in listed:
-        raise DataError(f"exclude list {path} has no 'path' column")
+    listed = _read_image_list(path, "exclude list")
     unknown = set(listed["path"]) - set(manifest["path"])
     if unknown:
         raise DataError(
