@@ -237,8 +237,8 @@ RECIPES: dict[str, dict] = {
     # the committed default's recipe with the average: on a CPU the average lost to the plain weights on
     # validation at 224 px/10 epochs (98.10 against 98.44 %); at 256 px/20 epochs on the default's carve it was
     # one image below the plain weights at seed 2 and level at seed 42 (569/570, 568/568 of 575 at 320 px;
-    # docs/results.md). It scores at its base
-    # recipe's side, as the 224-px average scores at 272, so the two meet on equal terms
+    # docs/results.md). It scores at its base recipe's side, as the 224-px average scores at 272, so the two
+    # meet on equal terms
     "efficientnet_lite0_robust_256_ema": {
         **EFFNET_LITE0,
         "acquisition_aug": True,
