@@ -24,8 +24,8 @@
 #           at seeds 42, 43 and 44, their ensemble and seed 42 with flip TTA; then efficientnet_lite1_robust,
 #           the default with a weight average (efficientnet_lite0_robust_256_ema), efficientnet_lite2_robust
 #           and ensembles of the backbones as far as the deadline allows; all on the committed default's
-#           validation carve (scripts/default_carve.csv), exported unscored, each ensemble step's log holding its and its members' validation
-#           scores; needs the kornia wheel and the Lite weights (scripts/gpu_weights.py .gpu/stubs 0 1 2:
+#           validation carve (scripts/default_carve.csv), exported unscored, each ensemble step's log
+#           holding its and its members' validation scores; needs the kornia wheel and the Lite weights (scripts/gpu_weights.py .gpu/stubs 0 1 2:
 #           25 MB in float16 against 60 MB of wheels). scripts/after_top.py then chooses on a CPU from the
 #           exports and scores the candidates on the original files
 #   audit-full  the label audit with the committed default's recipe (efficientnet_lite0_robust_256:
