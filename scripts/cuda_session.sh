@@ -14,9 +14,10 @@
 #           the shift suite on the CPU; needs the kornia wheel
 #   audit   label audit with 10-epoch fold models, then the ablation (seed 42 with and without the
 #           Training suspects), paired by `compare`
-#   augment the batched augmentation on the device: no host synchronisation (CUDA sync debug mode)
-#           and its throughput against the per-image version (scripts/cuda_augment_check.py); a
-#           profile of the reference's and the default's training step (scripts/cuda_profile_step.py); then
+#   sync    the batched augmentation on the device: no host synchronisation (CUDA sync debug mode)
+#           and its throughput against the per-image version (scripts/cuda_augment_check.py), alone
+#   augment the sync part, then a profile of the reference's and the default's training step
+#           (scripts/cuda_profile_step.py); then
 #           the default recipe efficientnet_lite0_robust at seeds 42 and 43 (its speed with the
 #           augmentation, and two seeds' spread), seed_cnn_robust and efficientnet_lite0_robust_256
 #           (20 epochs) timed; needs the kornia wheel
@@ -48,7 +49,7 @@
 # FAST=1 runs every step on a few images for one epoch (a smoke test of this script on any machine).
 set -o pipefail
 export PYTHONUNBUFFERED=1
-[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|augment|top|audit-full ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|sync|augment|top|audit-full ..." >&2; exit 2; }
 DEADLINE_S=${DEADLINE_S:-540}
 # Only a few files may come back from a rented machine: every result goes to a staging folder,
 # packed into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
@@ -167,6 +168,14 @@ train_and_export() {
     return $rc
 }
 
+# the batched augmentation on the device: no host synchronisation, and its throughput against the per-image code
+augment_check() {
+    fits augment-check 60 || return 1
+    $PY scripts/cuda_augment_check.py --out "$OUT/augment-check.json" >"$OUT/augment-check.log" 2>&1
+    printf 'augment-check\trc=%s\n' $? | tee -a "$OUT/steps.tsv"
+    pack
+}
+
 for PART in "$@"; do
     case $PART in
     speed)
@@ -200,12 +209,9 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         done
         PREPARE_EXTRA=()
         ;;
+    sync) augment_check ;;
     augment)
-        fits augment-check 60 && {
-            $PY scripts/cuda_augment_check.py --out "$OUT/augment-check.json" >"$OUT/augment-check.log" 2>&1
-            printf 'augment-check\trc=%s\n' $? | tee -a "$OUT/steps.tsv"
-            pack
-        }
+        augment_check
         for recipe in reference efficientnet_lite0_robust; do # where a step's time goes (torch.profiler)
             fits "profile-$recipe" 60 && {
                 $PY scripts/cuda_profile_step.py --recipe "$recipe" --batches "$PROFILE_BATCHES" --out "$OUT/profile-$recipe.json" >"$OUT/profile-$recipe.log" 2>&1
@@ -286,7 +292,7 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         fi
         ;;
     *)
-        echo "unknown part $PART (speed, seeds, robust, audit, augment, top or audit-full)" >&2
+        echo "unknown part $PART (speed, seeds, robust, audit, sync, augment, top or audit-full)" >&2
         exit 2
         ;;
     esac

@@ -67,7 +67,8 @@ def test_the_committed_default_is_the_incumbent_where_the_exports_were_selected_
 
 FAKE_PYTHON = r"""#!/bin/bash
 # stands in for python: records each brainlib command and leaves the files the next step reads
-[ "$1" = -m ] || exit 0  # the machine report's `python -c` probes
+# (not the machine report's `python -c` probes, nor `-m pip` where a checkout holds the wheels in .gpu/)
+[ "$1" = -m ] && [ "$2" = brainlib ] || exit 0
 shift 2
 echo "$*" >>"$CALLS"
 run=
