@@ -1,7 +1,8 @@
 """Where a training step's time goes: the training loop's own epoch function (brainlib.train)
-over synthetic stored images, for a recipe, with its CUDA-graph step where the device is CUDA,
-under torch.profiler. Prints the throughput with and without the profiler, the top operators by
-their own GPU and host time, and the share of the wall clock the GPU was busy.
+over synthetic stored images (smooth blobs with noise), for a recipe, with its CUDA-graph step
+where the device is CUDA, under torch.profiler. Prints the throughput with and without the
+profiler, the top operators by their own GPU and host time, and the share of the wall clock the
+GPU was busy.
 
     python scripts/cuda_profile_step.py --recipe reference --batches 40 [--out prof.json]
 """
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from cuda_augment_check import images_for  # noqa: E402
 
 from brainlib.augment import augment_params  # noqa: E402
 from brainlib.config import RECIPES, Config  # noqa: E402
@@ -38,7 +41,8 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rng = np.random.default_rng(0)
     n = cfg.batch_size * args.batches
-    images = rng.integers(0, 256, (n, cfg.cache_size, cfg.cache_size), dtype=np.uint8)
+    # stored-image-like pixels: uniform noise made every JPEG round trip its slowest (the host's share)
+    images = images_for(n, cfg.cache_size)
     batches = CachedBatches(
         images,
         rng.integers(0, 4, n),

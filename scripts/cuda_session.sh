@@ -16,8 +16,9 @@
 #           Training suspects), paired by `compare`
 #   sync    the batched augmentation on the device: no host synchronisation (CUDA sync debug mode)
 #           and its throughput against the per-image version (scripts/cuda_augment_check.py), alone
-#   augment the sync part, then a profile of the reference's and the default's training step
-#           (scripts/cuda_profile_step.py); then
+#   profile where the default's and the reference's training step spends its time
+#           (scripts/cuda_profile_step.py)
+#   augment the sync and profile parts; then
 #           the default recipe efficientnet_lite0_robust at seeds 42 and 43 (its speed with the
 #           augmentation, and two seeds' spread), seed_cnn_robust and efficientnet_lite0_robust_256
 #           (20 epochs) timed; needs the kornia wheel
@@ -49,7 +50,7 @@
 # FAST=1 runs every step on a few images for one epoch (a smoke test of this script on any machine).
 set -o pipefail
 export PYTHONUNBUFFERED=1
-[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|sync|augment|top|audit-full ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|sync|profile|augment|top|audit-full ..." >&2; exit 2; }
 DEADLINE_S=${DEADLINE_S:-540}
 # Only a few files may come back from a rented machine: every result goes to a staging folder,
 # packed into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
@@ -59,7 +60,7 @@ ROBUST_RUNS=(seed-robust:seed_cnn_robust:42:70:
     effnet-robust:efficientnet_lite0_robust:42:110:
     effnet-robust-256-e30:efficientnet_lite0_robust_256:42:320:--epochs=30)
 # the top part's steps (runs, each exported, and ensembles), shared with scripts/after_top.py
-TOP_PLAN=scripts/top_plan.tsv
+TOP_PLAN=${TOP_PLAN:-scripts/top_plan.tsv} # another plan file: a part of it in a shorter call
 # At most 8 files come back: results.tgz, steps.tsv and the half exports, so parts whose exports add up
 # to more than 6 are refused before anything runs rather than lost at the end.
 exports=0
@@ -176,6 +177,17 @@ augment_check() {
     pack
 }
 
+# where a training step's time goes (torch.profiler): the default's recipe, then the reference's
+profile_steps() {
+    for recipe in efficientnet_lite0_robust_256 reference; do
+        fits "profile-$recipe" 60 && {
+            $PY scripts/cuda_profile_step.py --recipe "$recipe" --batches "$PROFILE_BATCHES" --out "$OUT/profile-$recipe.json" >"$OUT/profile-$recipe.log" 2>&1
+            printf 'profile-%s\trc=%s\n' "$recipe" $? | tee -a "$OUT/steps.tsv"
+            pack
+        }
+    done
+}
+
 for PART in "$@"; do
     case $PART in
     speed)
@@ -210,15 +222,10 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         PREPARE_EXTRA=()
         ;;
     sync) augment_check ;;
+    profile) profile_steps ;;
     augment)
         augment_check
-        for recipe in reference efficientnet_lite0_robust; do # where a step's time goes (torch.profiler)
-            fits "profile-$recipe" 60 && {
-                $PY scripts/cuda_profile_step.py --recipe "$recipe" --batches "$PROFILE_BATCHES" --out "$OUT/profile-$recipe.json" >"$OUT/profile-$recipe.log" 2>&1
-                printf 'profile-%s\trc=%s\n' "$recipe" $? | tee -a "$OUT/steps.tsv"
-                pack
-            }
-        done
+        profile_steps
         for run in effnet-robust-s42:efficientnet_lite0_robust:42:80 effnet-robust-s43:efficientnet_lite0_robust:43:80 \
             seed-robust:seed_cnn_robust:42:45 effnet-robust-256-e20:efficientnet_lite0_robust_256:42:110; do
             IFS=: read -r name recipe seed need <<<"$run"
@@ -292,7 +299,7 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         fi
         ;;
     *)
-        echo "unknown part $PART (speed, seeds, robust, audit, sync, augment, top or audit-full)" >&2
+        echo "unknown part $PART (speed, seeds, robust, audit, sync, profile, augment, top or audit-full)" >&2
         exit 2
         ;;
     esac

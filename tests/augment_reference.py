@@ -28,7 +28,8 @@ def augment_acquisition(images: torch.Tensor, p: AcquisitionParams, gen: torch.G
     images = images.clone()
     for i in _chosen(p.p_jpeg, b, gen):
         quality = int(torch.randint(p.jpeg_quality[0], p.jpeg_quality[1] + 1, (1,), generator=gen))
-        images[i : i + 1] = jpeg_roundtrip(images[i : i + 1], quality)
+        # libjpeg runs on the CPU: the per-image code copied each chosen image there and back
+        images[i : i + 1] = jpeg_roundtrip(images[i : i + 1].cpu(), quality).to(images.device)
     x = images.float() / 255.0
     for i in _chosen(p.p_resolution, b, gen):
         side = int(torch.randint(p.resolution_px[0], p.resolution_px[1] + 1, (1,), generator=gen))
