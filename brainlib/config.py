@@ -207,8 +207,9 @@ RECIPES: dict[str, dict] = {
     # p = 3e-5), the smallest side within one standard error of the best (98.09 % at 320)
     "efficientnet_lite0_robust": {**EFFNET_LITE0, "acquisition_aug": True, "test_image_size": 272},
     # the same at 256 px for 20 epochs: best validation of the three robust variants trained on a GPU
-    # (98.60 % against 98.08 % for 224 px/10 epochs and 98.43 % for 256 px/30); about 2 minutes of
-    # training on an H200, 51-60 minutes (three seeds) on a 2-core AMD EPYC with bf16 kernels (docs/trust.md);
+    # (98.60 % against 98.08 % for 224 px/10 epochs and 98.43 % for 256 px/30); 49-53 s of training epochs
+    # on an H200 (three seeds; the `train` command 85-104 s), 51-60 minutes (three seeds) on a 2-core AMD EPYC
+    # with bf16 kernels (docs/trust.md);
     # scored at 320 px, chosen out of fold as the 224-px recipe's side was: five models of this recipe took
     # the 5,712 Training images from 97.15 % at 256 px to 97.85 % at 320 (McNemar p = 3e-5), the smallest side
     # within one standard error of the best (97.92 % at 352)
