@@ -1,8 +1,9 @@
 """The training augmentation on a GPU: one epoch-slice of the default recipe's training batches
 under CUDA's sync debug mode set to "error" (any host synchronisation raises), then the
 augmentation's throughput on batches of 64 stored images: the batched version (brainlib.augment,
-through the training loader, the next batch prepared in a host thread) against the per-image
-version it replaced (tests/augment_reference.py). Runs on a CPU too (no sync check there).
+through the training loader, the next batch prepared in a host thread, and again in line) against
+the per-image version it replaced (tests/augment_reference.py), and the host's half of a batch
+alone. Runs on a CPU too (no sync check there).
 
     python scripts/cuda_augment_check.py [--batches 40]
 """
@@ -85,7 +86,7 @@ def main() -> None:
         sync(device)
         rates[prefetch] = len(images) / (time.perf_counter() - t0)
     batched = rates[device == "cuda"]
-    # the host's half alone (draws, JPEG round trips, packing, pinning): its ceiling for the whole
+    # the host's half alone (draws, JPEG round trips, packing, pinning): the ceiling it sets on the whole
     host_images, gen = torch.from_numpy(images).unsqueeze(1), torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for k in range(args.batches):
