@@ -178,6 +178,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a copy that scores at this side (FixRes: a side chosen out of fold), its temperature, conformal "
         "thresholds and OOD detector fitted there on the val split (default: the side it scores at now)",
     )
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="fit temperature, conformal thresholds and OOD detector again where the checkpoint has them "
+        "(default: keep them): for one calibrated on other pixels, as a GPU run on a compact copy is",
+    )
     p = command(
         "ensemble",
         "one checkpoint from several (seeds or backbones) and/or flip test-time augmentation, with its own "
@@ -341,7 +347,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     import tempfile
 
     from .calibration import calibrate_checkpoint
-    from .checkpoint import scored_at
+    from .checkpoint import scored_at, uncalibrated
     from .loader import load_run_data
 
     cfg = _scoring_config(args)
@@ -350,6 +356,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
         if args.scoring_size:  # checked before the data load: a fixed-side model gets its one line at once
             # the copy keeps the side its calibration was fitted at, so calibrate_checkpoint fits all of it again
             checkpoint = scored_at(args.checkpoint, args.scoring_size, Path(tmp) / "at_side.pt")
+        if args.refit:
+            checkpoint = uncalibrated(checkpoint, Path(tmp) / "uncalibrated.pt")
         _prepare_if_new(cfg)
         print(json.dumps(calibrate_checkpoint(cfg, load_run_data(cfg), checkpoint, args.out), indent=2))
     return 0

@@ -173,6 +173,25 @@ def test_calibrate_adds_conformal_thresholds_to_an_old_checkpoint(trained_run, t
     )  # same val split, same weights
 
 
+def test_calibrate_refit_replaces_what_the_checkpoint_has(trained_run, tmp_path):
+    from brainlib.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(f"{trained_run.run_dir}/checkpoints/best.pt")
+    # as if fitted on other pixels: a temperature and a detector threshold no fit on this carve gives
+    stale = state | {"temperature": 7.5, "ood": state["ood"] | {"threshold": -1.0}}
+    src = save_checkpoint(stale, tmp_path / "stale.pt")
+    loc = ["--run-dir", trained_run.run_dir, "--num-threads", "1"]
+    kept, refit = tmp_path / "kept.pt", tmp_path / "refit.pt"
+    assert main(["calibrate", "--checkpoint", str(src), "--out", str(kept), *loc]) == 0
+    assert load_checkpoint(kept)["temperature"] == 7.5  # without the flag, what it has is kept
+    assert main(["calibrate", "--checkpoint", str(src), "--out", str(refit), "--refit", *loc]) == 0
+    new = load_checkpoint(refit)
+    # the same carve and weights: the fit train made, up to the scoring path's rounding
+    assert new["temperature"] == pytest.approx(state["temperature"], rel=1e-3)
+    assert new["ood"]["threshold"] == pytest.approx(state["ood"]["threshold"], rel=1e-3)
+    assert new["calibrated_size"] == state["calibrated_size"]
+
+
 def test_calibrate_at_another_side_fits_everything_again_there(trained_run, tmp_path, capsys):
     from brainlib.checkpoint import load_checkpoint, load_for_inference, save_checkpoint, scoring_size
     from brainlib.models import create_model
