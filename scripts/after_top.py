@@ -17,10 +17,10 @@ on validation, then every candidate on the original Testing files, for the recor
    exports by `ensemble` (the three seeds; seed 42 with the mirror view; Lite0 + Lite1 + Lite2; the
    weight-averaged Lite0 + Lite1 + Lite2). The rule (compare.choose_on_validation), fixed before any
    candidate was trained: the most validation images right, ties to the lower log-loss, then to fewer
-   forward passes; a candidate replaces the committed default only with strictly more images right. Where the exports were selected on another
-   carve (a smoke run draws its own), the plan's first run, the default's recipe at seed 42, stands in
-   for the committed default, and the carve is read from the compact copy, the only one it exists on.
-   <out>/choice.md and choice.json.
+   forward passes; a candidate replaces the committed default only with strictly more images right.
+   Where the exports were selected on another carve (a smoke run draws its own), the plan's first run,
+   the default's recipe at seed 42, stands in for the committed default, and the carve is read from
+   the compact copy, the only one it exists on. <out>/choice.md and choice.json.
 2. Testing, which does not choose. The committed default and every candidate evaluated on the original
    files (`evaluate --checkpoint`; single checkpoints with the shift suite at --shift-severities,
    ensembles without), then `compare --shifts`: the seed table of the default's recipe and the paired

@@ -27,9 +27,10 @@
 #           the default with a weight average (efficientnet_lite0_robust_256_ema), efficientnet_lite2_robust
 #           and ensembles of the backbones as far as the deadline allows; all on the committed default's
 #           validation carve (scripts/default_carve.csv), exported unscored, each ensemble step's log
-#           holding its and its members' validation scores; needs the kornia wheel and the Lite weights (scripts/gpu_weights.py .gpu/stubs 0 1 2:
-#           25 MB in float16 against 60 MB of wheels). scripts/after_top.py then chooses on a CPU from the
-#           exports and scores the candidates on the original files
+#           holding its and its members' validation scores; needs the kornia wheel and the Lite weights
+#           (scripts/gpu_weights.py .gpu/stubs 0 1 2: 25 MB in float16 against 60 MB of wheels).
+#           scripts/after_top.py then chooses on a CPU from the exports and scores the candidates on the
+#           original files
 #   audit-full  the label audit with the committed default's recipe (efficientnet_lite0_robust_256:
 #           256 px, 20 epochs) as every fold model: Training and Testing pooled in 5 group-aware folds
 #           (the 224-px, 10-epoch audit in docs/label_audit was trained on a CPU; about 7 min here, so a
