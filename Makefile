@@ -108,7 +108,7 @@ audit-labels: $(STAMP)
 
 # The committed default checkpoint's model card, from its evaluation run (make evaluate CHECKPOINT=...) and,
 # when present, a label audit: make model-card [AUDIT_RUN=runs/label-audit]
-AUDIT_RUN ?= docs/label_audit/recipe_256
+AUDIT_RUN ?= docs/label_audit/ensemble
 OOD_REPORT ?= docs/ood/report.json
 model-card: $(STAMP)
 	$(PY) -m brainlib model-card --checkpoint $(DEFAULT_CHECKPOINT) --eval-run runs/eval-$(basename $(notdir $(DEFAULT_CHECKPOINT))) \

@@ -166,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="score Testing with this checkpoint (trained on Training only) and fold Training alone",
     )
+    p.add_argument(
+        "--members",
+        nargs="+",
+        default=None,
+        help="finished audits of the same folds (run folders, or folders of fold<k>/) to combine; trains nothing",
+    )
     p = command(
         "calibrate", "store temperature and conformal thresholds, fitted on the val split, in a copy of a checkpoint"
     )
@@ -329,7 +335,12 @@ def audit_command(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     _prepare_if_new(cfg)
     print(
-        json.dumps(run_label_audit(cfg, load_run_data(cfg), args.folds, test_checkpoint=args.test_checkpoint), indent=2)
+        json.dumps(
+            run_label_audit(
+                cfg, load_run_data(cfg), args.folds, test_checkpoint=args.test_checkpoint, members=args.members
+            ),
+            indent=2,
+        )
     )
     return 0
 

@@ -16,6 +16,11 @@ the strong half of the audit: the k fine-tunes there are short and their models 
 The official labels are never changed: the suspects are a list for a person to look at, and the
 Testing suspects are reported on their own; what a person concludes looking at them is brainlib.verdicts.
 
+Or the fold models of several finished audits over the same folds as one (`members`): each image's
+probabilities are the normalised geometric mean of the members' held-out probabilities (the mean of their
+log-probabilities, the rule of the ensemble checkpoint kind, models.Ensemble), so two recipes' fold models
+audit together without training anything; every member fold must hold exactly the images of this run's fold.
+
 Files under <run>/label_audit/: fold<k>/ (each fold's training run and held-out probabilities with
 the list of files, side and calibration they belong to, so an interrupted audit resumes at the fold it
 was in, and a finished fold copied into another run folder is reused only for the same images),
@@ -156,6 +161,83 @@ def out_of_fold_probabilities(
         probs[testing] = _calibrated_probabilities(test_checkpoint, cfg, data, np.flatnonzero(testing), device)
     save_npy(probs, root / "oof_probs.npy")
     return folds, probs
+
+
+MEMBERS = "members.json"  # an ensemble audit's fold: the member folds its probabilities combine
+
+
+def audit_root(folder: str | Path) -> Path:
+    """An audit's folder of fold<k>/ and label_audit.json: a run folder's label_audit/, or the folder given
+    (a committed copy of an audit, as docs/label_audit keeps them)."""
+    folder = Path(folder)
+    return folder / AUDIT_DIR if (folder / AUDIT_DIR).is_dir() else folder
+
+
+def member_fold(member: str | Path, fold: int) -> Path:
+    """A finished fold of a member audit, or one SettingsError that names what is missing."""
+    fold_dir = audit_root(member) / f"fold{fold}"
+    if not (fold_dir / "held_out_probs.npy").exists():
+        raise SettingsError(f"{member} holds no finished fold {fold} ({fold_dir}/held_out_probs.npy)")
+    return fold_dir
+
+
+def member_summary(member: str | Path) -> dict:
+    """What a member audit was (recipe, sides, epochs, its own out-of-fold accuracy), from its summary
+    where it has one: an ensemble's summary carries its members' so that a reader need not open them."""
+    summary_file = audit_root(member) / "label_audit.json"
+    record = {"folder": str(member)}
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        fields = ("recipe", "model", "image_size", "epochs_per_fold", "scoring_size", "oof_accuracy")
+        record |= {field: summary[field] for field in fields if field in summary}
+    return record
+
+
+def ensemble_of_folds(cfg: Config, data: RunData, k: int, members: list[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(folds, probabilities): the members' out-of-fold probabilities, image by image, combined as the
+    ensemble kind combines models (normalised geometric mean). Nothing trains: each member's fold must be
+    finished and hold this run's fold of images (same data, seed and fold count), else one SettingsError."""
+    if len(members) < 2:
+        raise SettingsError(f"an ensemble of audits needs at least two members, not {len(members)}")
+    folds = assign_folds(data.manifest, k, cfg.seed)
+    probs = np.full((len(folds), len(CLASS_NAMES)), np.nan)
+    records = []
+    for fold in range(k):  # every member fold read and checked before anything is written
+        held_out_rows = folds == fold
+        held_out_paths = data.manifest["path"].to_numpy()[held_out_rows].tolist()
+        log_probs, record = [], []
+        for member in members:
+            fold_dir = member_fold(member, fold)
+            try:
+                member_probs = held_out_of_fold(fold_dir, held_out_paths)
+            except SettingsError:
+                raise SettingsError(
+                    f"{fold_dir} holds other images than this run's fold {fold} ({len(held_out_paths)} images): "
+                    f"a member must audit the same data with the same --seed ({cfg.seed}) and --folds ({k})"
+                ) from None
+            log_probs.append(np.log(np.clip(member_probs, 1e-12, None)))
+            record.append({"fold": str(fold_dir), "scoring_size": _stored_side(fold_dir)})
+        combined = np.exp(np.mean(log_probs, axis=0))
+        # stored in float32 as a fold model's are: the audit's list follows from the committed fold files
+        probs[held_out_rows] = (combined / combined.sum(1, keepdims=True)).astype(np.float32)
+        records.append((held_out_paths, record))
+    root = Path(cfg.run_dir) / AUDIT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_path(root / "folds.csv") as tmp:
+        pd.DataFrame({"path": data.manifest["path"], "fold": folds}).to_csv(tmp, index=False)
+    for fold, (held_out_paths, record) in enumerate(records):
+        fold_dir = root / f"fold{fold}"
+        write_text(fold_dir / "held_out_paths.txt", "\n".join(held_out_paths) + "\n")
+        save_npy(probs[folds == fold].astype(np.float32), fold_dir / "held_out_probs.npy")
+        write_text(fold_dir / MEMBERS, json.dumps(record, indent=2) + "\n")
+    save_npy(probs, root / "oof_probs.npy")
+    return folds, probs
+
+
+def _stored_side(fold_dir: Path) -> int | None:
+    """The side a finished fold's probabilities were scored at, where the fold records it."""
+    recorded = Path(fold_dir) / HELD_OUT_CALIBRATION
+    return int(json.loads(recorded.read_text())["scoring_size"]) if recorded.exists() else None
 
 
 def held_out_side(fold_dir: Path, cfg: Config) -> int:
@@ -376,11 +458,18 @@ def run_label_audit(
     progress: bool = True,
     gallery: int = 24,
     test_checkpoint: str | Path | None = None,
+    members: list[str | Path] | None = None,
 ) -> dict:
-    """The whole audit for a prepared run: out-of-fold probabilities, suspects, summary, gallery.
+    """The whole audit for a prepared run: out-of-fold probabilities (from fold models it trains, or
+    from finished audits' folds combined, `members`), suspects, summary, gallery.
     Confident learning runs on Training and Testing apart when Testing has its own model (their
     probabilities come from different models, so per-class thresholds must not be shared)."""
-    folds, probs = out_of_fold_probabilities(cfg, data, k, progress, test_checkpoint)
+    if members and test_checkpoint:
+        raise SettingsError("an ensemble of audits scores every image out of fold: give members or a test checkpoint")
+    if members:
+        folds, probs = ensemble_of_folds(cfg, data, k, members)
+    else:
+        folds, probs = out_of_fold_probabilities(cfg, data, k, progress, test_checkpoint)
     suspects, summary = audit_table(data.manifest, folds, probs, apart=folds < 0 if test_checkpoint else None)
     root = Path(cfg.run_dir) / AUDIT_DIR
     with atomic_path(root / "label_issues.csv") as tmp:
@@ -393,14 +482,20 @@ def run_label_audit(
     summary |= {
         "n_copies_of_flags": int(len(copies)),
         "n_copies_of_flags_testing": int((copies["split_on_disk"] == "Testing").sum()),
-        "recipe": cfg.recipe,
-        "model": cfg.model,
-        "epochs_per_fold": cfg.epochs,
-        "testing_scored_by": str(test_checkpoint) if test_checkpoint else "the fold models",
-        "image_size": cfg.image_size,
-        "scoring_size": cfg.scoring_size,
         "seed": cfg.seed,
     }
+    if members:  # the fold models are the members' and their settings: this run's recipe trained nothing
+        summary["members"] = [member_summary(member) for member in members]
+        summary["combined_by"] = "normalised geometric mean of the members' held-out probabilities"
+    else:
+        summary |= {
+            "recipe": cfg.recipe,
+            "model": cfg.model,
+            "epochs_per_fold": cfg.epochs,
+            "testing_scored_by": str(test_checkpoint) if test_checkpoint else "the fold models",
+            "image_size": cfg.image_size,
+            "scoring_size": cfg.scoring_size,
+        }
     write_text(root / "label_audit.json", json.dumps(summary, indent=2) + "\n")
     # both parts, worst label quality first; Testing's flags also on their own, since they are the ones
     # that change a reported accuracy

@@ -382,18 +382,18 @@ def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:
         return lines + ["No label audit was given to this card (`python -m brainlib audit-labels`).", ""]
     audit = json.loads(audit_file.read_text())
     pairs = ", ".join(f"{k}: {v}" for k, v in list(audit["given_to_suggested"].items())[:6])
-    scoring_side = audit.get("scoring_size", audit["image_size"])  # an audit from before the side was recorded
-    folds = (
-        f"{audit['folds']} group-aware folds, each `{audit['recipe']}` at {audit['image_size']} px for "
-        f"{audit['epochs_per_fold']} epoch{'s' if audit['epochs_per_fold'] != 1 else ''}"
-        + (f" and scoring at {scoring_side} px" if scoring_side != audit["image_size"] else "")
-    )
+    if audit.get("members"):  # an ensemble of audits over the same folds: one fold model of each per image
+        folds = f"{audit['folds']} group-aware folds"
+        members = f"; each image's probabilities the geometric mean of {len(audit['members'])} fold models: "
+        members += "; ".join(_fold_models(m) for m in audit["members"])
+    else:
+        folds, members = f"{audit['folds']} group-aware folds, each {_fold_models(audit)}", ""
     scored_apart = audit.get("testing_scored_by", "the fold models") != "the fold models"
     scoring = (
         f"Training out of fold by {folds} ({_pct(audit['oof_accuracy_training'])} right), Testing by "
         f"`{audit['testing_scored_by']}`, trained on Training alone ({_pct(audit['oof_accuracy_testing'])} right)"
         if scored_apart
-        else f"every image out of fold by {folds} ({_pct(audit['oof_accuracy'])} right)"
+        else f"every image out of fold by {folds} ({_pct(audit['oof_accuracy'])} right){members}"
     )
     gallery = next((p.name for p in sorted(audit_file.parent.glob("suspects.*"))), None)
     verdicts_file = _verdicts_file(audit_file.parent)
@@ -414,6 +414,20 @@ def _label_section(audit_file: Path | None, eval_run: Path) -> list[str]:
         "",
         *_both_ways(verdicts_file, eval_run / "predictions.csv"),
     ]
+
+
+def _fold_models(audit: dict) -> str:
+    """An audit's fold models in words: recipe, training side and epochs, the side they score at (and for a
+    member of an ensemble of audits, its own out-of-fold accuracy)."""
+    if "recipe" not in audit:  # a member without a summary
+        return f"the fold models in `{audit['folder']}`"
+    scoring_side = audit.get("scoring_size", audit["image_size"])  # an audit from before the side was recorded
+    return (
+        f"`{audit['recipe']}` at {audit['image_size']} px for "
+        f"{audit['epochs_per_fold']} epoch{'s' if audit['epochs_per_fold'] != 1 else ''}"
+        + (f" and scoring at {scoring_side} px" if scoring_side != audit["image_size"] else "")
+        + (f" ({_pct(audit['oof_accuracy'])} right alone)" if "folder" in audit else "")
+    )
 
 
 def _verdicts_file(audit_dir: Path) -> Path:

@@ -31,7 +31,14 @@ from scipy import stats
 from brainlib.calibration import coverage_text, expected_calibration_error, prediction_sets
 from brainlib.config import CLASS_NAMES
 from brainlib.errors import SettingsError
-from brainlib.label_audit import AUDIT_DIR, audit_table, held_out_of_fold, held_out_thresholds, read_held_out
+from brainlib.label_audit import (
+    AUDIT_DIR,
+    MEMBERS,
+    audit_table,
+    held_out_of_fold,
+    held_out_thresholds,
+    read_held_out,
+)
 from brainlib.ood import detection_auroc
 from brainlib.stats import paired_comparison
 
@@ -135,9 +142,14 @@ def coverage_report(
     labels = manifest["label_idx"].to_numpy()
     on_disk = manifest["split_on_disk"].to_numpy()
     fold_of = folds["fold"].to_numpy()
-    thresholds = {fold: held_out_thresholds(audit / f"fold{fold}") for fold in done}
     scored = np.isin(fold_of, done)
-    for alpha in sorted(thresholds[done[0]], key=float):
+    combined = [fold for fold in done if (audit / f"fold{fold}" / MEMBERS).exists()]
+    if combined:  # the members' fold models are not kept, so nothing can fit the ensemble's thresholds
+        print(f"prediction sets: none for folds {combined}, which combine other audits' probabilities")
+        thresholds = {}
+    else:
+        thresholds = {fold: held_out_thresholds(audit / f"fold{fold}") for fold in done}
+    for alpha in sorted(thresholds[done[0]] if thresholds else [], key=float):
         sets = np.zeros(probs.shape, bool)
         for fold in done:
             rows = fold_of == fold
@@ -186,12 +198,17 @@ def main() -> None:
     print(f"finished folds: {done} of {int(folds['fold'].max()) + 1}; {scored.sum()} of {len(scored)} images scored")
     for fold in done:
         rows = (folds["fold"] == fold).to_numpy()
-        summary = json.loads((audit / f"fold{fold}" / "train_summary.json").read_text())
+        trained = audit / f"fold{fold}" / "train_summary.json"  # an ensemble of audits' fold trained nothing
+        chose = json.loads(trained.read_text()) if trained.exists() else None
         print(
             f"  fold {fold}: {correct[rows].mean():.2%} of {rows.sum()} right out of fold "
             f"(Training {correct[rows & (on_disk == 'Training')].mean():.2%}, "
             f"Testing {correct[rows & (on_disk == 'Testing')].mean():.2%}); "
-            f"validation chose epoch {summary['best_epoch']} ({summary['best_val_acc']:.2%})"
+            + (
+                f"validation chose epoch {chose['best_epoch']} ({chose['best_val_acc']:.2%})"
+                if chose
+                else f"the members' folds combined ({audit / f'fold{fold}' / MEMBERS})"
+            )
         )
     part = manifest[scored].reset_index(drop=True)
     suspects, summary = audit_table(part, folds["fold"].to_numpy()[scored], probs[scored])

@@ -83,3 +83,34 @@ def test_the_256px_recipes_folds_hold_out_the_committed_audits_images():
         assert probs.shape == (len(paths), len(CLASS_NAMES)) and np.allclose(probs.sum(1), 1, atol=1e-4)
         calibration = json.loads((fold / "held_out_calibration.json").read_text())
         assert calibration["scoring_size"] == side, f"{fold.name} scored at another side than its recipe's"
+
+
+def test_the_two_recipes_ensemble_follows_from_its_members_folds():
+    """docs/label_audit/ensemble combines the two committed audits' fold files (the normalised geometric mean,
+    each fold recording its members), and confident learning over its stored probabilities gives its list."""
+    ensemble = AUDIT / "ensemble"
+    summary = json.loads((ensemble / "label_audit.json").read_text())
+    assert [m["folder"] for m in summary["members"]] == ["docs/label_audit", "docs/label_audit/recipe_256"]
+    paths, probs = [], []
+    for fold in range(summary["folds"]):
+        fold_paths, combined = read_held_out(ensemble / f"fold{fold}")
+        members = json.loads((ensemble / f"fold{fold}" / "members.json").read_text())
+        assert [m["fold"] for m in members] == [f"{m['folder']}/fold{fold}" for m in summary["members"]]
+        member_probs = []
+        for member in members:
+            member_paths, member_prob = read_held_out(AUDIT.parents[1] / member["fold"])
+            assert member_paths == fold_paths, f"{member['fold']} holds other images than the ensemble's fold"
+            member_probs.append(member_prob.astype(float))
+        expected = np.sqrt(member_probs[0] * member_probs[1])
+        assert np.allclose(combined, expected / expected.sum(1, keepdims=True), atol=1e-6)
+        paths += fold_paths
+        probs.append(combined)
+    table = pd.DataFrame({"path": paths, "probs": list(np.concatenate(probs))})
+    table["testing"] = table["path"].str.startswith("Testing/")
+    table = table.sort_values(["testing", "path"], ignore_index=True)  # the manifest's order, as above
+    labels = table["path"].str.split("/").str[1].map(CLASS_NAMES.index).to_numpy()
+    right = np.stack(table["probs"]).argmax(1) == labels
+    assert right.mean() == pytest.approx(summary["oof_accuracy"])
+    flagged, _ = find_label_issues(labels, np.stack(table["probs"]))
+    listed = pd.read_csv(ensemble / "label_issues.csv")
+    assert set(table["path"].to_numpy()[flagged]) == set(listed["path"]) and len(listed) == summary["n_flagged"]

@@ -256,3 +256,50 @@ def test_a_fold_is_read_only_for_the_images_it_was_computed_on(tmp_path):
     np.save(fold / "held_out_probs.npy", probs[:1])
     with pytest.raises(SettingsError, match="1 rows for 2 listed images"):
         label_audit.held_out_of_fold(fold, paths)
+
+
+def _member_audit(folder: Path, manifest: pd.DataFrame, folds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A finished audit's folds as an audit stores them (fold<k>/ with its images and probabilities), made up."""
+    probs = rng.dirichlet(np.ones(len(CLASS_NAMES)), size=len(manifest)).astype(np.float32)
+    for fold in np.unique(folds):
+        rows = folds == fold
+        (folder / f"fold{fold}").mkdir(parents=True)
+        (folder / f"fold{fold}" / "held_out_paths.txt").write_text("\n".join(manifest["path"][rows]) + "\n")
+        np.save(folder / f"fold{fold}" / "held_out_probs.npy", probs[rows])
+    return probs
+
+
+def test_two_finished_audits_combine_into_one_without_training(prepared_run, tmp_path, capsys):
+    """--members: each image's probabilities are the normalised geometric mean of the members' (the ensemble
+    kind's rule), fold by fold, and nothing trains; a member over other folds is one line, not a traceback."""
+    manifest = load_run_data(prepared_run).manifest
+    folds = label_audit.assign_folds(manifest, 3, prepared_run.seed)
+    rng = np.random.default_rng(0)
+    first = _member_audit(tmp_path / "a", manifest, folds, rng)
+    (tmp_path / "b" / "label_audit").mkdir(parents=True)  # a run folder: its folds under label_audit/
+    second = _member_audit(tmp_path / "b" / "label_audit", manifest, folds, rng)
+    (tmp_path / "b" / "label_audit" / "label_audit.json").write_text(json.dumps({"recipe": "r", "oof_accuracy": 0.5}))
+    args = ["audit-labels", "--run-dir", prepared_run.run_dir, "--folds", "3"]
+    assert main(args + ["--members", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    root = Path(prepared_run.run_dir) / "label_audit"
+    combined = np.load(root / "oof_probs.npy")
+    expected = np.sqrt(first.astype(float) * second)
+    assert np.allclose(combined, expected / expected.sum(1, keepdims=True), atol=1e-6)
+    assert not (root / "fold0" / "checkpoints").exists(), "a combined audit trains nothing"
+    summary = json.loads((root / "label_audit.json").read_text())
+    assert [m["folder"] for m in summary["members"]] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert summary["members"][1]["recipe"] == "r" and "recipe" not in summary and "epochs_per_fold" not in summary
+    right = combined.argmax(1) == manifest["label_idx"].to_numpy()
+    assert summary["oof_accuracy"] == pytest.approx(right.mean())
+    assert json.loads((root / "fold2" / label_audit.MEMBERS).read_text())[0]["fold"] == str(tmp_path / "a" / "fold2")
+    # a member audited with another fold count holds other images in its fold 0: refused in one line
+    shutil.rmtree(tmp_path / "a")
+    _member_audit(tmp_path / "a", manifest, label_audit.assign_folds(manifest, 2, prepared_run.seed), rng)
+    capsys.readouterr()
+    assert main(args + ["--members", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "same --seed" in error[0] and "Traceback" not in error[0]
+    assert np.array_equal(np.load(root / "oof_probs.npy"), combined), "nothing half-written"
+    # one member is not an ensemble; members and a Testing checkpoint exclude each other
+    assert main(args + ["--members", str(tmp_path / "b")]) == 2
+    assert main(args + ["--members", str(tmp_path / "b"), str(tmp_path / "b"), "--test-checkpoint", "x.pt"]) == 2

@@ -130,3 +130,21 @@ def test_an_audit_in_a_subfolder_reads_the_shared_verdicts_above_it(tmp_path):
     assert _verdicts_file(sub) == tmp_path / "label_audit" / "verdicts.csv"
     (sub / "verdicts.csv").write_text("path,verdict\n")
     assert _verdicts_file(sub) == sub / "verdicts.csv"
+
+
+def test_the_card_names_each_member_of_an_ensemble_of_audits(tmp_path):
+    """An ensemble of audits trained nothing itself: the card describes its members' fold models."""
+    from brainlib.model_card import _label_section
+
+    members = [
+        {"folder": "a", "recipe": "r224", "image_size": 224, "epochs_per_fold": 10, "scoring_size": 272},
+        {"folder": "b", "recipe": "r256", "image_size": 256, "epochs_per_fold": 20, "scoring_size": 320},
+    ]
+    members[0]["oof_accuracy"], members[1]["oof_accuracy"] = 0.979, 0.9776
+    summary = {"folds": 5, "members": members, "oof_accuracy": 0.98, "given_to_suggested": {"a -> b": 2}}
+    summary |= {"n_flagged_training": 1, "n_flagged_testing": 1, "n_flagged_in_duplicate_groups": 0}
+    (tmp_path / "label_audit.json").write_text(json.dumps(summary))
+    text = " ".join(_label_section(tmp_path / "label_audit.json", tmp_path / "no-eval"))
+    assert "the geometric mean of 2 fold models" in text and "(98.00 % right)" in text
+    assert "`r224` at 224 px for 10 epochs and scoring at 272 px (97.90 % right alone)" in text
+    assert "`r256` at 256 px for 20 epochs and scoring at 320 px (97.76 % right alone)" in text

@@ -36,7 +36,8 @@ def test_the_label_audit_sentence_follows_its_files(tmp_path, monkeypatch):
     sentence = results._audit_sentence()
     assert f"flags {audit['n_flagged']} ({audit['n_flagged_testing']} in Testing)" in sentence
     assert f"{100 * audit['oof_accuracy']:.2f} % right" in sentence and "not read" not in sentence
-    assert f"models of `{audit['recipe']}`" in sentence
+    recipes = [m["recipe"] for m in audit["members"]] if "members" in audit else [audit["recipe"]]
+    assert all(f"`{recipe}`" in sentence for recipe in recipes), "the sentence names the fold models' recipes"
     # an unread flag is counted as such
     audit_dir = (tmp_path / results.AUDIT_FILE).parent
     audit_dir.mkdir(parents=True)
