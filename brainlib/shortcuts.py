@@ -67,22 +67,24 @@ def rule_text(rule: DecisionTreeClassifier) -> str:
 
 def file_says_no_tumour(manifest: pd.DataFrame, paths: pd.Series) -> np.ndarray | None:
     """For each path (rows of `manifest`): does the file rule fitted on `manifest` call it no tumour?
-    None for a manifest written before it recorded each file's mode."""
-    if not _records_modes(manifest):
+    None for a manifest written before it recorded each file's mode, or one without Training files to fit on
+    (a run that scores Testing alone)."""
+    if not _fittable(manifest):
         return None
     return fit_file_rule(manifest).predict(_file_rows(manifest, paths)).astype(bool)
 
 
 def file_tumour_type(manifest: pd.DataFrame, paths: pd.Series) -> np.ndarray | None:
     """For each path: the tumour type its file's format points to (fit_tumour_type_rule). None for a
-    manifest without the files' modes."""
-    if not _records_modes(manifest):
+    manifest without the files' modes or without Training files."""
+    if not _fittable(manifest):
         return None
     return fit_tumour_type_rule(manifest).predict(_file_rows(manifest, paths))
 
 
-def _records_modes(manifest: pd.DataFrame) -> bool:
-    return "mode" in manifest and "split_on_disk" in manifest
+def _fittable(manifest: pd.DataFrame) -> bool:
+    """The manifest records each file's mode and holds Training files to fit a rule on."""
+    return "mode" in manifest and "split_on_disk" in manifest and not _training_files(manifest).empty
 
 
 def _file_rows(manifest: pd.DataFrame, paths: pd.Series) -> np.ndarray:

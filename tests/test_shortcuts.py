@@ -92,6 +92,10 @@ def test_old_manifests_and_predictions_give_no_report_rather_than_an_error():
     assert shortcuts.file_says_no_tumour(m.drop(columns="mode"), m["path"]) is None
     assert shortcuts.file_tumour_type(m.drop(columns="mode"), m["path"]) is None
     assert shortcuts.shortcut_report(pd.DataFrame({"label": ["glioma"], "pred": ["glioma"]})) is None
+    # a run that scores Testing alone has no Training files to fit a rule on (sklearn stopped with a traceback)
+    testing = m[m["split_on_disk"] == "Testing"]
+    assert shortcuts.file_says_no_tumour(testing, testing["path"]) is None
+    assert shortcuts.file_tumour_type(testing, testing["path"]) is None
 
 
 def test_evaluate_records_the_audit_and_the_command_reads_evaluated_folders(trained_run, tmp_path, capsys):
