@@ -37,6 +37,13 @@
 #           call of its own); each fold's held-out probabilities come back with the list; needs the
 #           kornia, cleanlab and termcolor wheels; then the fold models score their held-out Training
 #           images at six sides (scripts/views_out_of_fold.py), to choose the side the recipe scores at
+#   suite-install  the shift suite's wheels (scripts/gpu_suite_kit.sh wheels: SimpleITK alone is 53 MB, so
+#           they travel in a call of their own), installed under runs/ on the machine, where the next call
+#           on the same machine finds them
+#   suite   the committed default's full shift suite (1,311 Testing images, 25 shifts x 3 severities) scored
+#           on the GPU, its transforms on the machine's cores, from a call right after suite-install
+#           (scripts/gpu_suite_kit.sh data: the original Testing files and a run folder listing them); then
+#           the transforms alone, timed pair by pair (scripts/shift_transform_times.py)
 #
 # What travels is limited to 64 MiB: the tracked tree is 25 MB (16 MB of it the committed
 # checkpoints and 7.8 MB docs/, which no part needs: both go out of the tree for the call and back
@@ -51,7 +58,7 @@
 # FAST=1 runs every step on a few images for one epoch (a smoke test of this script on any machine).
 set -o pipefail
 export PYTHONUNBUFFERED=1
-[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|sync|profile|augment|top|audit-full ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|sync|profile|augment|top|audit-full|suite-install|suite ..." >&2; exit 2; }
 DEADLINE_S=${DEADLINE_S:-540}
 # Only a few files may come back from a rented machine: every result goes to a staging folder,
 # packed into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
@@ -100,6 +107,7 @@ fi
 [ -d .gpu/stubs ] && export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD/.gpu/stubs
 export BRAIN_DATA_DIR=$DATA BRAIN_CACHE_DIR=${BRAIN_CACHE_DIR:-/tmp/brain-cache}
 RUNS=${RUNS:-/tmp/cuda-runs}
+SUITE_SITE=${SUITE_SITE:-$PWD/runs/gpu-suite-site} # the suite's wheels, installed by one call for the next
 SMOKE=() AUDIT_EPOCHS=10
 PROFILE_BATCHES=40
 if [ "${FAST:-0}" = 1 ]; then SMOKE=(--fast true --epochs 1) AUDIT_EPOCHS=1 PROFILE_BATCHES=3; fi
@@ -299,8 +307,44 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
             PREPARE_EXTRA=()
         fi
         ;;
+    suite-install)
+        # runs/ is ignored by git, and a rented machine keeps ignored files between calls while it is held
+        t0=$SECONDS
+        rm -rf "$SUITE_SITE" && mkdir -p "$SUITE_SITE" &&
+            $PY -m pip install -q --no-index --no-deps --no-compile --target "$SUITE_SITE" .gpu/suite-wheels/*.whl &&
+            PYTHONPATH=$SUITE_SITE:$PWD $PY -c "import SimpleITK, torchio, monai, pywt, nibabel, efficientnet_lite_pytorch
+import brainlib.shifts, numpy as np
+for s in brainlib.shifts.SHIFTS.values(): s(np.full((2, 64, 64), 100, np.uint8), 2)
+print('every shift runs')" >"$OUT/suite-install.log" 2>&1
+        printf 'suite-install\trc=%s\t%d s\n' $? $((SECONDS - t0)) | tee -a "$OUT/steps.tsv"
+        pack
+        ;;
+    suite)
+        if [ ! -d "$SUITE_SITE/torchio" ]; then
+            printf 'suite\tskipped\t(no wheels in %s: run the suite-install part on this machine first)\n' "$SUITE_SITE" |
+                tee -a "$OUT/steps.tsv"
+            continue
+        fi
+        export PYTHONPATH=$SUITE_SITE:${PYTHONPATH:-$PWD}
+        rm -rf /tmp/suite-data "$RUNS/suite" && mkdir -p /tmp/suite-data "$RUNS" && tar -xzf .gpu/Testing.tgz -C /tmp/suite-data &&
+            cp -r .gpu/suite-run "$RUNS/suite"
+        # all three severities unless FAST=1; the store of shift logits starts empty (a fresh cache folder)
+        flags=(--shift-severities 1,2,3)
+        [ "${FAST:-0}" = 1 ] && flags=(--shift-severities 2 --shift-sample 40)
+        fits suite 300 && BRAIN_DATA_DIR=/tmp/suite-data BRAIN_CACHE_DIR=/tmp/suite-cache step suite evaluate \
+            --checkpoint checkpoints/efficientnet_lite0_robust.pt --run-dir "$RUNS/suite" "${flags[@]}"
+        mkdir -p "$OUT/suite" && cp "$RUNS"/suite/{metrics.json,predictions.csv} "$OUT/suite/" 2>/dev/null
+        pack
+        if fits suite-transforms 120; then
+            t0=$(date +%s%N)
+            BRAIN_DATA_DIR=/tmp/suite-data BRAIN_CACHE_DIR=/tmp/suite-cache $PY scripts/shift_transform_times.py \
+                --run-dir "$RUNS/suite" "${flags[@]/--shift-/--}" --out "$OUT/suite-transforms.json" >"$OUT/suite-transforms.log" 2>&1
+            printf 'suite-transforms\trc=%s\t%d ms\n' $? $((($(date +%s%N) - t0) / 1000000)) | tee -a "$OUT/steps.tsv"
+            pack
+        fi
+        ;;
     *)
-        echo "unknown part $PART (speed, seeds, robust, audit, sync, profile, augment, top or audit-full)" >&2
+        echo "unknown part $PART (speed, seeds, robust, audit, sync, profile, augment, top, audit-full, suite-install or suite)" >&2
         exit 2
         ;;
     esac

@@ -144,3 +144,20 @@ def test_steps_that_would_pass_the_deadline_are_skipped_and_listed(tmp_path, scr
     assert calls == [] and not list(out.glob("*.pt"))
     for name in after_top.EXPORTS:
         assert f"{name}\tskipped\t(" in printed
+
+
+def test_the_suite_part_on_a_machine_without_its_wheels_says_so_and_scores_nothing(tmp_path):
+    """The suite's wheels come in the call before (suite-install): a fresh machine has none, and the part
+    stops with a line that says which part to run first, instead of failing on an import."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PY": str(fake), "CALLS": str(calls), "TMPDIR": str(tmp_path)}
+    env |= {"RUNS": str(tmp_path / "runs"), "SUITE_SITE": str(tmp_path / "no-site")}
+    result = subprocess.run(
+        ["bash", "scripts/cuda_session.sh", "suite"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "suite\tskipped\t(no wheels in" in result.stdout and "run the suite-install part" in result.stdout
+    assert not calls.exists(), "no brainlib command ran"

@@ -1,0 +1,64 @@
+#!/bin/bash
+# Packs into .gpu/ (ignored by git) what the shift suite needs on a rented CUDA machine, in two loads for two
+# calls in a row on the same machine, since only 64 MiB travel a call and SimpleITK's wheel alone (TorchIO's
+# motion artifact resamples through it) is 53 MB:
+#
+#   bash scripts/gpu_suite_kit.sh wheels   # call 1, part suite-install: the suite's wheels the stock PyTorch
+#                                          # image lacks, for its Python 3.12 (SimpleITK, TorchIO, NiBabel,
+#                                          # MONAI, PyWavelets, Deprecated, efficientnet-lite-pytorch)
+#   bash scripts/gpu_suite_kit.sh data     # call 2, part suite: Testing's original files as one .tgz (28 MB)
+#                                          # and a run folder whose manifest lists Testing alone
+#
+# The suite scores the committed default checkpoint, which travels in the tracked tree (checkpoints/); docs/
+# is read by neither call and goes out of the tree for both (commands printed at the end), and for the
+# wheels' call checkpoints/ too. The second call must come while the first one's machine is still held:
+# a fresh machine has not installed the wheels, and the suite part then says so and stops.
+set -euo pipefail
+WHAT=${1:?usage: gpu_suite_kit.sh wheels|data}
+PY=${PY:-.venv/bin/python}
+rm -rf .gpu
+mkdir -p .gpu .git/info
+touch .git/info/exclude
+grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >>.git/info/exclude
+version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
+case $WHAT in
+wheels)
+    mkdir -p .gpu/suite-wheels
+    # the GPU image runs Python 3.12: binary wheels for it, whatever Python packs them
+    $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .gpu/suite-wheels \
+        "simpleitk==$(version simpleitk)" "torchio==$(version torchio)" "nibabel==$(version nibabel)" \
+        "monai==$(version monai)" "pywavelets==$(version pywavelets)" "deprecated==$(version deprecated)" \
+        "efficientnet-lite-pytorch==$(version efficientnet-lite-pytorch)" 2>&1 | grep -v "is ignored: it is neither" || true
+    aside="checkpoints docs"
+    ;;
+data)
+    DATA=${BRAIN_DATA_DIR:?set BRAIN_DATA_DIR to the original dataset (Training/ and Testing/)}
+    [ -d "$DATA/Testing" ] || { echo "$DATA has no Testing/ folder" >&2; exit 3; }
+    tar -czf .gpu/Testing.tgz -C "$DATA" Testing
+    # the run's settings and its manifest cut to Testing: the suite reads no Training image (the file-format
+    # rule, fitted on Training's files, is left out of such a run's predictions)
+    BRAIN_DATA_DIR=$DATA $PY -m brainlib prepare --run-dir .gpu/suite-run >/dev/null # data_dir stays unset: the env var names it there
+    $PY -c "
+import pandas as pd
+m = pd.read_csv('.gpu/suite-run/manifest.csv')
+m[m['split_on_disk'] == 'Testing'].to_csv('.gpu/suite-run/manifest.csv', index=False)
+print('suite-run manifest:', int((m['split_on_disk'] == 'Testing').sum()), 'Testing images')"
+    rm -f .gpu/suite-run/audit.json
+    aside="docs"
+    ;;
+*)
+    echo "usage: gpu_suite_kit.sh wheels|data" >&2
+    exit 2
+    ;;
+esac
+excluded=$(echo "$aside" | sed 's/ /|/g')
+tree=$(git ls-files -z --cached --others --exclude-standard | grep -zEv "^($excluded)/" |
+    du -cb --apparent-size --files0-from=- | tail -1 | cut -f1)
+kit=$(du -sb --apparent-size .gpu | cut -f1)
+ls -la .gpu .gpu/*/ 2>/dev/null | head -30
+echo "travels: tree $((tree / 1024)) KiB + .gpu $((kit / 1024)) KiB = $(((tree + kit) / 1024)) KiB of $((64 * 1024))"
+[ $((tree + kit)) -le $((64 * 1024 * 1024)) ] || { echo "too large to travel" >&2; exit 1; }
+echo "before the call: mkdir -p /tmp/aside && mv $aside /tmp/aside/"
+echo "after it:        mv $(for d in $aside; do printf '/tmp/aside/%s ' "$d"; done). && git status --short"
