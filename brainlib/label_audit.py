@@ -243,8 +243,8 @@ def _stored_side(fold_dir: Path) -> int | None:
 def held_out_side(fold_dir: Path, cfg: Config) -> int:
     """The side a fold's stored probabilities were scored at (a fold from before the side was recorded
     scored at the side it trained at, the run's image_size)."""
-    recorded = fold_dir / HELD_OUT_CALIBRATION
-    return int(json.loads(recorded.read_text())["scoring_size"]) if recorded.exists() else cfg.image_size
+    stored = _stored_side(fold_dir)
+    return cfg.image_size if stored is None else stored
 
 
 def _fold_probabilities(fold_dir: Path, fold_cfg: Config, fold_data: RunData, device: str) -> tuple[np.ndarray, dict]:

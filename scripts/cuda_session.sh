@@ -37,9 +37,9 @@
 #           call of its own); each fold's held-out probabilities come back with the list; needs the
 #           kornia, cleanlab and termcolor wheels; then the fold models score their held-out Training
 #           images at six sides (scripts/views_out_of_fold.py), to choose the side the recipe scores at
-#   suite-install  the shift suite's wheels (scripts/gpu_suite_kit.sh wheels: SimpleITK alone is 53 MB, so
-#           they travel in a call of their own), installed under runs/ on the machine, where the next call
-#           on the same machine finds them
+#   suite-install  the shift suite's wheels (scripts/gpu_suite_kit.sh wheels: .gpu-wheels/, carried alone,
+#           since SimpleITK's is 53 MB), installed under runs/ on the machine, where the next call on the
+#           same machine finds them
 #   suite   the committed default's full shift suite (1,311 Testing images, 25 shifts x 3 severities) scored
 #           on the GPU, its transforms on the machine's cores, from a call right after suite-install
 #           (scripts/gpu_suite_kit.sh data: the original Testing files and a run folder listing them); then
@@ -311,7 +311,7 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         # runs/ is ignored by git, and a rented machine keeps ignored files between calls while it is held
         t0=$SECONDS
         rm -rf "$SUITE_SITE" && mkdir -p "$SUITE_SITE" &&
-            $PY -m pip install -q --no-index --no-deps --no-compile --target "$SUITE_SITE" .gpu/suite-wheels/*.whl &&
+            $PY -m pip install -q --no-index --no-deps --no-compile --target "$SUITE_SITE" .gpu-wheels/*.whl &&
             PYTHONPATH=$SUITE_SITE:$PWD $PY -c "import SimpleITK, torchio, monai, pywt, nibabel, efficientnet_lite_pytorch
 import brainlib.shifts, numpy as np
 for s in brainlib.shifts.SHIFTS.values(): s(np.full((2, 64, 64), 100, np.uint8), 2)

@@ -1,33 +1,36 @@
 #!/bin/bash
-# Packs into .gpu/ (ignored by git) what the shift suite needs on a rented CUDA machine, in two loads for two
-# calls in a row on the same machine, since only 64 MiB travel a call and SimpleITK's wheel alone (TorchIO's
-# motion artifact resamples through it) is 53 MB:
+# Packs what the shift suite needs on a rented CUDA machine, in two loads for two calls in a row on the same
+# machine, since only 64 MiB travel a call and SimpleITK's wheel alone (TorchIO's motion artifact resamples
+# through it) is 53 MB. Both folders are ignored by git, so each travels only in the call that carries it:
 #
-#   bash scripts/gpu_suite_kit.sh wheels   # call 1, part suite-install: the suite's wheels the stock PyTorch
-#                                          # image lacks, for its Python 3.12 (SimpleITK, TorchIO, NiBabel,
-#                                          # MONAI, PyWavelets, Deprecated, efficientnet-lite-pytorch)
-#   bash scripts/gpu_suite_kit.sh data     # call 2, part suite: Testing's original files as one .tgz (28 MB)
-#                                          # and a run folder whose manifest lists Testing alone
+#   bash scripts/gpu_suite_kit.sh wheels   # .gpu-wheels/, for call 1 (carry .gpu-wheels, part suite-install):
+#                                          # the suite's wheels the stock PyTorch image lacks, for its Python
+#                                          # 3.12 (SimpleITK, TorchIO, NiBabel, MONAI, PyWavelets, Deprecated,
+#                                          # efficientnet-lite-pytorch)
+#   bash scripts/gpu_suite_kit.sh data     # .gpu/, for call 2 (carry .gpu, part suite): Testing's original
+#                                          # files as one .tgz (25 MB) and a run folder whose manifest lists
+#                                          # Testing alone
 #
-# The suite scores the committed default checkpoint, which travels in the tracked tree (checkpoints/); docs/
-# is read by neither call and goes out of the tree for both (commands printed at the end), and for the
-# wheels' call checkpoints/ too. The second call must come while the first one's machine is still held:
-# a fresh machine has not installed the wheels, and the suite part then says so and stops.
+# Build both before call 1: the second call must come while the first one's machine is still held (a fresh
+# machine has not installed the wheels, and the suite part then says so and stops). The suite scores the
+# committed default checkpoint, which travels in the tracked tree (checkpoints/); docs/ is read by neither
+# call and goes out of the tree for both (commands printed at the end), and for the wheels' call checkpoints/ too.
 set -euo pipefail
 WHAT=${1:?usage: gpu_suite_kit.sh wheels|data}
 PY=${PY:-.venv/bin/python}
-rm -rf .gpu
-mkdir -p .gpu .git/info
+case $WHAT in wheels) KIT=.gpu-wheels ;; data) KIT=.gpu ;; *) KIT= ;; esac
+[ -n "$KIT" ] || { echo "usage: gpu_suite_kit.sh wheels|data" >&2; exit 2; }
+rm -rf "$KIT"
+mkdir -p "$KIT" .git/info
 touch .git/info/exclude
-grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >>.git/info/exclude
+grep -qx "/$KIT/" .git/info/exclude || echo "/$KIT/" >>.git/info/exclude
 version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
 case $WHAT in
 wheels)
-    mkdir -p .gpu/suite-wheels
     # the GPU image runs Python 3.12: binary wheels for it, whatever Python packs them
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 -d .gpu/suite-wheels \
+        --platform manylinux2014_x86_64 -d "$KIT" \
         "simpleitk==$(version simpleitk)" "torchio==$(version torchio)" "nibabel==$(version nibabel)" \
         "monai==$(version monai)" "pywavelets==$(version pywavelets)" "deprecated==$(version deprecated)" \
         "efficientnet-lite-pytorch==$(version efficientnet-lite-pytorch)" 2>&1 | grep -v "is ignored: it is neither" || true
@@ -48,17 +51,13 @@ print('suite-run manifest:', int((m['split_on_disk'] == 'Testing').sum()), 'Test
     rm -f .gpu/suite-run/audit.json
     aside="docs"
     ;;
-*)
-    echo "usage: gpu_suite_kit.sh wheels|data" >&2
-    exit 2
-    ;;
 esac
 excluded=$(echo "$aside" | sed 's/ /|/g')
 tree=$(git ls-files -z --cached --others --exclude-standard | grep -zEv "^($excluded)/" |
     du -cb --apparent-size --files0-from=- | tail -1 | cut -f1)
-kit=$(du -sb --apparent-size .gpu | cut -f1)
-ls -la .gpu .gpu/*/ 2>/dev/null | head -30
-echo "travels: tree $((tree / 1024)) KiB + .gpu $((kit / 1024)) KiB = $(((tree + kit) / 1024)) KiB of $((64 * 1024))"
+kit=$(du -sb --apparent-size "$KIT" | cut -f1)
+find "$KIT" -type f -printf "%10s  %p\n" | sort -k2 | head -30
+echo "travels (carry $KIT): tree $((tree / 1024)) KiB + $KIT $((kit / 1024)) KiB = $(((tree + kit) / 1024)) KiB of $((64 * 1024))"
 [ $((tree + kit)) -le $((64 * 1024 * 1024)) ] || { echo "too large to travel" >&2; exit 1; }
 echo "before the call: mkdir -p /tmp/aside && mv $aside /tmp/aside/"
 echo "after it:        mv $(for d in $aside; do printf '/tmp/aside/%s ' "$d"; done). && git status --short"
