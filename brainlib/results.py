@@ -123,16 +123,17 @@ def _audit_sentence() -> str:
     read, n_read, n_flags = how_read(pd.read_csv(flags_file), read_verdicts(verdicts_file))
     unread = n_flags - n_read
     members = audit.get("members")  # an ensemble of audits: each image scored by one fold model of each
-    scored_by = (
-        f"one of {audit['folds']} {'pairs' if len(members) == 2 else 'sets'} of fold models ("
-        + " and ".join(f"`{m.get('recipe', m['folder'])}`" for m in members)
-        + ", their probabilities' geometric mean)"
-        if members
-        else f"one of {audit['folds']} models of `{audit['recipe']}`"
-    )
+    if members:
+        recipes = [f"`{m.get('recipe', m['folder'])}`" for m in members]
+        scored_by = (
+            f"{len(members)} fold models that never saw any copy of it, one each of {', '.join(recipes[:-1])} and "
+            f"{recipes[-1]} ({audit['folds']} folds each), their probabilities' geometric mean "
+        )
+    else:
+        scored_by = f"one of {audit['folds']} models of `{audit['recipe']}` that never saw any copy of it, "
     return (
-        f" A label audit (each of the {audit['n_images']:,} images of Training and Testing scored by {scored_by} "
-        f"that never saw any copy of it, {_pct(audit['oof_accuracy'])} right) flags "
+        f" A label audit (each of the {audit['n_images']:,} images of Training and Testing scored by {scored_by}"
+        f"{_pct(audit['oof_accuracy'])} right) flags "
         f"{audit['n_flagged']} ({audit['n_flagged_testing']} in Testing); read by eye: {read}"
         f"{f', {unread} not read' if unread else ''} "
         "([docs/trust.md](docs/trust.md#are-the-labels-right))."
