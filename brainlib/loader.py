@@ -10,7 +10,9 @@ Two paths:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,8 +94,10 @@ class CachedBatches:
         self.epoch, self.rank, self.world_size = 0, rank, world_size
         self.drop_last = False  # train: skip the epoch's last, smaller batch (CUDA graphs replay one shape)
         # train: prepare the next batch in a host thread; None: on a GPU only (on a CPU the same cores
-        # would prepare and train)
-        self.prefetch: bool | None = None
+        # would prepare and train); "process": in a worker process instead, where the draws and libjpeg
+        # do not hold the training thread's interpreter lock (on an H200 the thread's preparing, 13.5 ms a
+        # batch, and the step's ≈900 launches took turns with that lock; not measured there yet)
+        self.prefetch: bool | str | None = None
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -133,6 +137,9 @@ class CachedBatches:
             for start in starts:
                 yield self._training_batch(order[start : start + self.batch_size], prepare(start))
             return
+        if self.prefetch == "process" and "fork" in multiprocessing.get_all_start_methods():
+            yield from self._prepared_by_a_worker(order, order_host, starts, gen, pin=on_gpu)
+            return
         # on a GPU a host thread draws the next batch and runs its JPEG round trips while this one
         # trains; draws stay in batch order (one producer), so a seed gives the same batches
         with ThreadPoolExecutor(1, thread_name_prefix="augment") as pool:
@@ -142,6 +149,40 @@ class CachedBatches:
                 if k + 1 < len(starts):
                     ahead = pool.submit(prepare, starts[k + 1])
                 yield self._training_batch(order[start : start + self.batch_size], prepared)
+
+    def _prepared_by_a_worker(
+        self, order: torch.Tensor, order_host: torch.Tensor, starts: range, gen: torch.Generator, pin: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches, each prepared by one forked worker process in batch order (the same draws
+        as in line: it holds the epoch's generator and draws nothing else), at most two ahead. The worker
+        never touches the GPU (CUDA does not survive a fork): it returns host tensors through shared
+        memory, and they are page-locked here."""
+        import torch.multiprocessing as torch_mp  # its queue passes tensors through shared memory
+
+        context = torch_mp.get_context("fork")
+        ready, received = context.Queue(maxsize=2), context.Event()
+        worker = context.Process(
+            target=_prepare_epoch,
+            args=(self.host_images, order_host, list(starts), self.batch_size, self.aug, gen, ready, received),
+            daemon=True,
+        )
+        worker.start()
+        try:
+            for start in starts:
+                prepared = ready.get()
+                if isinstance(prepared, str):
+                    raise RuntimeError(f"the augmentation's worker process failed: {prepared}")
+                if pin:
+                    prepared = dataclasses.replace(
+                        prepared, params=prepared.params.pin_memory(), jpeg=prepared.jpeg.pin_memory()
+                    )
+                yield self._training_batch(order[start : start + self.batch_size], prepared)
+        finally:  # also when the consumer stops early: no worker outlives its epoch
+            received.set()
+            worker.terminate()
+            worker.join()
+            ready.close()
+            ready.cancel_join_thread()
 
     def _scoring_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return to_model_input(resize_batch(self.images[idx], self.image_size)), self.labels[idx]
@@ -158,6 +199,20 @@ class CachedBatches:
             return self._scoring_batch(idx)
         prepared = prepare_batch(self.host_images, host_idx, self.aug, gen, pin=self.images.device.type == "cuda")
         return self._training_batch(idx, prepared)
+
+
+def _prepare_epoch(host_images, order_host, starts, batch_size, aug, gen, ready, received) -> None:
+    """A worker process's loop: the epoch's batches prepared in order, each put on `ready`; a failure is
+    put there as its one-line text (an exception object may not survive the trip). It then waits for
+    `received`: a tensor passed through shared memory is handed over by this process, which must still be
+    there when the parent takes the last batch."""
+    torch.set_num_threads(1)  # libjpeg and the draws are single-threaded; the cores are the training's
+    try:
+        for start in starts:
+            ready.put(prepare_batch(host_images, order_host[start : start + batch_size], aug, gen, pin=False))
+    except Exception as error:  # reported to the parent, which raises it
+        ready.put(f"{type(error).__name__}: {error}")
+    received.wait()
 
 
 @dataclass

@@ -77,7 +77,7 @@ def main() -> None:
     batches = CachedBatches(images, labels, 64, 224, train=True, aug=aug, device=device)
     list(zip(range(3), batches))  # warm-up
     rates = {}
-    for prefetch in (True, False):  # the next batch prepared in a host thread, or in line
+    for prefetch in (True, "process", False):  # the next batch prepared in a host thread, a worker process, in line
         batches.prefetch = prefetch
         sync(device)
         t0 = time.perf_counter()
@@ -93,6 +93,7 @@ def main() -> None:
         prepare_batch(host_images, torch.arange(64 * k, 64 * k + 64), aug, gen, pin=device == "cuda")
     result["host_prepare_ms_per_batch"] = round(1000 * (time.perf_counter() - t0) / args.batches, 2)
     result["batched_in_line_img_per_s"] = round(rates[False])
+    result["batched_in_a_process_img_per_s"] = round(rates["process"])
 
     stored = torch.from_numpy(images).unsqueeze(1).to(device)
     gen = torch.Generator().manual_seed(0)

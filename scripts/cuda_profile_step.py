@@ -1,7 +1,8 @@
 """Where a training step's time goes: the training loop's own epoch function (brainlib.train)
 over synthetic stored images (smooth blobs with noise), for a recipe, with its CUDA-graph step
 where the device is CUDA, under torch.profiler. Prints the throughput with and without the
-profiler, the top operators by their own GPU and host time, and the share of the wall clock the
+profiler (and, unprofiled, with the next batches prepared in a worker process instead of a host
+thread), the top operators by their own GPU and host time, and the share of the wall clock the
 GPU was busy.
 
     python scripts/cuda_profile_step.py --recipe reference --batches 40 [--out prof.json]
@@ -71,11 +72,15 @@ def main() -> None:
 
     epoch(1)  # warm-up: kernels chosen, caches filled
     plain = epoch(2)
+    # the next batches prepared in a worker process instead of a host thread (same batches, loader.py)
+    batches.prefetch = "process"
+    in_a_process = epoch(3)
+    batches.prefetch = None
     activities = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else []
     )
     with torch.profiler.profile(activities=activities) as prof:
-        profiled = epoch(3)
+        profiled = epoch(4)
     events = prof.key_averages()
     device_key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
     by_device = sorted(events, key=lambda e: getattr(e, device_key, 0), reverse=True)[:20]
@@ -85,6 +90,7 @@ def main() -> None:
         "recipe": args.recipe,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "img_per_s": round(plain),
+        "img_per_s_prepared_in_a_process": round(in_a_process),
         "img_per_s_profiled": round(profiled),
         "device_busy_ms_per_step": round(busy_us / 1000 / len(batches), 3),
         "wall_ms_per_step_profiled": round(1000 * cfg.batch_size / profiled, 3),

@@ -161,3 +161,23 @@ def test_a_training_step_on_cuda_never_synchronises(images):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(outputs) == 3 and outputs[0][0].is_cuda
+
+
+def test_batches_prepared_ahead_in_a_worker_process_are_the_same_batches(images):
+    """The worker holds the epoch's generator and draws in batch order: a seed gives the same batches as in
+    line, every epoch; a consumer that stops early leaves no worker behind."""
+    import multiprocessing
+
+    aug = AugmentParams(acquisition=EVERY_TRANSFORM)
+    kwargs = dict(train=True, aug=aug, seed=4)
+    inline = CachedBatches(images[:, 0].numpy(), np.arange(len(images)) % 4, 8, 48, **kwargs)
+    ahead = CachedBatches(images[:, 0].numpy(), np.arange(len(images)) % 4, 8, 48, **kwargs)
+    ahead.prefetch = "process"
+    for epoch in (0, 1):
+        inline.set_epoch(epoch)
+        ahead.set_epoch(epoch)
+        for (x, y), (x2, y2) in zip(inline, ahead, strict=True):
+            assert torch.equal(x, x2) and torch.equal(y, y2)
+    first = next(iter(ahead))  # a consumer that stops after one batch
+    del first
+    assert not multiprocessing.active_children(), "the worker outlived its epoch"
