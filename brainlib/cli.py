@@ -43,6 +43,7 @@ COMMAND_SETTINGS = {
         *RUNTIME,
         "compile",
         "cuda_graphs",
+        "host_prefetch",
         "epochs",
         "batch_size",
         "lr",

@@ -111,6 +111,11 @@ class Config:
     )
     cuda_graphs: bool = _setting(True, "on CUDA, replay the training forward/backward from CUDA graphs")
     num_threads: int = _setting(0, "CPU threads for torch (0: torch's default)")
+    host_prefetch: str = _setting(
+        "auto",
+        "where the next training batch is drawn and its JPEG round trips run: auto (a host thread on CUDA, in line on a "
+        "CPU) | thread | process (a forked worker) | off; the batches are the same",
+    )
 
     def __post_init__(self) -> None:
         # every way of making settings (prepare, a notebook's parameters, a run's config.json, a checkpoint's)
@@ -149,6 +154,7 @@ class Config:
 
 SCHEDULES = ("constant", "onecycle")
 PRECISIONS = ("auto", "bf16", "fp32")
+HOST_PREFETCH = ("auto", "thread", "process", "off")
 # the registered models downsample 32x: a smaller side leaves less than one pixel to their last stage
 SMALLEST_SIDE = 32
 
@@ -184,6 +190,10 @@ def _setting_problems(cfg: Config):
         f"device must be auto, cpu, cuda or cuda:N, not {cfg.device!r}",
     )
     yield cfg.num_threads < 0, f"num_threads must be 0 (torch's default) or more, not {cfg.num_threads}"
+    yield (
+        cfg.host_prefetch not in HOST_PREFETCH,
+        f"host_prefetch must be {', '.join(HOST_PREFETCH)}, not {cfg.host_prefetch!r}",
+    )
 
 
 # Named recipes, timm-style: each is a set of changes to the defaults (the reference recipe as
@@ -334,7 +344,7 @@ def run_config(run_dir: str, **overrides) -> Config:
     return build_config(saved, {**overrides, "run_dir": run_dir})
 
 
-IGNORED_IN_RECIPE_DIFF = {*LOCATION_FIELDS, "recipe", "device", "num_threads", "compile"}
+IGNORED_IN_RECIPE_DIFF = {*LOCATION_FIELDS, "recipe", "device", "num_threads", "compile", "host_prefetch"}
 
 
 def effective_settings(cfg: Config) -> dict:

@@ -45,6 +45,7 @@ def test_from_dict_coerces_text_and_ignores_unknown_keys():
         {"precision": "fp16"},
         {"device": "tpu"},
         {"num_threads": -2},
+        {"host_prefetch": "gpu"},
     ],
     ids=lambda bad: f"{next(iter(bad))}={next(iter(bad.values()))}",
 )

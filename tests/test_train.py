@@ -36,6 +36,19 @@ def test_training_is_deterministic_and_resume_is_exact(prepared_run, tmp_path):
     assert (tmp_path / "run" / "tb").is_dir() and any((tmp_path / "run" / "tb").iterdir())
 
 
+def test_batches_prepared_in_a_worker_process_train_the_same_weights(prepared_run, tmp_path):
+    """host_prefetch moves where a batch is drawn, never what it is: a seed trains the same weights."""
+    runs = {}
+    for mode in ("off", "process"):
+        cfg = prepared_run.replace(run_dir=str(tmp_path / mode), epochs=1, host_prefetch=mode, acquisition_aug=True)
+        (tmp_path / mode).mkdir()
+        (tmp_path / mode / "manifest.csv").write_text((tmp_path / "run" / "manifest.csv").read_text())
+        runs[mode] = train_mod.train(cfg, progress=False)
+    a, b = _weights(tmp_path / "off"), _weights(tmp_path / "process")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs["off"]["train_loss"][0] == runs["process"]["train_loss"][0]
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(prepared_run, monkeypatch):
     train_mod.train(prepared_run.replace(epochs=1), progress=False)
     good = _weights(prepared_run.run_dir)
