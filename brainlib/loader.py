@@ -137,7 +137,7 @@ class CachedBatches:
             for start in starts:
                 yield self._training_batch(order[start : start + self.batch_size], prepare(start))
             return
-        if self.prefetch == "process" and "fork" in multiprocessing.get_all_start_methods():
+        if self.prefetch == "process" and "fork" in multiprocessing.get_all_start_methods():  # else the thread
             yield from self._prepared_by_a_worker(order, order_host, starts, gen, pin=on_gpu)
             return
         # on a GPU a host thread draws the next batch and runs its JPEG round trips while this one
@@ -212,7 +212,7 @@ def _prepare_epoch(host_images, order_host, starts, batch_size, aug, gen, ready,
             ready.put(prepare_batch(host_images, order_host[start : start + batch_size], aug, gen, pin=False))
     except Exception as error:  # reported to the parent, which raises it
         ready.put(f"{type(error).__name__}: {error}")
-    received.wait()
+    received.wait(timeout=600)  # an orphan (its parent killed) does not wait forever
 
 
 @dataclass
