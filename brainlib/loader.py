@@ -93,11 +93,12 @@ class CachedBatches:
         self.batch_size, self.image_size, self.train, self.aug, self.seed = batch_size, image_size, train, aug, seed
         self.epoch, self.rank, self.world_size = 0, rank, world_size
         self.drop_last = False  # train: skip the epoch's last, smaller batch (CUDA graphs replay one shape)
-        # train: prepare the next batch in a host thread; None: on a GPU only (on a CPU the same cores
-        # would prepare and train); "process": in a worker process instead, where the draws and libjpeg
-        # do not hold the training thread's interpreter lock (on an H200 the thread's preparing, 13.5 ms a
-        # batch, and the step's ≈900 launches took turns with that lock; not measured there yet)
-        self.prefetch: bool | str | None = None
+        # train: where the next batch is prepared, Config.host_prefetch's values: "thread" (a host thread),
+        # "process" (a worker process, where the draws and libjpeg do not hold the training thread's
+        # interpreter lock: on an H200 the thread's preparing, 13.5 ms a batch, and the step's ≈900 launches
+        # took turns with that lock; not measured there yet), "off" (in line), "auto" (a thread on a GPU,
+        # in line on a CPU, where the same cores would prepare and train)
+        self.prefetch = "auto"
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -133,11 +134,12 @@ class CachedBatches:
                 self.host_images, order_host[start : start + self.batch_size], self.aug, gen, pin=on_gpu
             )
 
-        if not (on_gpu if self.prefetch is None else self.prefetch):
+        where = ("thread" if on_gpu else "off") if self.prefetch == "auto" else self.prefetch
+        if where == "off":
             for start in starts:
                 yield self._training_batch(order[start : start + self.batch_size], prepare(start))
             return
-        if self.prefetch == "process" and "fork" in multiprocessing.get_all_start_methods():  # else the thread
+        if where == "process" and "fork" in multiprocessing.get_all_start_methods():  # else the thread
             yield from self._prepared_by_a_worker(order, order_host, starts, gen, pin=on_gpu)
             return
         # on a GPU a host thread draws the next batch and runs its JPEG round trips while this one

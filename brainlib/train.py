@@ -199,7 +199,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, data: RunDat
         dist.barrier()
     train_batches = split_batches(cfg, data, "train", device, train=True)
     train_batches.rank, train_batches.world_size = dist.rank, dist.world_size
-    train_batches.prefetch = {"auto": None, "thread": True, "process": "process", "off": False}[cfg.host_prefetch]
+    train_batches.prefetch = cfg.host_prefetch
     val_batches = split_batches(cfg, data, "val", device)
     val_digest = split_digest(data.manifest)  # which carve selects the epoch: an ensemble checks its members share it
 

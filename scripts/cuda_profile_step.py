@@ -75,7 +75,7 @@ def main() -> None:
     # the next batches prepared in a worker process instead of a host thread (same batches, loader.py)
     batches.prefetch = "process"
     in_a_process = epoch(3)
-    batches.prefetch = None
+    batches.prefetch = "auto"
     activities = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else []
     )

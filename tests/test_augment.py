@@ -110,7 +110,7 @@ def test_batches_prepared_ahead_in_a_thread_are_the_same_batches(images):
     kwargs = dict(train=True, aug=aug, seed=4)
     inline = CachedBatches(images[:, 0].numpy(), np.arange(len(images)) % 4, 8, 48, **kwargs)
     ahead = CachedBatches(images[:, 0].numpy(), np.arange(len(images)) % 4, 8, 48, **kwargs)
-    ahead.prefetch = True  # the GPU path's producer thread, on the CPU
+    ahead.prefetch = "thread"  # the GPU path's producer thread, on the CPU
     for (x, y), (x2, y2) in zip(inline, ahead, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2)
 
