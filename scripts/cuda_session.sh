@@ -150,6 +150,12 @@ step() {
 # PREPARE_EXTRA, empty unless set), train, evaluate; keeps the run's small files. A run already
 # scored earlier in the same invocation (by another part) is not trained again.
 PREPARE_EXTRA=()
+# on_default_carve [FLAGS...]: PREPARE_EXTRA for runs on the committed default's own 575 validation images
+# (scripts/default_carve.csv; a smoke run, FAST, draws its carve from its few images), FLAGS added
+on_default_carve() {
+    PREPARE_EXTRA=(--split-seed 42 "$@")
+    [ "${FAST:-0}" = 1 ] || PREPARE_EXTRA+=(--carve-file scripts/default_carve.csv)
+}
 train_and_score() {
     local name=$1 recipe=$2 seed=$3
     shift 3
@@ -253,8 +259,7 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         # what comes back and scores every candidate on the original files (the runs are not scored here:
         # 14 s each on the compact copy, which decides nothing). Each ensemble step's log holds its and
         # its members' validation accuracy and log-loss.
-        PREPARE_EXTRA=(--split-seed 42)
-        [ "${FAST:-0}" = 1 ] || PREPARE_EXTRA+=(--carve-file scripts/default_carve.csv)
+        on_default_carve
         mapfile -t plan < <(grep -E '^(run|ensemble)'$'\t' "$TOP_PLAN")
         incumbent=
         mkdir -p "$RUNS/ensembles"
@@ -314,14 +319,12 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         # the default's recipe as the top part trains its seed 42 (the same carve), with each next batch
         # prepared in a worker process instead of a host thread: the same batches, so only the time can
         # move (the thread-prepared seed 42 trained in 48.6 s: docs/candidates/gpu-default-s42-320/)
-        PREPARE_EXTRA=(--split-seed 42 --host-prefetch process)
-        [ "${FAST:-0}" = 1 ] || PREPARE_EXTRA+=(--carve-file scripts/default_carve.csv)
+        on_default_carve --host-prefetch process
         NEED=140 train_and_score prefetch-process efficientnet_lite0_robust_256 42 --shift-severities ""
         # the 224-px recipe's 10 epochs (its own aim: 15 s with graph capture), with the worker, then with
         # the thread on the same code, so the two differ in that alone
         NEED=90 train_and_score prefetch-process-224 efficientnet_lite0_robust 42 --shift-severities ""
-        PREPARE_EXTRA=(--split-seed 42 --host-prefetch thread)
-        [ "${FAST:-0}" = 1 ] || PREPARE_EXTRA+=(--carve-file scripts/default_carve.csv)
+        on_default_carve --host-prefetch thread
         NEED=90 train_and_score prefetch-thread-224 efficientnet_lite0_robust 42 --shift-severities ""
         PREPARE_EXTRA=()
         ;;
