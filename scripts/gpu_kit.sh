@@ -27,14 +27,5 @@ for f in __init__ io; do # kornia.io does `from kornia_rs import io` when kornia
         >"/tmp/gpu-kit-stubs/stubs/kornia_rs/$f.py"
 done
 tar -czf .gpu/stubs.tgz -C /tmp/gpu-kit-stubs stubs && rm -rf /tmp/gpu-kit-stubs
-mkdir -p .git/info && touch .git/info/exclude
-grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >>.git/info/exclude
-# what travels: the tracked tree without checkpoints/ and docs/, untracked files git does not ignore, and .gpu/
-tree=$(git ls-files -z --cached --others --exclude-standard | grep -zEv '^(checkpoints|docs)/' |
-    du -cb --apparent-size --files0-from=- | tail -1 | cut -f1)
-kit=$(du -sb --apparent-size .gpu | cut -f1)
-ls -la .gpu .gpu/wheels
-echo "travels: tree $((tree / 1024)) KiB + .gpu $((kit / 1024)) KiB = $(((tree + kit) / 1024)) KiB of $((64 * 1024))"
-[ $((tree + kit)) -le $((64 * 1024 * 1024)) ] || { echo "too large to travel" >&2; exit 1; }
-echo "before the call: mkdir -p /tmp/aside && mv checkpoints docs /tmp/aside/"
-echo "after it:        mv /tmp/aside/checkpoints /tmp/aside/docs . && git status --short"
+. "$(dirname "$0")/kit_travels.sh"
+kit_travels .gpu checkpoints docs

@@ -21,9 +21,7 @@ PY=${PY:-.venv/bin/python}
 case $WHAT in wheels) KIT=.gpu-wheels ;; data) KIT=.gpu ;; *) KIT= ;; esac
 [ -n "$KIT" ] || { echo "usage: gpu_suite_kit.sh wheels|data" >&2; exit 2; }
 rm -rf "$KIT"
-mkdir -p "$KIT" .git/info
-touch .git/info/exclude
-grep -qx "/$KIT/" .git/info/exclude || echo "/$KIT/" >>.git/info/exclude
+mkdir -p "$KIT"
 version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
 case $WHAT in
 wheels)
@@ -52,12 +50,6 @@ print('suite-run manifest:', int((m['split_on_disk'] == 'Testing').sum()), 'Test
     aside="docs"
     ;;
 esac
-excluded=$(echo "$aside" | sed 's/ /|/g')
-tree=$(git ls-files -z --cached --others --exclude-standard | grep -zEv "^($excluded)/" |
-    du -cb --apparent-size --files0-from=- | tail -1 | cut -f1)
-kit=$(du -sb --apparent-size "$KIT" | cut -f1)
-find "$KIT" -type f -printf "%10s  %p\n" | sort -k2 | head -30
-echo "travels (carry $KIT): tree $((tree / 1024)) KiB + $KIT $((kit / 1024)) KiB = $(((tree + kit) / 1024)) KiB of $((64 * 1024))"
-[ $((tree + kit)) -le $((64 * 1024 * 1024)) ] || { echo "too large to travel" >&2; exit 1; }
-echo "before the call: mkdir -p /tmp/aside && mv $aside /tmp/aside/"
-echo "after it:        mv $(for d in $aside; do printf '/tmp/aside/%s ' "$d"; done). && git status --short"
+. "$(dirname "$0")/kit_travels.sh"
+# shellcheck disable=SC2086 # the folders to set aside, one word each
+kit_travels "$KIT" $aside
