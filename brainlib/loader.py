@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
+import queue
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from .augment import AugmentParams, PreparedBatch, apply_batch, augment_params, 
 from .cache import build_or_load_cache
 from .config import Config
 from .data import open_image, read_manifest, resolve_data_dir, to_rgb
+from .errors import BrainlibError
 from .infer import to_device
 
 
@@ -171,7 +173,7 @@ class CachedBatches:
         worker.start()
         try:
             for start in starts:
-                prepared = ready.get()
+                prepared = _next_from_worker(ready, worker)
                 if isinstance(prepared, str):
                     raise RuntimeError(f"the augmentation's worker process failed: {prepared}")
                 if pin:
@@ -203,12 +205,42 @@ class CachedBatches:
         return self._training_batch(idx, prepared)
 
 
+# a batch takes 5-20 ms to prepare: a worker silent this long is stuck, and training should stop with
+# the reason rather than wait for ever
+WORKER_SILENCE_S = 300.0
+_RESUME = "`train --resume` continues after the last finished epoch (`--host-prefetch thread` prepares in this process)"
+
+
+def _next_from_worker(ready, worker):
+    """The worker's next batch (or its one-line failure). A worker that died without a word (killed by
+    the kernel's out-of-memory killer, say) or that is silent for WORKER_SILENCE_S raises here instead of
+    leaving the training loop waiting on the queue for ever."""
+    waited = 0.0
+    while True:
+        try:
+            return ready.get(timeout=1.0)
+        except queue.Empty:
+            waited += 1.0
+            if not worker.is_alive():
+                raise BrainlibError(
+                    f"the augmentation's worker process stopped (exit code {worker.exitcode}) before its batch "
+                    f"was ready; {_RESUME}"
+                ) from None
+            if waited >= WORKER_SILENCE_S:
+                raise BrainlibError(
+                    f"the augmentation's worker process sent no batch in {waited:.0f} s; {_RESUME}"
+                ) from None
+
+
 def _prepare_epoch(host_images, order_host, starts, batch_size, aug, gen, ready, received) -> None:
     """A worker process's loop: the epoch's batches prepared in order, each put on `ready`; a failure is
     put there as its one-line text (an exception object may not survive the trip). It then waits for
     `received`: a tensor passed through shared memory is handed over by this process, which must still be
     there when the parent takes the last batch."""
-    torch.set_num_threads(1)  # libjpeg and the draws are single-threaded; the cores are the training's
+    # libjpeg and the draws are single-threaded, and the cores are the training's; and a forked child that
+    # enters the OpenMP pool its parent already used hangs there (measured: a 64-image interpolate in the
+    # child never returned in 20 s without this line, and returned at once with it)
+    torch.set_num_threads(1)
     try:
         for start in starts:
             ready.put(prepare_batch(host_images, order_host[start : start + batch_size], aug, gen, pin=False))

@@ -181,3 +181,37 @@ def test_batches_prepared_ahead_in_a_worker_process_are_the_same_batches(images)
     first = next(iter(ahead))  # a consumer that stops after one batch
     del first
     assert not multiprocessing.active_children(), "the worker outlived its epoch"
+
+
+def _a_worker_that_dies(*args) -> None:
+    import os
+
+    os._exit(9)  # as the out-of-memory killer would leave it: no word on the queue
+
+
+def _a_silent_worker(*args) -> None:
+    import time
+
+    time.sleep(30)
+
+
+@pytest.mark.parametrize(
+    "worker, message",
+    [(_a_worker_that_dies, "stopped \\(exit code 9\\)"), (_a_silent_worker, "sent no batch in 2 s")],
+    ids=["died", "silent"],
+)
+def test_a_worker_process_that_dies_or_hangs_stops_the_epoch_with_the_reason(images, monkeypatch, worker, message):
+    """Without a check, the training loop would wait on the worker's queue for ever. An expected error: the
+    command line prints it as one line."""
+    import multiprocessing
+
+    from brainlib import loader
+    from brainlib.errors import BrainlibError
+
+    monkeypatch.setattr(loader, "_prepare_epoch", worker)
+    monkeypatch.setattr(loader, "WORKER_SILENCE_S", 2.0)
+    batches = CachedBatches(images[:, 0].numpy(), np.zeros(len(images)), 8, 48, train=True, aug=AugmentParams())
+    batches.prefetch = "process"
+    with pytest.raises(BrainlibError, match=message):
+        list(batches)
+    assert not multiprocessing.active_children(), "the worker outlived its epoch"
