@@ -49,8 +49,8 @@ from .infer import predict_logits, setup_torch
 from .loader import RunData, rows_batches
 from .plots import image_grid
 from .train import train
+from .verdicts import AUDIT_DIR, AUDIT_SUMMARY, audit_root
 
-AUDIT_DIR = "label_audit"
 # the side a fold's held_out_probs.npy were scored at, with the temperature and conformal thresholds fitted there
 HELD_OUT_CALIBRATION = "held_out_calibration.json"
 DEFAULT_FOLDS = 5
@@ -166,13 +166,6 @@ def out_of_fold_probabilities(
 MEMBERS = "members.json"  # an ensemble audit's fold: the member folds its probabilities combine
 
 
-def audit_root(folder: str | Path) -> Path:
-    """An audit's folder of fold<k>/ and label_audit.json: a run folder's label_audit/, or the folder given
-    (a committed copy of an audit, as docs/label_audit keeps them)."""
-    folder = Path(folder)
-    return folder / AUDIT_DIR if (folder / AUDIT_DIR).is_dir() else folder
-
-
 def member_fold(member: str | Path, fold: int) -> Path:
     """A finished fold of a member audit, or one SettingsError that names what is missing."""
     fold_dir = audit_root(member) / f"fold{fold}"
@@ -184,7 +177,7 @@ def member_fold(member: str | Path, fold: int) -> Path:
 def member_summary(member: str | Path) -> dict:
     """What a member audit was (recipe, sides, epochs, its own out-of-fold accuracy), from its summary
     where it has one: an ensemble's summary carries its members' so that a reader need not open them."""
-    summary_file = audit_root(member) / "label_audit.json"
+    summary_file = audit_root(member) / AUDIT_SUMMARY
     record = {"folder": str(member)}
     if summary_file.exists():
         summary = json.loads(summary_file.read_text())
@@ -496,7 +489,7 @@ def run_label_audit(
             "image_size": cfg.image_size,
             "scoring_size": cfg.scoring_size,
         }
-    write_text(root / "label_audit.json", json.dumps(summary, indent=2) + "\n")
+    write_text(root / AUDIT_SUMMARY, json.dumps(summary, indent=2) + "\n")
     # both parts, worst label quality first; Testing's flags also on their own, since they are the ones
     # that change a reported accuracy
     _gallery(data, suspects, gallery, root / "suspects.png")

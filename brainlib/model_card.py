@@ -27,7 +27,7 @@ from .evaluate import interval_table, prediction_set_table
 from .robustness import ShiftSummary, summary_of
 from .shortcuts import folder_report
 from .stats import interval_text
-from .verdicts import accuracy_both_ways, counted, how_read, read_verdicts
+from .verdicts import AUDIT_SUMMARY, accuracy_both_ways, audit_root, counted, how_read, read_verdicts
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -106,13 +106,9 @@ def _shift_flags(metrics: dict) -> str:
 
 
 def _audit_file(audit_run: str | Path | None) -> Path | None:
-    """label_audit.json in a run folder's label_audit/, or directly in the folder given (docs/label_audit)."""
-    if not audit_run:
-        return None
-    for path in (Path(audit_run) / "label_audit" / "label_audit.json", Path(audit_run) / "label_audit.json"):
-        if path.exists():
-            return path
-    return None
+    """The audit's summary in a run folder's label_audit/, or directly in the folder given (docs/label_audit)."""
+    path = audit_root(audit_run) / AUDIT_SUMMARY if audit_run else None
+    return path if path and path.exists() else None
 
 
 def build_model_card(

@@ -57,6 +57,16 @@ def with_verdicts(table: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
 
 
 AUDIT_LISTS = ("label_issues.csv", "review.csv", "copies_of_flags.csv")
+AUDIT_DIR = "label_audit"  # a run's audit: runs/<run>/label_audit/
+AUDIT_SUMMARY = "label_audit.json"
+
+
+def audit_root(folder: str | Path) -> Path:
+    """An audit's folder of fold<k>/ and label_audit.json: a run folder's label_audit/, or the folder given
+    (a committed copy of an audit, as docs/label_audit keeps them). Here rather than in label_audit, which
+    imports the training loop, so that the model card finds an audit the way the audit finds its members."""
+    folder = Path(folder)
+    return folder / AUDIT_DIR if (folder / AUDIT_DIR).is_dir() else folder
 
 
 def fill_verdict_columns(folder: str | Path, verdicts: pd.DataFrame) -> list[Path]:
