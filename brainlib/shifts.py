@@ -17,9 +17,10 @@ others as "held out": robustness on those is generalisation, not having seen the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,44 @@ import numpy as np
 from .augment import TRAINED_FAMILIES
 
 SEVERITIES = (1, 2, 3)
+# Threads each library (PyTorch, OpenCV, SimpleITK) may start inside one image's transform, while the suite
+# runs a thread per core over the images; 0 leaves each at its own default, one per core, so that 16 cores
+# could run 16 x 16 threads. All 75 (shift, severity) pairs give the same pixels either way (328 test images
+# compared); on a 2-core AMD EPYC the 75 pairs over 1,311 images took 79.8 and 75.7 s against 81.1 and 84.9 s
+# with the libraries' defaults (scripts/shift_transform_times.py --inner-threads 0, alternated twice).
+INNER_THREADS = 1
+
+
+@contextlib.contextmanager
+def library_threads(n: int) -> Iterator[None]:
+    """PyTorch's, OpenCV's and SimpleITK's thread pools held to `n` threads each (0: as they are), restored
+    after."""
+    if n <= 0:
+        yield
+        return
+    import cv2
+    import torch
+
+    try:
+        import SimpleITK as sitk  # TorchIO resamples through it (the motion artifact)
+    except ImportError:
+        sitk = None
+    before = (
+        torch.get_num_threads(),
+        cv2.getNumThreads(),
+        sitk and sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+    )
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+    if sitk:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+        if sitk:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[2])
 
 
 @dataclass(frozen=True)
@@ -51,7 +90,8 @@ class Shift:
         images = np.ascontiguousarray(images)
         if self.batched:
             return self.fn(images, param, 0)
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # OpenCV, NumPy and torch release the GIL
+        # OpenCV, NumPy and torch release the GIL: a thread per core, each library single-threaded inside it
+        with library_threads(INNER_THREADS), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             return (
                 np.stack(list(pool.map(lambda i: self.fn(images[i], param, i), range(len(images)))))
                 if len(images)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainlib import shifts
 from brainlib.config import run_config
 from brainlib.loader import load_run_data
 from brainlib.robustness import parse_severities, sample_rows
@@ -28,7 +29,15 @@ def main() -> None:
     parser.add_argument("--severities", default="1,2,3")
     parser.add_argument("--sample", type=int, default=0, help="a stratified sample of this many test images (0: all)")
     parser.add_argument("--out", default="", help="JSON file for the times")
+    parser.add_argument(
+        "--inner-threads",
+        type=int,
+        default=shifts.INNER_THREADS,
+        help="threads each library may start inside one image's transform (PyTorch, OpenCV, SimpleITK), under "
+        "the suite's thread per core; 0: each library's own default, one per core (default: the suite's own)",
+    )
     args = parser.parse_args()
+    shifts.INNER_THREADS = args.inner_threads
     cfg = run_config(args.run_dir)
     data = load_run_data(cfg)
     rows = data.rows("test")
@@ -48,6 +57,7 @@ def main() -> None:
         "images": len(clean),
         "side": int(clean.shape[-1]),
         "cores": os.cpu_count(),
+        "inner_threads": args.inner_threads or "each library's default",
         "total_s": round(sum(times.values()), 2),
         "by_shift_s": dict(sorted(by_shift.items(), key=lambda kv: -kv[1])),
         "by_pair_s": times,

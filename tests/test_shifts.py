@@ -87,3 +87,23 @@ def test_bias_field_is_torchios_transform_pixel_for_pixel(images):
         volume = tio.ScalarImage(tensor=torch.from_numpy(image.astype(np.float32))[None, None])
         theirs = tio.BiasField(coefficients=[c] * 20, order=3)(volume).data[0, 0].numpy()
         assert np.array_equal(np.clip(np.rint(theirs), 0, 255).astype(np.uint8), got)
+
+
+def test_each_library_held_to_one_thread_inside_the_suites_threads_gives_the_same_pixels(images, monkeypatch):
+    """The suite holds PyTorch, OpenCV and SimpleITK to one thread inside its thread per core (16 x 16 threads
+    on 16 cores otherwise): every shift's pixels are those of the libraries' own thread pools, and the pools
+    are as they were after a shift."""
+    import cv2
+    import torch
+
+    from brainlib import shifts
+
+    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    held = {(name, s): shift(images, s) for name, shift in SHIFTS.items() for s in (1, 3)}
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == (torch_threads, cv2_threads)
+    monkeypatch.setattr(shifts, "INNER_THREADS", 0)
+    differing = [key for key, out in held.items() if not np.array_equal(out, SHIFTS[key[0]](images, key[1]))]
+    assert not differing
+    with shifts.library_threads(1):
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == (torch_threads, cv2_threads)
