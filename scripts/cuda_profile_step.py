@@ -5,7 +5,7 @@ profiler (and, unprofiled, with the next batches prepared in a worker process in
 thread), the top operators by their own GPU and host time, and the share of the wall clock the
 GPU was busy.
 
-    python scripts/cuda_profile_step.py --recipe reference --batches 40 [--out prof.json]
+    python scripts/cuda_profile_step.py --recipe reference --batches 40 [--compile] [--out prof.json]
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ def main() -> None:
     parser.add_argument("--recipe", default="reference")
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--out", default="")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="the step through torch.compile (inductor fuses BatchNorm, activations and pooling) instead of "
+        "a CUDA graph of the eager model; the warm-up epoch's time, compilation included, is reported",
+    )
     args = parser.parse_args()
     cfg = Config(**RECIPES[args.recipe])
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,7 +62,12 @@ def main() -> None:
     )
     batches.drop_last = True
     model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
-    step_model = graph_training_step(model, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), device, cfg.precision)
+    if args.compile:  # as train does with compile=True: no CUDA graph then
+        step_model = torch.compile(model)
+    else:
+        step_model = graph_training_step(
+            model, (cfg.batch_size, 3, cfg.image_size, cfg.image_size), device, cfg.precision
+        )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=device == "cuda" or None)
     scheduler = make_scheduler(cfg, optimizer, len(batches))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -71,7 +82,9 @@ def main() -> None:
             torch.cuda.synchronize()
         return seen / (time.perf_counter() - t0)
 
-    epoch(1)  # warm-up: kernels chosen, caches filled
+    t_warm = time.perf_counter()
+    epoch(1)  # warm-up: kernels chosen, caches filled (and the step compiled, with --compile)
+    warm_up_s = time.perf_counter() - t_warm
     plain = epoch(2)
     # the next batches prepared in a worker process instead of a host thread (same batches, loader.py)
     batches.prefetch = "process"
@@ -96,6 +109,8 @@ def main() -> None:
     result = {
         "recipe": args.recipe,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "step": "torch.compile" if args.compile else "CUDA graph" if device == "cuda" else "eager",
+        "warm_up_epoch_s": round(warm_up_s, 2),
         "img_per_s": round(plain),
         "img_per_s_prepared_in_a_process": round(in_a_process),
         "img_per_s_profiled": round(profiled),

@@ -18,6 +18,8 @@
 #           and its throughput against the per-image version (scripts/cuda_augment_check.py), alone
 #   profile where the default's and the reference's training step spends its time
 #           (scripts/cuda_profile_step.py)
+#   profile-compiled  the reference's step through torch.compile instead of a CUDA graph: its speed once
+#           compiled, and the warm-up epoch that compiles it
 #   augment the sync and profile parts; then
 #           the default recipe efficientnet_lite0_robust at seeds 42 and 43 (its speed with the
 #           augmentation, and two seeds' spread), seed_cnn_robust and efficientnet_lite0_robust_256
@@ -62,7 +64,7 @@
 # FAST=1 runs every step on a few images for one epoch (a smoke test of this script on any machine).
 set -o pipefail
 export PYTHONUNBUFFERED=1
-[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|sync|profile|augment|top|audit-full|prefetch|suite-install|suite ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: cuda_session.sh speed|seeds|robust|audit|sync|profile|profile-compiled|augment|top|audit-full|prefetch|suite-install|suite ..." >&2; exit 2; }
 DEADLINE_S=${DEADLINE_S:-540}
 # Only a few files may come back from a rented machine: every result goes to a staging folder,
 # packed into $OUT/results.tgz after each step (steps.tsv is also copied as it grows).
@@ -242,6 +244,16 @@ print('acquisition augmentation on', x.device, x.dtype, tuple(x.shape), 'range',
         ;;
     sync) augment_check ;;
     profile) profile_steps ;;
+    profile-compiled)
+        # the reference CNN's step is bound by its memory-bound kernels (BatchNorm, max-pool backward); whether
+        # inductor's fusion of them reaches the 12,000 img/s aim, and what compiling costs
+        fits profile-reference-compiled 150 && {
+            $PY scripts/cuda_profile_step.py --recipe reference --compile --batches "$PROFILE_BATCHES" \
+                --out "$OUT/profile-reference-compiled.json" >"$OUT/profile-reference-compiled.log" 2>&1
+            printf 'profile-reference-compiled\trc=%s\n' $? | tee -a "$OUT/steps.tsv"
+            pack
+        }
+        ;;
     augment)
         augment_check
         profile_steps
@@ -370,7 +382,7 @@ print('every shift runs')" >"$OUT/suite-install.log" 2>&1
         done
         ;;
     *)
-        echo "unknown part $PART (speed, seeds, robust, audit, sync, profile, augment, top, audit-full, prefetch, suite-install or suite)" >&2
+        echo "unknown part $PART (speed, seeds, robust, audit, sync, profile, profile-compiled, augment, top, audit-full, prefetch, suite-install or suite)" >&2
         exit 2
         ;;
     esac
