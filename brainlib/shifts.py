@@ -39,7 +39,9 @@ INNER_THREADS = 1
 @contextlib.contextmanager
 def library_threads(n: int) -> Iterator[None]:
     """PyTorch's, OpenCV's and SimpleITK's thread pools held to `n` threads each (0: as they are), restored
-    after."""
+    after. One holder at a time: PyTorch keeps its count per thread (the caller's, and the default that the
+    pool's new threads take), the others per process, so the suite transforms in one thread at a time
+    (robustness.shift_table)."""
     if n <= 0:
         yield
         return

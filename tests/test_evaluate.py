@@ -1,13 +1,16 @@
 """evaluate: stable metrics from one set of test predictions, calibration without touching the
 checkpoint, and a checkpoint scored at its own input size and split."""
 
+import contextlib
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from brainlib import calibration, evaluate, train
 from brainlib.checkpoint import load_checkpoint
@@ -134,8 +137,28 @@ def test_shift_suite_reuses_logits_of_the_same_weights_and_pixels(trained_run, m
     recalls = first[[f"recall_{c}" for c in CLASS_NAMES]].to_numpy()
     assert np.allclose(recalls @ counts / counts.sum(), first["accuracy"])
 
-    shutil.rmtree(robustness.shift_logits_dir(trained_run))  # transforms prepared one pair ahead: same table
+    # transforms prepared one pair ahead: the same table, and every transform in the one host thread, one at a
+    # time (each holds the libraries' thread counts for its pool), the caller's thread count as it was
+    shutil.rmtree(robustness.shift_logits_dir(trained_run))
+    holders, active, hold = [], [], shifts.library_threads
+
+    @contextlib.contextmanager
+    def watched(n):
+        active.append(n)
+        holders.append((threading.current_thread().name, len(active)))
+        try:
+            with hold(n):
+                yield
+        finally:
+            active.pop()
+
+    monkeypatch.setattr(shifts, "library_threads", watched)
+    threads = torch.get_num_threads()
     assert robustness.shift_table(trained_run, data, net, "cpu", severities=(2,), prefetch=True).equals(first)
+    assert len(holders) == sum(not s.batched for s in SHIFTS.values())
+    assert all(name.startswith("shift") and at_once == 1 for name, at_once in holders), holders
+    assert torch.get_num_threads() == threads
+    monkeypatch.setattr(shifts, "library_threads", hold)
 
     calls = []
     monkeypatch.setattr(shifts.Shift, "__call__", lambda self, images, severity: calls.append(self.name) or images)
