@@ -163,11 +163,15 @@ def test_a_training_step_on_cuda_never_synchronises(images):
     assert len(outputs) == 3 and outputs[0][0].is_cuda
 
 
-def test_batches_prepared_ahead_in_a_worker_process_are_the_same_batches(images):
+def test_batches_prepared_ahead_in_a_worker_process_are_the_same_batches(images, monkeypatch):
     """The worker holds the epoch's generator and draws in batch order: a seed gives the same batches as in
-    line, every epoch; a consumer that stops early leaves no worker behind."""
+    line, every epoch; a consumer that stops early leaves no worker behind. The in-line epochs have used
+    the OpenMP pool before the worker forks: a worker that entered it hangs, and fails here in 30 s."""
     import multiprocessing
 
+    from brainlib import loader
+
+    monkeypatch.setattr(loader, "WORKER_SILENCE_S", 30.0)
     aug = AugmentParams(acquisition=EVERY_TRANSFORM)
     kwargs = dict(train=True, aug=aug, seed=4)
     inline = CachedBatches(images[:, 0].numpy(), np.arange(len(images)) % 4, 8, 48, **kwargs)
