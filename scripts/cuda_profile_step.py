@@ -97,7 +97,7 @@ def main() -> None:
         profiled = epoch(4)
     events = prof.key_averages()
     if device == "cuda":
-        # the kernels and copies themselves: an operator's own device time repeats its kernels' (a graph
+        # the kernels and copies themselves: an operator's own GPU time repeats its kernels' (a graph
         # replay's "Graphed" and every kernel in it), so a sum over all events counted most of them twice
         device_key = "self_device_time_total"
         on_device = [e for e in events if e.device_type == DeviceType.CUDA]
