@@ -39,6 +39,7 @@ the next batch in a host thread while the current one trains.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -226,6 +227,10 @@ class PreparedBatch:
     groups: dict[str, list]  # "resample": ((side, mode), start, stop), "clahe": (grid, start, stop)
     jpeg: torch.Tensor  # uint8 (n_jpeg, 1, S, S)
 
+    def pinned(self) -> PreparedBatch:
+        """The same batch with its tensors page-locked, for an asynchronous copy to the GPU."""
+        return dataclasses.replace(self, params=self.params.pin_memory(), jpeg=self.jpeg.pin_memory())
+
 
 def prepare_batch(
     images_u8: torch.Tensor, rows: torch.Tensor, aug: AugmentParams, gen: torch.Generator, pin: bool = False
@@ -248,9 +253,8 @@ def _prepared(
     jpeg = jpeg_rows(images_u8, rows, draw) if draw else torch.zeros((0, 1, side, side), dtype=torch.uint8)
     for tiles, _, _ in groups["clahe"]:
         _clahe(tiles)
-    if pin:
-        params, jpeg = params.pin_memory(), jpeg.pin_memory()
-    return PreparedBatch(draw, params, layout, groups, jpeg)
+    prepared = PreparedBatch(draw, params, layout, groups, jpeg)
+    return prepared.pinned() if pin else prepared
 
 
 @functools.cache

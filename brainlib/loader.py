@@ -10,7 +10,6 @@ Two paths:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import multiprocessing
 import queue
@@ -176,10 +175,7 @@ class CachedBatches:
                 prepared = _next_from_worker(ready, worker)
                 if isinstance(prepared, str):
                     raise RuntimeError(f"the augmentation's worker process failed: {prepared}")
-                if pin:
-                    prepared = dataclasses.replace(
-                        prepared, params=prepared.params.pin_memory(), jpeg=prepared.jpeg.pin_memory()
-                    )
+                prepared = prepared.pinned() if pin else prepared
                 yield self._training_batch(order[start : start + self.batch_size], prepared)
         finally:  # also when the consumer stops early: no worker outlives its epoch
             received.set()
@@ -205,15 +201,15 @@ class CachedBatches:
         return self._training_batch(idx, prepared)
 
 
-# a batch takes 5-20 ms to prepare: a worker silent this long is stuck, and training should stop with
-# the reason rather than wait for ever
+# a batch takes 5-20 ms to prepare: a worker that sends nothing this long is stuck, and training should stop
+# with the reason rather than wait for ever
 WORKER_SILENCE_S = 300.0
 _RESUME = "`train --resume` continues after the last finished epoch (`--host-prefetch thread` prepares in this process)"
 
 
 def _next_from_worker(ready, worker):
     """The worker's next batch (or its one-line failure). A worker that died without a word (killed by
-    the kernel's out-of-memory killer, say) or that is silent for WORKER_SILENCE_S raises here instead of
+    the kernel's out-of-memory killer, say) or that sends nothing for WORKER_SILENCE_S raises here instead of
     leaving the training loop waiting on the queue for ever."""
     waited = 0.0
     while True:

@@ -193,7 +193,7 @@ def _a_worker_that_dies(*args) -> None:
     os._exit(9)  # as the out-of-memory killer would leave it: no word on the queue
 
 
-def _a_silent_worker(*args) -> None:
+def _a_stuck_worker(*args) -> None:
     import time
 
     time.sleep(30)
@@ -201,8 +201,8 @@ def _a_silent_worker(*args) -> None:
 
 @pytest.mark.parametrize(
     "worker, message",
-    [(_a_worker_that_dies, "stopped \\(exit code 9\\)"), (_a_silent_worker, "sent no batch in 2 s")],
-    ids=["died", "silent"],
+    [(_a_worker_that_dies, "stopped \\(exit code 9\\)"), (_a_stuck_worker, "sent no batch in 2 s")],
+    ids=["died", "stuck"],
 )
 def test_a_worker_process_that_dies_or_hangs_stops_the_epoch_with_the_reason(images, monkeypatch, worker, message):
     """Without a check, the training loop would wait on the worker's queue for ever. An expected error: the
