@@ -192,13 +192,16 @@ def shift_table(
         prefetch = torch.device(device).type == "cuda"
     ahead = ThreadPoolExecutor(1, thread_name_prefix="shift") if prefetch else None
     pending = {}
+
+    def transform_ahead(j: int) -> None:
+        if ahead and j < len(pairs) and not stored(pairs[j][0].name, pairs[j][1]).exists():
+            pending[j] = ahead.submit(pairs[j][0], clean, pairs[j][1])
+
     # the first pair too, so that the transforms run in that one thread, one pair at a time: each holds the
     # libraries' thread counts for its own pool (shifts.library_threads), and two at once would also share cores
-    if ahead and pairs and not stored(pairs[0][0].name, pairs[0][1]).exists():
-        pending[0] = ahead.submit(pairs[0][0], clean, pairs[0][1])
+    transform_ahead(0)
     for k, (shift, severity) in enumerate(progress(pairs, "shift suite", mininterval=10)):
-        if ahead and k + 1 < len(pairs) and not stored(pairs[k + 1][0].name, pairs[k + 1][1]).exists():
-            pending[k + 1] = ahead.submit(pairs[k + 1][0], clean, pairs[k + 1][1])
+        transform_ahead(k + 1)
         transformed = pending.pop(k, None)
         score(
             transformed.result if transformed else lambda: shift(clean, severity),  # noqa: B023 (called at once)
