@@ -63,7 +63,7 @@ def finished_folds(audit: Path, folds: pd.DataFrame) -> tuple[np.ndarray, list[i
 
 def held_out_by_path(audit: Path) -> pd.DataFrame:
     """Every finished fold's held-out probabilities under an audit folder, one row per image path (a fold
-    whose list and probabilities disagree in length is an error, not a silent shift of rows)."""
+    whose list and probabilities disagree in length is an error, not an unnoticed shift of rows)."""
     parts = []
     for stored in sorted(audit.glob("fold*/held_out_probs.npy")):
         try:
