@@ -32,7 +32,7 @@ from .errors import DataError
 from .infer import SCORING_PRECISION, autocast, predict_logits, setup_torch, use_bf16
 from .loader import ImageFileDataset, load_run_data, split_batches
 from .machine_load import busy_warning, machine_load
-from .models import create_model
+from .models import create_model, training_model
 
 
 def _repeat(batches):
@@ -148,7 +148,7 @@ def run_benchmark(
         create_model(cfg.model).to(device), eval_plain, steps, device, warmup=warmup
     )
 
-    model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    model = training_model(cfg.model, device)
     batches = split_batches(cfg, data, "train", device, train=True)
     # compilation or CUDA-graph capture (if any) happens here and in the first steps; reported separately
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from .cpu_engine import as_scored
 from .infer import autocast, cpu_has_native_bf16, predict_logits, resolve_device, use_bf16
 from .loader import CachedBatches
 from .machine_load import busy_warning, machine_load
-from .models import create_model
+from .models import create_model, training_model
 from .shifts import SEVERITIES, SHIFTS
 
 # the full dataset after 01's carve (seed 42; other seeds differ by a few images)
@@ -76,7 +76,7 @@ def measure_rates(cfg: Config, device: str, steps: int = 2) -> Rates:
     batches = CachedBatches(
         images, labels, cfg.batch_size, cfg.image_size, train=True, aug=augment_params(cfg), device=device
     )
-    model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    model = training_model(cfg.model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     model.train()
     for step, (x, y) in enumerate(batches):

@@ -34,7 +34,7 @@ from .ema import WeightAverage
 from .errors import SettingsError
 from .infer import autocast, predict_logits, setup_torch, use_bf16
 from .loader import CachedBatches, RunData, load_run_data, split_batches
-from .models import check_input_sides, create_model
+from .models import check_input_sides, training_model
 from .progress import progress as progress_bar
 
 
@@ -325,7 +325,7 @@ def initial_model(cfg: Config, device: str) -> nn.Module:
     data) for a fine-tune."""
     check_input_sides(cfg.model, cfg.image_size, cfg.scoring_size)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    model = training_model(cfg.model, device)
     if cfg.init_checkpoint:
         init = load_checkpoint(in_repo(cfg.init_checkpoint))
         if init["model_name"] != cfg.model:
