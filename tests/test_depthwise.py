@@ -2,6 +2,7 @@
 as exact as the bf16 kernels' (the weight's of a 5x5 layer more so), and nothing else changed."""
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -112,3 +113,13 @@ def test_a_deep_copy_routes_through_its_own_weights():
     z = torch.randn(2, original.in_channels, 17, 17, requires_grad=True)
     with torch.autocast(**BF16):
         assert original(z).abs().max() > 0 and copied(z).abs().max() == 0
+
+
+def test_the_timing_script_times_every_routed_layer_and_both_steps(script, monkeypatch, capsys):
+    argv = ["depthwise_backward_times.py", "--side", "64", "--batch", "2", "--steps", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    script("depthwise_backward_times").main()
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("  (2, ") and " -> " in line for line in lines) == 11
+    assert any(line.startswith("  all routed layers: ") for line in lines)
+    assert [line.split(":")[0] for line in lines[-2:]] == ["training step, bf16 kernels", "training step, routed"]
