@@ -47,7 +47,7 @@ class DepthwiseConv(torch.autograd.Function):
             grad_x = grad_x.to(x.dtype)
         else:
             grad_x = _backward(grad, x, used, None, *settings, [True, False, False])[0]
-        if weight.shape[-1] > 3:
+        if max(weight.shape[-2:]) > 3:
             grad_weight = _backward(grad.float(), x.float(), used.float(), None, *settings, [False, True, False])[1]
         else:
             grad_weight = _backward(grad, x, used, None, *settings, [False, True, False])[1].float()
