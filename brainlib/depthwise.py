@@ -39,16 +39,18 @@ class DepthwiseConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         used = weight.to(x.dtype)  # the weight the forward multiplied by
+        # every routed layer is strided or larger than 3x3, so at least one part below runs in fp32; a strided
+        # 5x5 layer runs both, from one fp32 copy of the gradient and the weight
+        grad32, used32 = grad.float(), used.float()
         settings = (ctx.stride, ctx.padding, [1, 1], False, [0, 0], x.shape[1])
         if ctx.stride != [1, 1]:
             # x only gives the fp32 kernel its shape and memory layout: no fp32 copy of it is made
             shape_of_x = torch.empty_like(x, dtype=torch.float32)
-            grad_x = _backward(grad.float(), shape_of_x, used.float(), None, *settings, [True, False, False])[0]
-            grad_x = grad_x.to(x.dtype)
+            grad_x = _backward(grad32, shape_of_x, used32, None, *settings, [True, False, False])[0].to(x.dtype)
         else:
             grad_x = _backward(grad, x, used, None, *settings, [True, False, False])[0]
         if max(weight.shape[-2:]) > 3:
-            grad_weight = _backward(grad.float(), x.float(), used.float(), None, *settings, [False, True, False])[1]
+            grad_weight = _backward(grad32, x.float(), used32, None, *settings, [False, True, False])[1]
         else:
             grad_weight = _backward(grad, x, used, None, *settings, [False, True, False])[1].float()
         return grad_x, grad_weight, None, None
