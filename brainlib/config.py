@@ -24,9 +24,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # without a recipe); DEFAULT_CHECKPOINT is the committed model of that recipe that `predict`, `make evaluate`
 # and the model card use: the seed that validation chose among six trained on one carve of the original
 # files (three on a 2-core CPU, three on an H200). Over three CPU seeds the recipe scores 99.67 ± 0.09 % against
-# 99.19 ± 0.19 % for the 224-px/10-epoch one (Welch p = 0.03, docs/trust.md) for about 2.4 times its training
-# time (`plan` on a 2-core CPU with bf16 kernels: 36-44 against 15-18 min); `plan` offers the shorter one where the
-# default's estimate is long.
+# 99.19 ± 0.19 % for the 224-px/10-epoch one (Welch p = 0.03, docs/trust.md) for about 2.5 times its training
+# time (`make pipeline`'s 03 on a 2-core CPU with bf16 kernels: 37.6 against 14.8 min); `plan` offers the shorter
+# one where the default's estimate is long.
 DEFAULT_RECIPE = "efficientnet_lite0_robust_256"
 # what `plan` suggests where DEFAULT_RECIPE would take hours on the machine it found
 SHORTER_RECIPE = "efficientnet_lite0_robust"
